@@ -1,0 +1,43 @@
+"""Dem-HEC: high-entropy contrastive fine-tuning for robustness to natural corruptions.
+
+Reference implementation of the paper's method (Alg. 1 and 2, eq. 4-12) as a library that
+applies to any PyTorch classifier, plus the paper's datasets, model zoo, corruption suites
+and evaluation.
+"""
+
+from __future__ import annotations
+
+from ._common import DemHECError
+from .entropy import layer_entropy, prediction_entropy
+from .evaluation import (
+    evaluate,
+    expected_calibration_error,
+    family_means,
+    mean_corruption_error,
+    predict,
+)
+from .generation import high_entropy_samples
+from .losses import forward_with_features, info_nce, kd_loss
+from .training import DemHECConfig, TrainConfig, finetune, freeze_parameters, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DemHECConfig",
+    "DemHECError",
+    "TrainConfig",
+    "evaluate",
+    "expected_calibration_error",
+    "family_means",
+    "finetune",
+    "forward_with_features",
+    "freeze_parameters",
+    "high_entropy_samples",
+    "info_nce",
+    "kd_loss",
+    "layer_entropy",
+    "mean_corruption_error",
+    "predict",
+    "prediction_entropy",
+    "train",
+]

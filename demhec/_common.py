@@ -1,0 +1,69 @@
+"""Small shared helpers: boundary validation and atomic file writes.
+
+Every user-facing name (dataset, backbone, corruption, suite, profile, ...) goes through
+:func:`check_choice`, so a typo fails with one line that lists the valid values. Every file the
+project writes (results, caches, checkpoints) goes through :func:`atomic_write`, so a crash never
+leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class DemHECError(ValueError):
+    """A bad user input or a missing prerequisite; its message is one line meant for a human."""
+
+
+def check_choice(kind: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``; otherwise raise naming the valid ones."""
+    choices = list(choices)
+    if value not in choices:
+        valid = ", ".join(str(c) for c in choices)
+        raise DemHECError(f"unknown {kind} {value!r}; valid {kind}s: {valid}")
+    return value
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+) -> Any:
+    """Check that a number lies in [low, high] (or (low, high] with ``low_open``)."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+        want = "an integer" if integer else "a number"
+        raise DemHECError(f"{name} must be {want}, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise DemHECError(f"{name} must be {bound}, got {value!r}")
+    if high is not None and value > high:
+        raise DemHECError(f"{name} must be <= {high}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` and rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

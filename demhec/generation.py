@@ -1,0 +1,80 @@
+"""High-entropy sample generation by projected gradient ascent (paper Alg. 2, eq. 8-9)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._common import check_choice, check_range
+from .entropy import prediction_entropy, softmax_entropy
+from .losses import forward_with_features
+
+__all__ = ["OBJECTIVES", "high_entropy_samples"]
+
+OBJECTIVES = ("output", "features")
+DIRECTIONS = ("high", "low")
+
+
+def high_entropy_samples(
+    model: nn.Module,
+    x: Tensor,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    steps: int = 5,
+    random_start: bool = True,
+    *,
+    objective: Literal["output", "features"] = "output",
+    direction: Literal["high", "low"] = "high",
+    head: str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Alg. 2: x' = argmax_{||x'-x||_inf <= eps, x' in [0,1]} H(x'), by sign-gradient ascent.
+
+    ``objective="output"`` maximises the batch-mean prediction entropy (eq. 7), as eq. 8
+    states; ``"features"`` maximises the entropy of softmax over the penultimate features g(x)
+    (eq. 4 at the "final pooling" layer the paper mentions). ``direction="low"`` minimises
+    instead, the Democratic Training direction, kept for the ablation.
+
+    The model is put in eval mode (BatchNorm running statistics stay untouched) with
+    parameter gradients off and autocast disabled (fp32 ascent), then restored exactly:
+    mode, ``requires_grad`` flags and parameter ``.grad`` are as the caller left them.
+    Returns a detached tensor in pixel units, like ``x``.
+    """
+    check_range("eps", eps, 0.0, 1.0)
+    check_range("step_size", step_size, 0.0, 1.0)
+    check_range("steps", steps, 1, integer=True)
+    check_choice("entropy objective", objective, OBJECTIVES)
+    check_choice("entropy direction", direction, DIRECTIONS)
+    sign = 1.0 if direction == "high" else -1.0
+
+    x = x.detach().float()
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if random_start:
+                noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
+            else:
+                x_adv = x.clone()
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                with torch.enable_grad():
+                    if objective == "output":
+                        h = prediction_entropy(model(x_adv))
+                    else:
+                        h = softmax_entropy(forward_with_features(model, x_adv, head)[1])
+                    (grad,) = torch.autograd.grad(sign * h.mean(), x_adv)
+                x_adv = x_adv.detach() + step_size * grad.sign()
+                x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0, 1)
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return x_adv.detach()

@@ -1,0 +1,94 @@
+"""The loss terms of Dem-HEC (paper section 3.3, eq. 10-12) and the embedding g(x).
+
+The embedding g(x) is the penultimate feature vector: the input of the model's final
+classifier. Registry models name that classifier in ``model.head_name``; for a user's own
+model pass ``head="fc"`` (any name from ``named_modules()`` whose input is the (N, D)
+feature batch). It is captured with a forward pre-hook, so the logits and the features come
+from one forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import DemHECError
+
+__all__ = ["forward_with_features", "head_name", "info_nce", "kd_loss"]
+
+KDDirection = Literal["teacher_student", "student_teacher"]
+
+
+def head_name(model: nn.Module, head: str | None = None) -> str:
+    """Resolve the name of the final classifier whose input is g(x)."""
+    if head is not None:
+        return head
+    if hasattr(model, "head_name"):
+        return model.head_name
+    inner = getattr(model, "module", None)  # DistributedDataParallel / compiled wrappers
+    if inner is not None and hasattr(inner, "head_name"):
+        return f"module.{inner.head_name}"
+    inner = getattr(model, "_orig_mod", None)
+    if inner is not None and hasattr(inner, "head_name"):
+        return f"_orig_mod.{inner.head_name}"
+    raise DemHECError(
+        f"{type(model).__name__} has no .head_name; pass head=<name of its final classifier "
+        "in named_modules()> so that its input can serve as the embedding g(x)"
+    )
+
+
+def forward_with_features(model: nn.Module, x: Tensor, head: str | None = None) -> tuple[Tensor, Tensor]:
+    """One forward pass returning (logits, g(x)), g(x) flattened to (N, D)."""
+    captured: list[Tensor] = []
+    module = model.get_submodule(head_name(model, head))
+    handle = module.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise DemHECError(f"head {head_name(model, head)!r} was not called in the forward pass")
+    return logits, captured[-1].flatten(1)
+
+
+def info_nce(v: Tensor, v_prime: Tensor, tau: float = 0.2) -> Tensor:
+    """Eq. 10: symmetric InfoNCE between paired embeddings with in-batch negatives.
+
+    Both sets are l2-normalised here (norm(g(x)) in Alg. 1), so sim is cosine similarity.
+    Row i of ``v`` is the positive of row i of ``v_prime``; every other row is a negative.
+    """
+    if v.shape != v_prime.shape or v.dim() != 2:
+        raise DemHECError(f"info_nce needs two (B, D) tensors of one shape, got {tuple(v.shape)} "
+                          f"and {tuple(v_prime.shape)}")
+    v = F.normalize(v.float(), dim=1)
+    v_prime = F.normalize(v_prime.float(), dim=1)
+    sim = v @ v_prime.t() / tau
+    target = torch.arange(len(v), device=v.device)
+    return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    T: float = 2.0,
+    direction: KDDirection = "teacher_student",
+) -> Tensor:
+    """Eq. 11: T^2 times the KL divergence between softened distributions, batch mean.
+
+    The paper writes KL(sigma(z_S/T) || sigma(z_T/T)). Standard distillation (Hinton et al.,
+    2015) uses KL(teacher || student), whose gradient pulls the student towards every mode of
+    the teacher; that is the default here. ``direction="student_teacher"`` gives the literal
+    eq. 11.
+    """
+    log_s = F.log_softmax(student_logits.float() / T, dim=1)
+    log_t = F.log_softmax(teacher_logits.float() / T, dim=1)
+    if direction == "teacher_student":
+        kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    elif direction == "student_teacher":
+        kl = (log_s.exp() * (log_s - log_t)).sum(1)
+    else:
+        raise DemHECError(f"unknown KD direction {direction!r}; valid: teacher_student, student_teacher")
+    return T * T * kl.mean()

@@ -1,0 +1,488 @@
+"""Base training and Dem-HEC fine-tuning (paper Alg. 1, eq. 12, appendix A.3).
+
+Both loops share one engine (:func:`_run`) that steps the learning rate per iteration,
+checkpoints atomically every ``checkpoint_every`` steps and at each epoch's end, resumes from
+its checkpoint when re-run with the same config, and stops on a non-finite loss without
+overwriting the last good checkpoint. All randomness of step ``s`` (batch order and
+augmentation through the epoch's seeded generator, the random start of the ascent, dropout)
+is derived from ``(config.seed, s)``, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import DemHECError, atomic_write, check_choice, check_range
+from .generation import DIRECTIONS, OBJECTIVES, high_entropy_samples
+from .losses import forward_with_features, info_nce, kd_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DemHECConfig", "TrainConfig", "finetune", "freeze_parameters", "train"]
+
+AUGMENTS = ("none", "crop_flip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training of a base model: the CIFAR model-zoo recipe (chenyaofo)."""
+
+    epochs: int = 200  # the zoo's schedule; callers shorten it
+    batch_size: int = 128  # images per step
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay, in epochs
+    label_smoothing: float = 0.0
+    augment: str = "crop_flip"  # random crop with 4 px padding + horizontal flip
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+
+@dataclass(frozen=True)
+class DemHECConfig:
+    """Dem-HEC fine-tuning (Alg. 1). Defaults are the paper's (A.3) where it states them.
+
+    The paper leaves alpha, the ascent radius/step/steps and the frozen part open; the
+    defaults chosen here are marked "ours".
+    """
+
+    epochs: int = 20  # A.3
+    batch_size: int = 128  # A.3
+    lr: float = 0.05  # A.3, SGD
+    momentum: float = 0.9  # A.3
+    nesterov: bool = False
+    weight_decay: float = 5e-4  # A.3
+    warmup_epochs: float = 2.0  # A.3: 2-epoch linear warm-up, then cosine, per iteration
+    alpha: float = 0.5  # ours: weight of CE on high-entropy samples (eq. 12)
+    lambda_c: float = 1.0  # A.3: weight of the InfoNCE term
+    tau: float = 0.2  # A.3: InfoNCE temperature
+    lambda_kd: float = 0.5  # A.3: weight of the KD term
+    kd_temperature: float = 2.0  # A.3: T
+    kd_direction: str = "teacher_student"  # see losses.kd_loss; the paper writes the reverse
+    eps: float = 8 / 255  # ours: L-inf radius of the ascent, pixel units
+    step_size: float = 2 / 255  # ours: ascent step eta, pixel units
+    steps: int = 5  # ours: ascent steps T_he
+    random_start: bool = True  # Alg. 2, line 1
+    objective: str = "output"  # "output" (eq. 7) or "features" (penultimate entropy)
+    direction: str = "high"  # "low" = Democratic Training's direction (ablation only)
+    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = stem + first stage; or prefixes
+    augment: str = "crop_flip"
+    head: str | None = None  # classifier name for g(x); None = model.head_name
+    max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("lambda_c", self.lambda_c, 0.0)
+        check_range("lambda_kd", self.lambda_kd, 0.0)
+        check_range("tau", self.tau, 0.0, low_open=True)
+        check_range("kd_temperature", self.kd_temperature, 0.0, low_open=True)
+        check_range("eps", self.eps, 0.0, 1.0)
+        check_range("step_size", self.step_size, 0.0, 1.0)
+        check_range("steps", self.steps, 1, integer=True)
+        check_choice("entropy objective", self.objective, OBJECTIVES)
+        check_choice("entropy direction", self.direction, DIRECTIONS)
+        check_choice("KD direction", self.kd_direction, ("teacher_student", "student_teacher"))
+        if self.max_steps is not None:
+            check_range("max_steps", self.max_steps, 1, integer=True)
+
+    @property
+    def needs_samples(self) -> bool:
+        """Whether any loss term uses the generated samples (a plain fine-tune does not)."""
+        return self.alpha > 0 or self.lambda_c > 0
+
+
+def _check_common(cfg: Any) -> None:
+    check_range("epochs", cfg.epochs, 1, integer=True)
+    check_range("batch_size", cfg.batch_size, 1, integer=True)
+    check_range("lr", cfg.lr, 0.0, low_open=True)
+    check_range("momentum", cfg.momentum, 0.0, 1.0)
+    check_range("weight_decay", cfg.weight_decay, 0.0)
+    check_range("warmup_epochs", cfg.warmup_epochs, 0.0)
+    check_range("seed", cfg.seed, 0, integer=True)
+    check_choice("augmentation", cfg.augment, AUGMENTS)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def _batches(data: Any, cfg: Any, device: torch.device, channels_last: bool, shuffle: bool = True):
+    from .data import ImageArrays, TensorBatches
+
+    if isinstance(data, TensorBatches):
+        return data
+    if isinstance(data, ImageArrays):
+        images, labels = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = data
+    else:
+        from .data import dataset_to_arrays
+
+        arrays = dataset_to_arrays(data)
+        images, labels = arrays.images, arrays.labels
+    images = _as_uint8(images)
+    return TensorBatches(
+        images, labels, batch_size=cfg.batch_size, shuffle=shuffle, augment=cfg.augment,
+        seed=cfg.seed, device=device, drop_last=shuffle, channels_last=channels_last,
+    )
+
+
+def _as_uint8(images: Any) -> Any:
+    """Accept uint8 images (HWC numpy or CHW tensor) or float images in [0,1] (CHW)."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images
+    t = torch.as_tensor(images)
+    if t.dtype == torch.uint8:
+        return t
+    if not t.is_floating_point():
+        raise DemHECError(f"images must be uint8 or float in [0,1], got dtype {t.dtype}")
+    if t.dim() != 4 or t.shape[1] != 3:
+        raise DemHECError(f"float images must be N x 3 x H x W, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise DemHECError("images contain NaN or infinite values")
+    if t.min() < 0 or t.max() > 1:
+        raise DemHECError(f"float images must lie in [0,1], got range [{t.min():.3g}, {t.max():.3g}]")
+    return (t * 255).round().to(torch.uint8)
+
+
+def _check_labels(labels: Any, num_classes: int | None) -> None:
+    y = torch.as_tensor(labels)
+    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DemHECError(
+            f"labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
+            f"got range [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    for m in reversed(list(model.modules())):
+        if isinstance(m, nn.Linear):
+            return m.out_features
+    return None
+
+
+# --- partial fine-tuning --------------------------------------------------------------------
+
+
+def freeze_parameters(model: nn.Module, freeze: str | Sequence[str]) -> list[str]:
+    """Turn off gradients for the frozen part; return the frozen parameter names.
+
+    ``"auto"`` freezes the stem and the first stage of a registry model: every parameter
+    registered before the model's third natural stage (``model.stages[2]``), which for the
+    registry's architectures is registration = execution order. ``"none"`` freezes nothing;
+    a sequence freezes parameters whose names start with any of the given prefixes.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if freeze == "none" or freeze == ():
+        frozen: list[str] = []
+    elif freeze == "auto":
+        stages = getattr(model, "stages", None)
+        if not stages or len(stages) < 3:
+            raise DemHECError(
+                f"freeze='auto' needs a registry model with .stages; pass freeze=(prefixes...) "
+                f"for {type(model).__name__}"
+            )
+        boundary = stages[2] + "."
+        first = next((i for i, n in enumerate(names) if n.startswith(boundary)), None)
+        if first is None:
+            raise DemHECError(f"no parameters under stage {stages[2]!r}; pass explicit prefixes")
+        frozen = names[:first]
+    elif isinstance(freeze, str):
+        raise DemHECError(f"freeze must be 'auto', 'none' or a tuple of prefixes, got {freeze!r}")
+    else:
+        prefixes = tuple(freeze)
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unknown:
+            raise DemHECError(f"freeze prefixes {unknown} match no parameter of the model")
+        frozen = [n for n in names if n.startswith(prefixes)]
+    frozen_set = set(frozen)
+    for n, p in model.named_parameters():
+        if n in frozen_set:
+            p.requires_grad_(False)
+    return frozen
+
+
+def _frozen_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """Normalisation layers whose parameters are all frozen: they stay in eval mode."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                out.append(m)
+    return out
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+
+def _fingerprint(kind: str, cfg: Any) -> dict:
+    return {"kind": kind, **dataclasses.asdict(cfg)}
+
+
+def _run(
+    kind: str,
+    model: nn.Module,
+    batches: Any,
+    cfg: Any,
+    loss_fn: Callable[[Tensor, Tensor, int], tuple[Tensor, dict[str, float]]],
+    *,
+    device: torch.device,
+    extra_state: dict[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> nn.Module:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DemHECError("every parameter is frozen; nothing to train")
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    spe = len(batches)
+    if spe == 0:
+        raise DemHECError(
+            f"the training set has fewer images than one batch ({cfg.batch_size}); "
+            "lower batch_size"
+        )
+    total = spe * cfg.epochs
+    if getattr(cfg, "max_steps", None):
+        total = min(total, cfg.max_steps)
+    # A step budget (max_steps) compresses the whole warm-up + cosine schedule into it.
+    scale = total / (spe * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, int(round(cfg.warmup_epochs * spe * scale)))
+    )
+    frozen_norms = _frozen_norm_layers(model)
+    fingerprint = _fingerprint(kind, cfg)
+    step = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        state = _load_checkpoint(ckpt, fingerprint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        log.info("resumed %s from %s at step %d/%d", kind, ckpt.name, step, total)
+
+    def save() -> None:
+        if ckpt is None:
+            return
+        state = {
+            "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+            **(extra_state or {}),
+        }
+        with atomic_write(ckpt) as f:
+            torch.save(state, f)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc=kind, unit="step", dynamic_ncols=True)
+    try:
+        while step < total:
+            epoch, skip = divmod(step, spe)
+            for x, y in batches.epoch(epoch, skip=skip):
+                model.train()
+                for m in frozen_norms:
+                    m.eval()
+                torch.manual_seed(_step_seed(cfg.seed, step))
+                loss, parts = loss_fn(x, y, step)
+                if not torch.isfinite(loss):
+                    where = f"; the last good checkpoint is {ckpt.name}" if ckpt else ""
+                    raise DemHECError(f"non-finite {kind} loss ({loss.item()}) at step {step}{where}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                if on_step is not None:
+                    on_step(step, parts)
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save()
+                if step >= total:
+                    break
+            if step % spe == 0 or step >= total:
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+    model.eval()
+    return model
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise DemHECError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to start over") from e
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise DemHECError(f"{path} is not a demhec training checkpoint")
+    if state["fingerprint"] != fingerprint:
+        diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise DemHECError(
+            f"checkpoint {path} was written by a run with a different config (differs in {diff}); "
+            "delete it or choose another checkpoint path"
+        )
+    return state
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# --- public loops ---------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    train_data: Any,
+    config: TrainConfig = TrainConfig(),
+    *,
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> nn.Module:
+    """Supervised training of a base model with the CIFAR zoo recipe (cross-entropy, SGD with
+    Nesterov momentum, cosine schedule per iteration, crop+flip augmentation).
+
+    ``train_data`` is an :class:`~demhec.data.ImageArrays`, a ``(images, labels)`` pair
+    (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.data.TensorBatches` or a
+    map-style dataset small enough to hold in memory.
+    """
+    dev = _device_of(model, device)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    batches = _batches(train_data, config, dev, channels_last)
+    _check_labels(batches.labels, _num_classes(model))
+
+    def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+        return loss, {"loss": loss.item()}
+
+    return _run("train", model, batches, config, loss_fn, device=dev, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+
+
+def finetune(
+    model: nn.Module,
+    train_data: Any,
+    config: DemHECConfig = DemHECConfig(),
+    *,
+    teacher: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
+    amp: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> nn.Module:
+    """Dem-HEC fine-tuning, Alg. 1 with the total loss of eq. 12::
+
+        (1 - alpha) CE(f(x), y) + alpha CE(f(x'), y)
+            + lambda_C InfoNCE(g(x), g(x')) + lambda_KD KD(f(x), f_T(x))
+
+    x' are high-entropy samples (Alg. 2) generated per batch from the current model; g is the
+    penultimate feature vector; f_T is the teacher, a frozen copy of ``model`` taken here
+    before any update (or the given ``teacher``). Partial fine-tuning: ``config.freeze``
+    parameters get no gradient, are not optimised, and their BatchNorm layers stay in eval
+    mode. With ``amp`` the training passes run under bf16 autocast; generation stays fp32.
+    Terms with zero weight are skipped, so alpha = lambda_C = lambda_KD = 0 is a plain
+    fine-tune at the same cost as ordinary training.
+    """
+    dev = _device_of(model, device)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if teacher is None:
+        teacher = copy.deepcopy(model)
+    teacher.to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    freeze_parameters(model, config.freeze)
+    batches = _batches(train_data, config, dev, channels_last)
+    _check_labels(batches.labels, _num_classes(model))
+    cfg = config
+
+    def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        parts: dict[str, Tensor] = {}
+        if cfg.needs_samples:
+            gen = torch.Generator(device=x.device).manual_seed(_step_seed(cfg.seed, step))
+            x_he = high_entropy_samples(
+                model, x, cfg.eps, cfg.step_size, cfg.steps, cfg.random_start,
+                objective=cfg.objective, direction=cfg.direction, head=cfg.head, generator=gen,
+            )
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits, v = forward_with_features(model, x, cfg.head)
+            if cfg.alpha < 1:
+                parts["ce_clean"] = F.cross_entropy(logits.float(), y)
+            if cfg.needs_samples:
+                logits_he, v_he = forward_with_features(model, x_he, cfg.head)
+                if cfg.alpha > 0:
+                    parts["ce_he"] = F.cross_entropy(logits_he.float(), y)
+                if cfg.lambda_c > 0:
+                    parts["info_nce"] = info_nce(v, v_he, cfg.tau)
+            if cfg.lambda_kd > 0:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                parts["kd"] = kd_loss(logits, t_logits, cfg.kd_temperature, cfg.kd_direction)
+        weights = {"ce_clean": 1 - cfg.alpha, "ce_he": cfg.alpha, "info_nce": cfg.lambda_c,
+                   "kd": cfg.lambda_kd}
+        loss = sum(weights[k] * v for k, v in parts.items())
+        out = {k: v.item() for k, v in parts.items()}
+        out["loss"] = loss.item()
+        return loss, out
+
+    return _run(
+        "finetune", model, batches, config, loss_fn, device=dev,
+        extra_state={"teacher": teacher.state_dict()}, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,
+    )
