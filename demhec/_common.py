@@ -67,3 +67,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Put ``model`` in eval mode and restore every submodule's own mode afterwards.
+
+    ``model.train(was_training)`` would not do: it would also switch submodules that the
+    caller keeps in eval mode (frozen BatchNorm layers in partial fine-tuning) back to train.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.train(mode)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import DemHECError
+from ._common import DemHECError, eval_mode
 
 __all__ = ["layer_entropy", "normalised", "prediction_entropy", "softmax_entropy"]
 
@@ -97,16 +97,14 @@ def layer_entropy(
         def hook(_m, _inp, out, n=n):
             results[n].append(softmax_entropy(_flatten(_activation(out), pooled)).cpu())
         handles.append(modules[n].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        step = batch_size or len(x)
-        for i in range(0, len(x), step):
-            model(x[i : i + step])
+        with eval_mode(model):
+            step = batch_size or len(x)
+            for i in range(0, len(x), step):
+                model(x[i : i + step])
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {n: torch.cat(v) for n, v in results.items()}
 
 
@@ -121,13 +119,10 @@ def normalised(entropies: dict[str, Tensor], model: nn.Module, x: Tensor,
         )
         for n in entropies
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x[:1])
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {n: e / math.log(widths[n]) if widths[n] > 1 else e for n, e in entropies.items()}

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ._common import DemHECError, check_choice
+from ._common import DemHECError, check_choice, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,13 @@ def predict(
     """Logits for ``images`` (uint8 N x H x W x 3 / N x 3 x H x W, or float in [0,1]), in
     eval mode, batched, without gradients. Returns a CPU float tensor (N, K)."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for i in range(0, len(images), batch_size):
             x = _to_float_batch(images[i : i + batch_size], dev)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out.append(model(x).float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._common import check_choice, check_range
+from ._common import check_choice, check_range, eval_mode
 from .entropy import prediction_entropy, softmax_entropy
 from .losses import forward_with_features
 
@@ -52,12 +52,10 @@ def high_entropy_samples(
     x = x.detach().float()
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    was_training = model.training
-    model.eval()
     for p in params:
         p.requires_grad_(False)
     try:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False):
             if random_start:
                 noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
@@ -76,5 +74,4 @@ def high_entropy_samples(
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        model.train(was_training)
     return x_adv.detach()

@@ -1,0 +1,417 @@
+"""Profiles and the experiment pipeline behind the notebooks and the CLI.
+
+A *profile* fixes the scale of every experiment:
+
+* ``smoke``: a few digits images and a couple of steps; what the tests run (seconds).
+* ``demo``: the embedded scikit-learn digits dataset (offline), ResNet-20 trained from
+  scratch, then Dem-HEC; minutes on a CPU; what ``make demo`` runs.
+* ``cpu``: real CIFAR-10 training images (the JPEG q75 mirror) with a 5,000-image
+  evaluation split, at a CPU-sized budget.
+* ``paper``: the paper's datasets (downloaded), the zoo's pretrained weights and the recipe of
+  appendix A.3; needs a GPU.
+
+The pipeline is cached at two levels: model checkpoints under
+``<results_dir>/<profile>/checkpoints/`` and one JSON result per table cell under
+``<results_dir>/<profile>/<dataset>/<backbone>/``. Everything is computed only when
+``allow_train`` is set; otherwise a missing file is named in the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ._common import DemHECError, atomic_write, check_choice, check_range
+from .results import check_writable, compare_with_paper, get_or_compute, paper_table, read_result
+from .training import DemHECConfig, TrainConfig, finetune, train
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PROFILES",
+    "Experiment",
+    "Profile",
+    "base_model",
+    "before_after_table",
+    "demhec_model",
+    "entropy_result",
+    "eval_data",
+    "get_profile",
+    "robustness_result",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JPEG_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+ZOO_DATASETS = ("cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The scale of every experiment in one name."""
+
+    name: str
+    description: str
+    dataset: str | None  # substitute dataset for every notebook (None: the requested one)
+    train_limit: int | None  # training images used (None: all)
+    eval_limit: int | None  # evaluation images used (None: all)
+    base: TrainConfig  # recipe for a base model that cannot be downloaded
+    demhec: DemHECConfig  # fine-tuning budget and hyperparameters
+    pretrained: bool  # use the zoo's / ImageNet pretrained weights where they exist
+    eval_batch_size: int = 256
+    entropy_images: int = 200  # images per distribution in Figures 3-4
+    substitutes: dict[str, str] = field(default_factory=dict)  # backbone -> CPU stand-in
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="a few digits images and two optimisation steps (tests)",
+        dataset="digits", train_limit=64, eval_limit=24,
+        base=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+        demhec=DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
+        pretrained=False, eval_batch_size=64, entropy_images=16,
+        substitutes={"vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test"},
+    ),
+    "demo": Profile(
+        name="demo",
+        description="the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
+        dataset="digits", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=15, batch_size=64, lr=0.05),
+        demhec=DemHECConfig(epochs=6, batch_size=64, warmup_epochs=1.0, lr=0.02),
+        pretrained=False, eval_batch_size=256, entropy_images=200,
+        substitutes={"vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test"},
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="real CIFAR-10 train images (JPEG q75 mirror), 45k/5k split, CPU budget",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=15, batch_size=128, lr=0.1),
+        demhec=DemHECConfig(epochs=1, batch_size=128, warmup_epochs=0.1, max_steps=150),
+        pretrained=False, eval_batch_size=500, entropy_images=500,
+    ),
+    "paper": Profile(
+        name="paper",
+        description="the paper's datasets, pretrained zoo weights and recipe (A.3); GPU",
+        dataset=None, train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=30, batch_size=128, lr=0.01),
+        demhec=DemHECConfig(),
+        pretrained=True, eval_batch_size=512, entropy_images=1000,
+    ),
+}
+
+DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
+                       "cifar10_jpeg")
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (smoke, demo, cpu, paper)."""
+    return PROFILES[check_choice("profile", name, PROFILES)]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One (profile, dataset, backbone) setting and where its files live."""
+
+    profile: str = "demo"
+    dataset: str = "cifar10"
+    backbone: str = "resnet20"
+    seed: int = 0
+    results_dir: str = "results"
+    data_root: str = "data"
+    device: str = "cpu"
+    allow_train: bool = True
+    recompute: bool = False
+    progress: bool = False
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        from .models import list_models
+
+        get_profile(self.profile)
+        check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
+        check_choice("backbone", self.backbone, list_models())
+        check_range("seed", self.seed, 0, integer=True)
+
+    @property
+    def prof(self) -> Profile:
+        return get_profile(self.profile)
+
+    @property
+    def effective_dataset(self) -> str:
+        """The dataset actually used: the profile's substitute or the requested one."""
+        return self.prof.dataset or self.dataset
+
+    @property
+    def effective_backbone(self) -> str:
+        return self.prof.substitutes.get(self.backbone, self.backbone)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results_dir) / self.profile
+
+    @property
+    def cell_dir(self) -> Path:
+        return self.root / self.effective_dataset / self.effective_backbone
+
+    def checkpoint(self, name: str) -> Path:
+        return self.root / "checkpoints" / f"{self.effective_dataset}_{self.effective_backbone}_{name}.pt"
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def _subset(arrays: Any, limit: int | None, seed: int) -> Any:
+    if limit is None or limit >= len(arrays):
+        return arrays
+    idx = np.sort(np.random.default_rng(seed).choice(len(arrays), size=limit, replace=False))
+    prov = {**arrays.provenance, "subset": f"{limit} images (seed {seed})"}
+    return dataclasses.replace(arrays, images=arrays.images[idx], labels=arrays.labels[idx],
+                               provenance=prov)
+
+
+def _load(exp: Experiment, split: str) -> Any:
+    from .data import cifar10_jpeg_split, load_arrays
+
+    name = exp.effective_dataset
+    if name == "cifar10_jpeg":
+        source = Path(exp.data_root)
+        if not str(exp.data_root) or exp.data_root == "data":
+            source = DEFAULT_JPEG_ARCHIVE
+        train, held_out = cifar10_jpeg_split(source, Path(exp.results_dir) / "cache" / "jpeg",
+                                             eval_per_class=500, split_seed=0,
+                                             progress=exp.progress)
+        arrays = train if split == "train" else held_out
+    else:
+        kw: dict[str, Any] = {}
+        if name == "tinyimagenet":
+            split = "train" if split == "train" else "test"
+        if name == "imagenette":
+            kw = {"size": "320px", "image_size": 224}
+            split = "train" if split == "train" else "test"
+        arrays = load_arrays(name, split, exp.data_root, exp.download, progress=exp.progress, **kw)
+    limit = exp.prof.train_limit if split == "train" else exp.prof.eval_limit
+    return _subset(arrays, limit, seed=0)
+
+
+def train_data(exp: Experiment) -> Any:
+    return _load(exp, "train")
+
+
+def eval_data(exp: Experiment) -> Any:
+    return _load(exp, "test")
+
+
+def _provenance(arrays: Any) -> dict:
+    prov = dict(arrays.provenance)
+    prov["count"] = str(len(arrays))
+    return prov
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def _new_model(exp: Experiment, num_classes: int, pretrained: bool | str) -> nn.Module:
+    from .models import get_model
+
+    return get_model(exp.effective_backbone, num_classes=num_classes, pretrained=pretrained)
+
+
+def _save_state(model: nn.Module, path: Path) -> None:
+    with atomic_write(path) as f:
+        torch.save(model.state_dict(), f)
+
+
+def _model_from(path: Path, exp: Experiment, num_classes: int) -> nn.Module:
+    model = _new_model(exp, num_classes, pretrained=str(path))
+    return model.to(exp.device).eval()
+
+
+def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
+    """The model before Dem-HEC: the zoo's pretrained weights (paper profile, CIFAR zoo
+    backbones) or one trained here with the profile's base recipe (cached checkpoint)."""
+    prof = exp.prof
+    data = train_data(exp) if num_classes is None else None
+    k = num_classes if num_classes is not None else len(data.classes)
+    from .models import ZOO_ARCHS
+
+    if prof.pretrained and exp.effective_dataset in ZOO_DATASETS and exp.effective_backbone in ZOO_ARCHS:
+        return _new_model(exp, k, pretrained=True).to(exp.device).eval()
+    path = exp.checkpoint("base")
+    if path.exists() and not exp.recompute:
+        return _model_from(path, exp, k)
+    if not exp.allow_train:
+        raise DemHECError(f"base model checkpoint {path.name} is missing under {path.parent}; "
+                          "set allow_train=True to train it")
+    data = data if data is not None else train_data(exp)
+    check_writable(path.parent)
+    model = _new_model(exp, k, pretrained=prof.pretrained)
+    cfg = replace(prof.base, seed=exp.seed)
+    log.info("training base %s on %s (%d images)", exp.effective_backbone, exp.effective_dataset, len(data))
+    train(model, data, cfg, device=exp.device, checkpoint=path.with_suffix(".ckpt"),
+          progress=exp.progress)
+    _save_state(model, path)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    return model.eval()
+
+
+def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str = "demhec",
+                 num_classes: int | None = None) -> nn.Module:
+    """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
+    path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
+    cfg = replace(config or exp.prof.demhec, seed=exp.seed)
+    data = train_data(exp)
+    k = num_classes or len(data.classes)
+    if path.exists() and not exp.recompute:
+        return _model_from(path, exp, k)
+    if not exp.allow_train:
+        raise DemHECError(f"Dem-HEC checkpoint {path.name} is missing under {path.parent}; "
+                          "set allow_train=True to fine-tune")
+    model = base_model(exp, k)
+    check_writable(path.parent)
+    finetune(model, data, cfg, device=exp.device, checkpoint=path.with_suffix(".ckpt"),
+             progress=exp.progress)
+    _save_state(model, path)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    return model.eval()
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def robustness_result(
+    exp: Experiment,
+    phase: str = "before",
+    suite: str = "cifar-c",
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] | None = None,
+    *,
+    config: DemHECConfig | None = None,
+    tag: str | None = None,
+) -> dict:
+    """The JSON result of evaluating the ``phase`` model ("before" = base, "after" = Dem-HEC,
+    or "baseline:<method>") on clean data and on every corruption cell."""
+    from .corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
+    from .evaluation import evaluate
+
+    corruptions = list(PAPER_CORRUPTIONS if corruptions is None else corruptions)
+    severities = list(PAPER_SEVERITIES if severities is None else severities)
+    name = tag or phase.replace(":", "_")
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
+
+    def compute() -> dict:
+        data = eval_data(exp)
+        k = len(data.classes)
+        if phase == "before":
+            model, cfg = base_model(exp, k), replace(exp.prof.base, seed=exp.seed)
+        elif phase == "after":
+            cfg = replace(config or exp.prof.demhec, seed=exp.seed)
+            model = demhec_model(exp, cfg, tag=tag or "demhec", num_classes=k)
+        elif phase.startswith("baseline:"):
+            model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), replace(exp.prof.base, seed=exp.seed)
+        else:
+            raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
+        table = evaluate(model, data, corruptions, severities, suite, seed=exp.seed,
+                         cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
+                         key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size,
+                         device=exp.device, progress=exp.progress)
+        return dict(kind=f"robustness/{phase}", profile=exp.profile,
+                    config={"experiment": _exp_config(exp), "model": cfg, "suite": suite,
+                            "corruptions": corruptions, "severities": severities},
+                    metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
+                             "table": table},
+                    data=_provenance(data), seed=exp.seed)
+
+    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"{phase} on {suite}")
+
+
+def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
+    """A base model trained with an augmentation baseline (Table 3) and the profile's recipe."""
+    from .baselines import BASELINES, train_baseline
+
+    check_choice("baseline", method, BASELINES)
+    path = exp.checkpoint(f"baseline_{method}")
+    if path.exists() and not exp.recompute:
+        return _model_from(path, exp, num_classes)
+    if not exp.allow_train:
+        raise DemHECError(f"baseline checkpoint {path.name} is missing; set allow_train=True")
+    data = train_data(exp)
+    check_writable(path.parent)
+    model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
+    train_baseline(model, data, method, replace(exp.prof.base, seed=exp.seed), device=exp.device,
+                   checkpoint=path.with_suffix(".ckpt"), progress=exp.progress)
+    _save_state(model, path)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    return model.eval()
+
+
+def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
+                   suite: str = "cifar-c", pooled: bool = False) -> dict:
+    """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
+    from .corruptions import corrupt_split
+    from .entropy import layer_entropy
+
+    path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+
+    def compute() -> dict:
+        data = _subset(eval_data(exp), exp.prof.entropy_images, seed=1)
+        k = len(data.classes)
+        model = base_model(exp, k) if phase == "before" else demhec_model(exp, num_classes=k)
+        corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=exp.seed)
+
+        def run(images: np.ndarray) -> dict:
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+            ent = layer_entropy(model, x.to(exp.device), pooled=pooled, batch_size=exp.prof.eval_batch_size)
+            return {n: [round(float(v), 6) for v in e] for n, e in ent.items()}
+
+        return dict(kind=f"entropy/{phase}", profile=exp.profile,
+                    config={"experiment": _exp_config(exp), "corruption": corruption,
+                            "severity": severity, "suite": suite, "pooled": pooled},
+                    metrics={"clean": run(data.images), "corrupted": run(corrupted)},
+                    data=_provenance(data), seed=exp.seed)
+
+    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"entropy {phase} {corruption} S{severity}")
+
+
+def _exp_config(exp: Experiment) -> dict:
+    return {"profile": exp.profile, "dataset": exp.effective_dataset,
+            "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
+            "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+
+
+def result_table(record: dict) -> pd.DataFrame:
+    """The tidy evaluation table stored in a robustness result."""
+    return pd.DataFrame(record["metrics"]["table"])
+
+
+def before_after_table(before: dict, after: dict, paper: str | None = None,
+                       paper_dataset: str | None = None, paper_backbone: str | None = None) -> pd.DataFrame:
+    """Table 1-style comparison: accuracy per corruption and severity before and after
+    Dem-HEC, with the paper's numbers (``paper`` = "table1", "table2" or "table5") beside them."""
+    rows = []
+    for phase, rec in (("before", before), ("after", after)):
+        t = result_table(rec)
+        t = t[t.corruption != "clean"].assign(phase=phase)
+        rows.append(t[["corruption", "severity", "phase", "accuracy"]])
+    ours = pd.concat(rows, ignore_index=True)
+    if paper is None:
+        return ours
+    ref = paper_table(paper)
+    ref = ref[(ref.dataset == paper_dataset) & (ref.backbone == paper_backbone)]
+    return compare_with_paper(ours, ref, on=["corruption", "severity", "phase"])
+
+
+def load_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    return [read_result(p) for p in paths]

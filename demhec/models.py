@@ -1,0 +1,683 @@
+"""Model registry: every backbone of the paper behind one uniform :class:`Classifier` wrapper.
+
+Section 4.1 of the paper fine-tunes CIFAR ResNet-20/56 and RepVGG-A0/A2 (pretrained weights
+of chenyaofo/pytorch-cifar-models) on CIFAR-10/100, and ResNet-18/50 and ViT-L on
+Tiny-ImageNet. Dem-HEC needs three things from each of them, which the wrapper provides
+uniformly:
+
+* images in [0, 1]; the per-channel normalisation the weights were trained with lives inside
+  the wrapper (non-persistent buffers, so checkpoints stay in the zoo's layout);
+* ``head_name``: the final linear layer whose *input* is the penultimate feature vector the
+  contrastive loss (eq. 8) pulls apart; entropy is computed "at the final pooling or dense
+  layer" (section 4.1);
+* ``stages``: the natural stages, shallow to deep, for the layer-wise entropy analysis
+  (section 3.1, figure 3).
+
+The CIFAR networks reproduce the zoo's module names and shapes exactly, so its published
+state dicts load with ``strict=True`` into ``Classifier.net``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import DemHECError, check_choice, check_range
+
+__all__ = [
+    "CIFAR_WEIGHT_URLS",
+    "NORMALISATION",
+    "BasicBlock",
+    "CifarRepVGG",
+    "CifarResNet",
+    "Classifier",
+    "Normalisation",
+    "RepVGGBlock",
+    "get_model",
+    "list_models",
+    "register_model",
+    "reparameterize",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-channel mean and standard deviation the pretrained weights expect."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+NORMALISATION: dict[str, Normalisation] = {
+    # chenyaofo/pytorch-cifar-models training recipe (its default CIFAR-10/100 transforms).
+    "cifar10": Normalisation((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": Normalisation((0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761)),
+    # torchvision's ImageNet weights (their `transforms()`), also timm's IMAGENET_DEFAULT_*.
+    "imagenet": Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+_ZOO = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download"
+
+# chenyaofo/pytorch-cifar-models release assets (README model-zoo table, resnet.py and
+# repvgg.py). The 8 hex digits in each file name are the start of its SHA-256, which
+# torch.hub verifies with check_hash=True.
+CIFAR_WEIGHT_URLS: dict[tuple[str, str], str] = {
+    ("resnet20", "cifar10"): f"{_ZOO}/resnet/cifar10_resnet20-4118986f.pt",
+    ("resnet32", "cifar10"): f"{_ZOO}/resnet/cifar10_resnet32-ef93fc4d.pt",
+    ("resnet44", "cifar10"): f"{_ZOO}/resnet/cifar10_resnet44-2a3cabcb.pt",
+    ("resnet56", "cifar10"): f"{_ZOO}/resnet/cifar10_resnet56-187c023a.pt",
+    ("resnet20", "cifar100"): f"{_ZOO}/resnet/cifar100_resnet20-23dac2f1.pt",
+    ("resnet32", "cifar100"): f"{_ZOO}/resnet/cifar100_resnet32-84213ce6.pt",
+    ("resnet44", "cifar100"): f"{_ZOO}/resnet/cifar100_resnet44-ffe32858.pt",
+    ("resnet56", "cifar100"): f"{_ZOO}/resnet/cifar100_resnet56-f2eff4c8.pt",
+    ("repvgg_a0", "cifar10"): f"{_ZOO}/repvgg/cifar10_repvgg_a0-ef08a50e.pt",
+    ("repvgg_a1", "cifar10"): f"{_ZOO}/repvgg/cifar10_repvgg_a1-38d2431b.pt",
+    ("repvgg_a2", "cifar10"): f"{_ZOO}/repvgg/cifar10_repvgg_a2-09488915.pt",
+    ("repvgg_a0", "cifar100"): f"{_ZOO}/repvgg/cifar100_repvgg_a0-2df1edd0.pt",
+    ("repvgg_a1", "cifar100"): f"{_ZOO}/repvgg/cifar100_repvgg_a1-c06b21a7.pt",
+    ("repvgg_a2", "cifar100"): f"{_ZOO}/repvgg/cifar100_repvgg_a2-8e71b1f8.pt",
+}
+
+# The class count each published CIFAR checkpoint was trained for.
+_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+# BasicBlocks per layer for the CIFAR ResNets of He et al. (2016): depth = 6n + 2.
+RESNET_CIFAR_BLOCKS: dict[str, int] = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
+
+# RepVGG-A (Ding et al., 2021, table 2): blocks in stages 1-4 and width multipliers a, b
+# applied to the base widths 64, 128, 256, 512 (the last stage uses b).
+REPVGG_A_BLOCKS = (2, 4, 14, 1)
+REPVGG_BASE_WIDTHS = (64, 128, 256, 512)
+REPVGG_WIDTHS: dict[str, tuple[float, float, float, float]] = {
+    "repvgg_a0": (0.75, 0.75, 0.75, 2.5),
+    "repvgg_a1": (1.0, 1.0, 1.0, 2.5),
+    "repvgg_a2": (1.5, 1.5, 1.5, 2.75),
+}
+
+# timm architectures registered as backbones; vit_large_patch16_384 is the paper's ViT-L.
+TIMM_VITS = (
+    "vit_large_patch16_384",
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_tiny_patch16_224",
+)
+
+# A ViT small enough for CPU tests: 32 px images, 4x4 patches of 8 px, two blocks.
+VIT_TEST_CONFIG: dict[str, int] = {
+    "img_size": 32,
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+}
+
+# The smallest square side each conv family is meant for: CIFAR resolution for the ResNets
+# and RepVGGs (adaptive pooling makes them accept any size), and 63 px for AlexNet, whose
+# three stride-2 max-pools after a stride-4 convolution leave nothing below that.
+_MIN_SIZE_CIFAR = 32
+_MIN_SIZE_ALEXNET = 63
+
+
+class Classifier(nn.Module):
+    """Uniform wrapper: normalises [0, 1] images, then runs the architecture ``net``.
+
+    Attributes: ``arch`` (registry name), ``num_classes``, ``head_name`` (module name, as in
+    ``named_modules()``, of the final linear layer; its input is the (N, D) penultimate
+    feature), ``stages`` (module names shallow to deep, the head last), ``input_size``
+    (native square side), ``min_input_size`` (smallest square side the wrapper is meant
+    for), ``mean`` / ``std`` (non-persistent (3,) buffers).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        arch: str,
+        num_classes: int,
+        head_name: str,
+        stages: Sequence[str],
+        input_size: int,
+        min_input_size: int,
+        norm: Normalisation,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.num_classes = num_classes
+        self.head_name = head_name
+        self.stages = tuple(stages)
+        self.input_size = input_size
+        self.min_input_size = min_input_size
+        # Non-persistent: a checkpoint is the architecture's own state dict, nothing more.
+        self.register_buffer("mean", torch.tensor(norm.mean), persistent=False)
+        self.register_buffer("std", torch.tensor(norm.std), persistent=False)
+        self.mean: Tensor
+        self.std: Tensor
+        names = dict(self.named_modules())
+        missing = [s for s in (head_name, *self.stages) if s not in names]
+        if missing:
+            raise DemHECError(f"{arch}: no module named {', '.join(missing)}")
+        if not isinstance(names[head_name], nn.Linear):
+            raise DemHECError(f"{arch}: head {head_name!r} is not a Linear layer")
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final classification layer (see ``head_name``)."""
+        return self.get_submodule(self.head_name)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width D of the penultimate feature vector, the head's input."""
+        return self.head.in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, num_classes) for images in [0, 1] of shape (N, 3, H, W)."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise DemHECError(f"{self.arch} expects images (N, 3, H, W), got {tuple(x.shape)}")
+        x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+        return self.net(x)
+
+    def load_state_dict_any(self, sd: Mapping[str, Any], strict: bool = True) -> Any:
+        """Load a zoo-layout, wrapper-layout (``net.``) or checkpoint dict into ``net``.
+
+        A checkpoint dict is one with a ``"model"`` or ``"state_dict"`` entry; keys saved
+        from ``nn.DataParallel`` (``module.``) are accepted too. A dict of another
+        architecture or class count raises :class:`DemHECError` with a one-line message.
+        """
+        sd = _unwrap_checkpoint(sd)
+        for prefix in ("module.", "net."):
+            if sd and all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+        problems = _mismatches(self.net.state_dict(), sd, strict)
+        try:
+            if not problems:
+                return self.net.load_state_dict(sd, strict=strict)
+        except RuntimeError as exc:  # e.g. a non-tensor value under a parameter's name
+            problems = [str(exc).splitlines()[-1].strip()]
+        raise DemHECError(
+            f"checkpoint does not fit {self.arch} with {self.num_classes} classes: "
+            + "; ".join(problems)
+        )
+
+
+def _mismatches(own: Mapping[str, Tensor], sd: Mapping[str, Any], strict: bool) -> list[str]:
+    """One short phrase per kind of mismatch, shape mismatches first (they name the culprit)."""
+
+    def some(keys: list[str]) -> str:
+        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+        return f"{keys[0]}{more}"
+
+    problems = []
+    sized = [
+        k for k in own if k in sd and isinstance(sd[k], Tensor) and sd[k].shape != own[k].shape
+    ]
+    if sized:
+        k = sized[0]
+        problems.append(
+            f"size mismatch for {some(sized)} "
+            f"(checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
+        )
+    if strict:
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({some(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({some(unexpected)})")
+    return problems
+
+
+def _unwrap_checkpoint(sd: Any) -> dict[str, Any]:
+    while isinstance(sd, Mapping):
+        inner = next((sd[k] for k in ("model", "state_dict") if k in sd), None)
+        if not isinstance(inner, Mapping):
+            break
+        sd = inner
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise DemHECError(f"not a state dict: {type(sd).__name__}")
+    return dict(sd)
+
+
+_Builder = Callable[..., Classifier]
+_REGISTRY: dict[str, _Builder] = {}
+
+
+def register_model(name: str) -> Callable[[_Builder], _Builder]:
+    """Decorator adding a builder ``(num_classes, pretrained, progress, **kw) -> Classifier``."""
+
+    def decorate(builder: _Builder) -> _Builder:
+        if name in _REGISTRY:
+            raise DemHECError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered backbone names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model(
+    name: str,
+    num_classes: int = 10,
+    pretrained: bool | str | os.PathLike = False,
+    *,
+    progress: bool = False,
+    **kw: Any,
+) -> Classifier:
+    """Build backbone ``name`` with a ``num_classes``-way head, wrapped in :class:`Classifier`.
+
+    ``pretrained``: False (random init), True (published weights: CIFAR zoo, torchvision
+    ImageNet or timm) or the path of a local state dict in zoo or wrapper layout. ``kw`` goes
+    to the builder: ``dataset`` ("cifar10"/"cifar100") for CIFAR models, timm arguments
+    (e.g. ``img_size``) for ViTs.
+    """
+    check_choice("backbone", name, list_models())
+    check_range("num_classes", num_classes, 1, integer=True)
+    if isinstance(pretrained, (str, os.PathLike)):
+        model = _REGISTRY[name](num_classes=num_classes, pretrained=False, progress=progress, **kw)
+        model.load_state_dict_any(_load_local(Path(pretrained)))
+        logger.info("loaded %s weights from %s", name, pretrained)
+        return model
+    if not isinstance(pretrained, bool):
+        raise DemHECError(f"pretrained must be True, False or a path, got {pretrained!r}")
+    return _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, progress=progress, **kw)
+
+
+def _load_local(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DemHECError(f"pretrained checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
+        raise DemHECError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+
+
+def _download(url: str, progress: bool) -> dict[str, Any]:
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=progress, check_hash=True
+        )
+    except (OSError, RuntimeError) as exc:  # no network (URLError) or a hash mismatch
+        raise DemHECError(f"cannot download {url}: {exc}".splitlines()[0]) from exc
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR ResNets (chenyaofo/pytorch-cifar-models resnet.py, itself from torchvision)
+# --------------------------------------------------------------------------------------
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection (projected when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: 3x3 stem, three layers of 16/32/64 channels, no max-pool."""
+
+    def __init__(self, blocks_per_layer: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(3, 16)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        widths, cin = (16, 32, 64), 16
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layer = [BasicBlock(cin, width, stride)]
+            layer += [BasicBlock(width, width) for _ in range(blocks_per_layer - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            cin = width
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR RepVGG (chenyaofo/pytorch-cifar-models repvgg.py, from DingXiaoH/RepVGG)
+# --------------------------------------------------------------------------------------
+
+
+def _conv_bn(cin: int, cout: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
+    branch = nn.Sequential()
+    branch.add_module(
+        "conv", nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
+    )
+    branch.add_module("bn", nn.BatchNorm2d(cout))
+    return branch
+
+
+def _fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class RepVGGBlock(nn.Module):
+    """Training form: ReLU(3x3 conv-BN + 1x1 conv-BN + BN identity); deploy form: one 3x3 conv.
+
+    :meth:`switch_to_deploy` folds the three branches, using the BN running statistics,
+    into ``rbr_reparam`` (structural re-parameterisation, Ding et al., 2021).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.nonlinearity = nn.ReLU()
+        self.rbr_identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+        self.rbr_dense = _conv_bn(cin, cout, 3, stride, 1)
+        self.rbr_1x1 = _conv_bn(cin, cout, 1, stride, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "rbr_reparam"):
+            return self.nonlinearity(self.rbr_reparam(x))
+        out = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            out = out + self.rbr_identity(x)
+        return self.nonlinearity(out)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Replace the branches by the equivalent single 3x3 conv (eval-mode semantics)."""
+        if hasattr(self, "rbr_reparam"):
+            return
+        conv = self.rbr_dense.conv
+        kernel, bias = _fuse_bn(conv.weight, self.rbr_dense.bn)
+        k1, b1 = _fuse_bn(F.pad(self.rbr_1x1.conv.weight, [1, 1, 1, 1]), self.rbr_1x1.bn)
+        kernel, bias = kernel + k1, bias + b1
+        if self.rbr_identity is not None:
+            c = conv.in_channels
+            ident = torch.zeros(c, c, 3, 3, dtype=kernel.dtype, device=kernel.device)
+            ident[:, :, 1, 1] = torch.eye(c, dtype=kernel.dtype, device=kernel.device)
+            ki, bi = _fuse_bn(ident, self.rbr_identity)
+            kernel, bias = kernel + ki, bias + bi
+        self.rbr_reparam = nn.Conv2d(
+            conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=1, bias=True
+        ).to(device=kernel.device, dtype=kernel.dtype)
+        self.rbr_reparam.weight.copy_(kernel)
+        self.rbr_reparam.bias.copy_(bias)
+        del self.rbr_dense, self.rbr_1x1, self.rbr_identity
+
+
+class CifarRepVGG(nn.Module):
+    """RepVGG-A for 32x32 inputs: the zoo keeps stride 1 in stage0 and stage1."""
+
+    def __init__(self, widths: Sequence[float], num_classes: int) -> None:
+        super().__init__()
+        cin = min(64, int(64 * widths[0]))
+        self.stage0 = RepVGGBlock(3, cin, stride=1)
+        for i, (blocks, base, mult) in enumerate(zip(REPVGG_A_BLOCKS, REPVGG_BASE_WIDTHS, widths)):
+            width = int(base * mult)
+            layer = []
+            for j in range(blocks):
+                layer.append(RepVGGBlock(cin, width, stride=2 if i > 0 and j == 0 else 1))
+                cin = width
+            self.add_module(f"stage{i + 1}", nn.Sequential(*layer))
+        self.gap = nn.AdaptiveAvgPool2d(output_size=1)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage0(x)
+        x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
+        return self.linear(torch.flatten(self.gap(x), 1))
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Convert every RepVGG block of ``model`` to its deploy form in place; returns ``model``.
+
+    The fused network computes what the training form computes in eval mode; BN statistics
+    stop adapting afterwards, so fine-tune before converting.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+    if not blocks:
+        raise DemHECError(f"{type(model).__name__} has no RepVGG blocks to re-parameterise")
+    for block in blocks:
+        block.switch_to_deploy()
+    return model
+
+
+def _cifar_dataset(arch: str, num_classes: int, pretrained: bool, dataset: str | None) -> str:
+    """Pick the normalisation's dataset; with published weights it must match the classes."""
+    default = "cifar100" if num_classes == 100 else "cifar10"
+    dataset = check_choice("dataset", dataset or default, sorted(_CIFAR_CLASSES))
+    if pretrained and _CIFAR_CLASSES[dataset] != num_classes:
+        raise DemHECError(
+            f"published {arch} weights exist for 10 (cifar10) or 100 (cifar100) classes; "
+            f"got num_classes={num_classes} with dataset={dataset!r}"
+        )
+    return dataset
+
+
+def _cifar_classifier(
+    arch: str,
+    net: nn.Module,
+    *,
+    num_classes: int,
+    pretrained: bool,
+    progress: bool,
+    dataset: str | None,
+    head_name: str,
+    stages: Sequence[str],
+) -> Classifier:
+    dataset = _cifar_dataset(arch, num_classes, pretrained, dataset)
+    model = Classifier(
+        net,
+        arch=arch,
+        num_classes=num_classes,
+        head_name=head_name,
+        stages=stages,
+        input_size=32,
+        min_input_size=_MIN_SIZE_CIFAR,
+        norm=NORMALISATION[dataset],
+    )
+    if pretrained:
+        model.load_state_dict_any(_download(CIFAR_WEIGHT_URLS[arch, dataset], progress))
+        logger.info("loaded published %s %s weights", dataset, arch)
+    return model
+
+
+def _resnet_cifar_builder(arch: str) -> _Builder:
+    def build(
+        num_classes: int, pretrained: bool, progress: bool, dataset: str | None = None
+    ) -> Classifier:
+        return _cifar_classifier(
+            arch,
+            CifarResNet(RESNET_CIFAR_BLOCKS[arch], num_classes),
+            num_classes=num_classes,
+            pretrained=pretrained,
+            progress=progress,
+            dataset=dataset,
+            head_name="net.fc",
+            stages=("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.avgpool", "net.fc"),
+        )
+
+    build.__doc__ = f"CIFAR {arch} (chenyaofo/pytorch-cifar-models layout)."
+    return build
+
+
+def _repvgg_cifar_builder(arch: str) -> _Builder:
+    def build(
+        num_classes: int, pretrained: bool, progress: bool, dataset: str | None = None
+    ) -> Classifier:
+        stages = [f"net.stage{i}" for i in range(5)]
+        return _cifar_classifier(
+            arch,
+            CifarRepVGG(REPVGG_WIDTHS[arch], num_classes),
+            num_classes=num_classes,
+            pretrained=pretrained,
+            progress=progress,
+            dataset=dataset,
+            head_name="net.linear",
+            stages=(*stages, "net.gap", "net.linear"),
+        )
+
+    build.__doc__ = f"CIFAR {arch} (chenyaofo/pytorch-cifar-models layout, training form)."
+    return build
+
+
+for _arch in RESNET_CIFAR_BLOCKS:
+    register_model(_arch)(_resnet_cifar_builder(_arch))
+for _arch in REPVGG_WIDTHS:
+    register_model(_arch)(_repvgg_cifar_builder(_arch))
+
+
+# --------------------------------------------------------------------------------------
+# ImageNet-family models (torchvision)
+# --------------------------------------------------------------------------------------
+
+
+def _torchvision_net(arch: str, pretrained: bool, progress: bool) -> nn.Module:
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(arch).DEFAULT if pretrained else None
+    try:
+        return tvm.get_model(arch, weights=weights, progress=progress)
+    except (OSError, RuntimeError) as exc:  # no network (URLError) or a hash mismatch
+        raise DemHECError(
+            f"cannot download ImageNet weights for {arch}: {exc}".splitlines()[0]
+        ) from exc
+
+
+def _replace_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
+    """A fresh head for ``num_classes``; the 1000-way ImageNet head is kept if it fits."""
+    if old.out_features == num_classes:
+        return old
+    return nn.Linear(old.in_features, num_classes)
+
+
+def _torchvision_resnet_builder(arch: str) -> _Builder:
+    def build(num_classes: int, pretrained: bool, progress: bool) -> Classifier:
+        net = _torchvision_net(arch, pretrained, progress)
+        net.fc = _replace_linear(net.fc, num_classes)
+        layers = [f"net.layer{i}" for i in range(1, 5)]
+        return Classifier(
+            net,
+            arch=arch,
+            num_classes=num_classes,
+            head_name="net.fc",
+            stages=("net.maxpool", *layers, "net.avgpool", "net.fc"),
+            input_size=224,
+            min_input_size=_MIN_SIZE_CIFAR,
+            norm=NORMALISATION["imagenet"],
+        )
+
+    build.__doc__ = f"torchvision {arch}; pretrained=True loads its DEFAULT ImageNet weights."
+    return build
+
+
+for _arch in ("resnet18", "resnet50"):
+    register_model(_arch)(_torchvision_resnet_builder(_arch))
+
+
+@register_model("alexnet")
+def _alexnet(num_classes: int, pretrained: bool, progress: bool) -> Classifier:
+    """torchvision AlexNet; the head is the last Linear of ``classifier`` (index 6)."""
+    net = _torchvision_net("alexnet", pretrained, progress)
+    net.classifier[6] = _replace_linear(net.classifier[6], num_classes)
+    # The three max-pools close the conv stages; classifier.5 is the ReLU giving the head
+    # its input, the penultimate feature.
+    stages = ("features.2", "features.5", "features.12", "avgpool", "classifier.5", "classifier.6")
+    return Classifier(
+        net,
+        arch="alexnet",
+        num_classes=num_classes,
+        head_name="net.classifier.6",
+        stages=tuple(f"net.{s}" for s in stages),
+        input_size=224,
+        min_input_size=_MIN_SIZE_ALEXNET,
+        norm=NORMALISATION["imagenet"],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Vision Transformers (timm)
+# --------------------------------------------------------------------------------------
+
+
+def _vit_classifier(arch: str, net: nn.Module, num_classes: int, norm: Normalisation) -> Classifier:
+    # Class-token ViTs pool after `norm` (fc_norm is Identity); average-pool ViTs use
+    # fc_norm instead, leaving `norm` as Identity. Take the one that does the work.
+    final_norm = "norm" if isinstance(net.fc_norm, nn.Identity) else "fc_norm"
+    blocks = [f"net.blocks.{i}" for i in range(len(net.blocks))]
+    size = int(net.patch_embed.img_size[0])
+    return Classifier(
+        net,
+        arch=arch,
+        num_classes=num_classes,
+        head_name="net.head",
+        stages=("net.patch_embed", *blocks, f"net.{final_norm}", "net.head"),
+        input_size=size,
+        min_input_size=size,
+        norm=norm,
+    )
+
+
+def _timm_vit_builder(arch: str) -> _Builder:
+    def build(num_classes: int, pretrained: bool, progress: bool, **kw: Any) -> Classifier:
+        import timm
+
+        try:
+            net = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kw)
+        except OSError as exc:  # offline / missing on the Hugging Face hub
+            msg = f"cannot load timm pretrained weights for {arch} (needs network access): {exc}"
+            raise DemHECError(msg.splitlines()[0]) from exc
+        cfg = net.pretrained_cfg
+        norm = Normalisation(tuple(cfg["mean"]), tuple(cfg["std"]))
+        return _vit_classifier(arch, net, num_classes, norm)
+
+    build.__doc__ = f"timm {arch}; pretrained=True loads timm's default pretrained tag."
+    return build
+
+
+for _arch in TIMM_VITS:
+    register_model(_arch)(_timm_vit_builder(_arch))
+
+
+@register_model("vit_test")
+def _vit_test(num_classes: int, pretrained: bool, progress: bool) -> Classifier:
+    """A tiny timm VisionTransformer (VIT_TEST_CONFIG) for CPU tests; no published weights."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if pretrained:
+        raise DemHECError("vit_test has no pretrained weights")
+    net = VisionTransformer(num_classes=num_classes, **VIT_TEST_CONFIG)
+    return _vit_classifier("vit_test", net, num_classes, NORMALISATION["imagenet"])

@@ -1,0 +1,477 @@
+"""The paper's figures (2-5) and result plots, as matplotlib figures.
+
+Every function builds and returns a :class:`matplotlib.figure.Figure` created without pyplot,
+so no global figure registry fills up, no backend is needed until saving (Agg-safe), and the
+caller owns the figure. Nothing here writes files except :func:`save_figure`, which writes a
+PNG and a PDF atomically and without timestamps, so re-running an experiment reproduces
+byte-identical figures.
+
+Colours are fixed across figures (:data:`PALETTE`): clean / before Dem-HEC are blue,
+corrupted inputs red, after Dem-HEC orange.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ._common import DemHECError, atomic_write, check_choice
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PALETTE",
+    "clean_accuracy_figure",
+    "corruption_grid_figure",
+    "delta_heatmap",
+    "entropy_figure",
+    "pretty_name",
+    "robustness_figure",
+    "save_figure",
+    "training_curve_figure",
+]
+
+# Fixed colours per role; the paper's Figures 3/4 draw clean samples blue and corrupted red.
+PALETTE: Mapping[str, str] = {
+    "clean": "#1f77b4",
+    "before": "#1f77b4",
+    "corrupted": "#d62728",
+    "after": "#ff7f0e",
+    "dem_hec": "#ff7f0e",
+}
+# Colours for any other series (e.g. Table 3's augmentation methods), in order of appearance;
+# tab10 without the blue, orange and red reserved above.
+_OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_PAPER_MARKER_COLOUR = "black"
+
+# Display names of registry names, as the paper prints them (Figure 2, Tables 1-6); names not
+# listed are shown title-cased.
+_PRETTY: Mapping[str, str] = {
+    "gaussian_noise": "Gaussian",
+    "shot_noise": "Shot",
+    "impulse_noise": "Impulse",
+    "snow": "Snow",
+    "frost": "Frost",
+    "pixelate": "Pixelate",
+    "jpeg_compression": "JPEG",
+    "clean": "Clean",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "tinyimagenet": "Tiny-ImageNet",
+    "imagenette": "ImageNette",
+    "resnet20": "ResNet-20",
+    "resnet56": "ResNet-56",
+    "resnet18": "ResNet-18",
+    "resnet50": "ResNet-50",
+    "repvgg_a0": "RepVGG-A0",
+    "repvgg_a2": "RepVGG-A2",
+    "vit_large_patch16_384": "ViT-L",
+    "alexnet": "AlexNet",
+    "dem_hec": "Dem-HEC",
+}
+
+# Written into every saved figure; fixed so that reruns give identical bytes.
+_DPI = 150
+_SAVE_METADATA: Mapping[str, Mapping[str, Any]] = {
+    "png": {"Software": None},
+    "pdf": {"CreationDate": None},
+}
+_STYLE = "whitegrid"
+
+# Loss terms of eq. 12 as logged by demhec.training.finetune, with their display names.
+_LOSS_TERMS: Mapping[str, str] = {
+    "loss": "total (eq. 12)",
+    "ce_clean": "CE clean",
+    "ce_he": "CE high-entropy",
+    "info_nce": "InfoNCE",
+    "kd": "KD",
+}
+
+_F = TypeVar("_F", bound=Callable[..., Figure])
+
+
+def pretty_name(name: str) -> str:
+    """The paper's display name for a corruption, dataset or backbone registry name."""
+    return _PRETTY.get(name, str(name).replace("_", " ").title())
+
+
+def _styled(fn: _F) -> _F:
+    """Build the figure under one seaborn style without touching the caller's rcParams."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with sns.axes_style(_STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _colours(names: Sequence[str]) -> dict[str, str]:
+    others = iter(_OTHER_COLOURS * (len(names) // len(_OTHER_COLOURS) + 1))
+    return {n: PALETTE[n] if n in PALETTE else next(others) for n in names}
+
+
+def _unique(values: Any) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _check_columns(df: pd.DataFrame, what: str, required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DemHECError(f"{what} needs columns {list(required)}; missing {missing}")
+    if df.empty:
+        raise DemHECError(f"{what} got an empty table")
+
+
+def _check_unique(df: pd.DataFrame, what: str, keys: Sequence[str]) -> None:
+    if df.duplicated(subset=list(keys)).any():
+        raise DemHECError(
+            f"{what} needs one row per {tuple(keys)}; filter the table (e.g. to one dataset "
+            "and backbone) first"
+        )
+
+
+def _check_images(name: str, images: Any) -> np.ndarray:
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
+            and images.shape[-1] == 3 and len(images) > 0):
+        got = getattr(images, "shape", type(images).__name__)
+        raise DemHECError(f"{name} must be non-empty uint8 images N x H x W x 3, got {got}")
+    return images
+
+
+def _severity_label(severity: int) -> str:
+    return "clean" if severity == 0 else f"S{severity}"
+
+
+@_styled
+def corruption_grid_figure(
+    clean: np.ndarray,
+    corrupted: Mapping[tuple[str, int], np.ndarray],
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    title: str | None = None,
+) -> Figure:
+    """Figure 2: a grid with one column per corruption, the clean images in the first row and
+    one row per severity below.
+
+    Column j shows image ``j % N`` of ``clean`` and of each ``corrupted[(corruption,
+    severity)]`` (uint8 N x H x W x 3, same shape as ``clean``), so every column follows one
+    image through increasing severity, as in the paper.
+    """
+    clean = _check_images("clean", clean)
+    corruptions, severities = list(corruptions), list(severities)
+    if not corruptions or not severities:
+        raise DemHECError("corruption_grid_figure needs at least one corruption and severity")
+    for c in corruptions:
+        for s in severities:
+            check_choice("corrupted cell", (c, s), corrupted.keys())
+            cell = _check_images(f"corrupted[{(c, s)!r}]", corrupted[(c, s)])
+            if cell.shape != clean.shape:
+                raise DemHECError(
+                    f"corrupted[{(c, s)!r}] has shape {cell.shape}, clean has {clean.shape}"
+                )
+    nrows, ncols = 1 + len(severities), len(corruptions)
+    fig = Figure(figsize=(1.5 * ncols + 0.6, 1.5 * nrows + (0.4 if title else 0.2)),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for j, c in enumerate(corruptions):
+        k = j % len(clean)
+        rows = [clean[k]] + [corrupted[(c, s)][k] for s in severities]
+        for i, img in enumerate(rows):
+            ax = axes[i, j]
+            # Nearest keeps 32 x 32 CIFAR pixels visible instead of blurring them.
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        axes[0, j].set_title(pretty_name(c), fontsize=10)
+    for i, label in enumerate(["Clean"] + [_severity_label(s) for s in severities]):
+        axes[i, 0].set_ylabel(label, fontsize=10)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _as_numpy(values: Any, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise DemHECError(f"entropies of layer {name!r} must be a non-empty 1-D array (N,), "
+                          f"got shape {arr.shape}")
+    return arr
+
+
+@_styled
+def entropy_figure(
+    clean: Mapping[str, Any],
+    corrupted: Mapping[str, Any],
+    title: str | None = None,
+    layer_labels: Mapping[str, str] | None = None,
+    normalise_by: Mapping[str, float] | None = None,
+) -> Figure:
+    """Figures 3/4: per-layer distributions of the eq. 4 entropy, clean (blue, left half) vs
+    corrupted (red, right half) split violins, layers from shallow to deep in ``clean``'s order.
+
+    Values are arrays or tensors (N,) per layer, e.g. from :func:`demhec.entropy.layer_entropy`.
+    ``normalise_by`` divides each layer's values (e.g. by log d, see
+    :func:`demhec.entropy.normalised`) so layers of different widths share one scale; the
+    layer "" (the whole model) is shown as "logits" unless ``layer_labels`` names it.
+    """
+    layers = list(clean)
+    if not layers:
+        raise DemHECError("entropy_figure needs at least one layer")
+    if set(corrupted) != set(layers):
+        raise DemHECError(f"clean and corrupted must have the same layers; clean has {layers}, "
+                          f"corrupted has {list(corrupted)}")
+    labels = dict(layer_labels or {})
+    scale = dict(normalise_by or {})
+    for name in scale:
+        check_choice("layer", name, layers)
+    for name, value in scale.items():
+        if not (np.isfinite(value) and value > 0):
+            raise DemHECError(f"normalise_by[{name!r}] must be a positive number, got {value!r}")
+    display = [labels.get(n, n if n else "logits") for n in layers]
+    frames = []
+    for name, shown in zip(layers, display):
+        for kind, source in (("clean", clean), ("corrupted", corrupted)):
+            values = _as_numpy(source[name], name) / scale.get(name, 1.0)
+            frames.append(pd.DataFrame({"layer": shown, "kind": kind, "entropy": values}))
+    long = pd.concat(frames, ignore_index=True)
+
+    fig = Figure(figsize=(max(4.0, 1.1 * len(layers) + 1.5), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    kinds = ["clean", "corrupted"]
+    # cut=0 keeps the violins inside the observed range (entropy cannot exceed log d);
+    # width-normalised so shallow layers with tight distributions stay visible.
+    sns.violinplot(data=long, x="layer", y="entropy", hue="kind", order=display,
+                   hue_order=kinds, palette=_colours(kinds), split=True, inner="quart",
+                   cut=0, density_norm="width", linewidth=0.8, legend=False, ax=ax)
+    ax.legend(handles=[Patch(facecolor=PALETTE[k], label=k) for k in kinds], loc="best")
+    ax.set_xlabel("layer (shallow \u2192 deep)")
+    ax.set_ylabel("normalised entropy H / log d" if scale else "entropy H (nats, eq. 4)")
+    if len(layers) > 6:
+        ax.tick_params(axis="x", labelrotation=30)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@_styled
+def clean_accuracy_figure(df: pd.DataFrame) -> Figure:
+    """Figure 5: clean accuracy before (blue) and after (orange) Dem-HEC, one panel per
+    dataset, grouped bars per backbone, each bar annotated with its value.
+
+    ``df`` has columns dataset, backbone, phase ("before"/"after"), accuracy (percent) and
+    optionally paper_accuracy, the paper's reported value for that bar (NaN where it reports
+    none), drawn as a black marker on the bar.
+    """
+    _check_columns(df, "clean_accuracy_figure", ["dataset", "backbone", "phase", "accuracy"])
+    phases = ["before", "after"]
+    for p in _unique(df["phase"]):
+        check_choice("phase", p, phases)
+    _check_unique(df, "clean_accuracy_figure", ["dataset", "backbone", "phase"])
+    datasets = _unique(df["dataset"])
+    n_backbones = [df.loc[df["dataset"] == d, "backbone"].nunique() for d in datasets]
+    fig = Figure(figsize=(1.6 * sum(n_backbones) + 1.5, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True,
+                        gridspec_kw={"width_ratios": n_backbones})[0]
+    has_paper = "paper_accuracy" in df.columns and df["paper_accuracy"].notna().any()
+    width = 0.38
+    for ax, dataset in zip(axes, datasets):
+        sub = df[df["dataset"] == dataset]
+        backbones = _unique(sub["backbone"])
+        x = np.arange(len(backbones))
+        for k, phase in enumerate(phases):
+            rows = sub[sub["phase"] == phase].set_index("backbone").reindex(backbones)
+            present = rows["accuracy"].notna().to_numpy()
+            if not present.any():
+                continue
+            pos = x[present] + (k - 0.5) * width
+            bars = ax.bar(pos, rows["accuracy"].to_numpy()[present], width,
+                          color=PALETTE[phase])
+            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+            if has_paper:
+                paper = rows["paper_accuracy"].to_numpy(dtype=float)[present]
+                ax.plot(pos, paper, linestyle="none", marker="D", markersize=5,
+                        color=_PAPER_MARKER_COLOUR)
+        ax.set_xticks(x, [pretty_name(b) for b in backbones])
+        ax.set_title(pretty_name(dataset))
+        ax.set_xlabel("backbone")
+    axes[0].set_ylabel("clean accuracy (%)")
+    top = np.nanmax(df[["accuracy", "paper_accuracy"]].to_numpy(dtype=float)) if has_paper \
+        else df["accuracy"].max()
+    # Headroom for the value labels above the tallest bar.
+    axes[0].set_ylim(0, min(100.0, top * 1.12) if top > 0 else 1.0)
+    handles = [Patch(facecolor=PALETTE[p], label=p) for p in phases if (df["phase"] == p).any()]
+    if has_paper:
+        handles.append(Line2D([], [], linestyle="none", marker="D", markersize=5,
+                              color=_PAPER_MARKER_COLOUR, label="paper (reported)"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
+    return fig
+
+
+@_styled
+def robustness_figure(df: pd.DataFrame, by: str | None = None) -> Figure:
+    """Corrupted accuracy (eq. 1) against severity, one panel per corruption, one line per
+    value of ``by`` (default: the "phase" column, else "method", else a single line).
+
+    With a ``source`` column, rows whose source is "paper" (e.g. Table 1) are drawn dashed in
+    the colour of the matching line, so reproduced ("ours") and reported numbers compare at a
+    glance. Clean rows (corruption "clean", as :func:`demhec.evaluation.evaluate` returns)
+    start each line at x = "clean".
+    """
+    _check_columns(df, "robustness_figure", ["corruption", "severity", "accuracy"])
+    if by is None:
+        by = next((c for c in ("phase", "method") if c in df.columns), None)
+    else:
+        check_choice("column", by, df.columns)
+    data = df.assign(_series="accuracy" if by is None else df[by].astype(str))
+    data = data.assign(_source=data["source"].astype(str) if "source" in data.columns else "")
+    if "source" in data.columns:
+        for s in _unique(data["_source"]):
+            check_choice("source", s, ["ours", "paper"])
+    _check_unique(data, "robustness_figure", ["corruption", "severity", "_series", "_source"])
+    corruptions = [c for c in _unique(data["corruption"]) if c != "clean"]
+    if not corruptions:
+        raise DemHECError("robustness_figure needs rows with a corruption other than 'clean'")
+    series = _unique(data["_series"])
+    colours = _colours(series)
+    clean = data[data["corruption"] == "clean"]
+    severities = sorted(int(s) for s in data.loc[data["corruption"] != "clean", "severity"].unique())
+    ticks = ([0] if not clean.empty else []) + severities
+
+    ncols = min(len(corruptions), 4)
+    nrows = -(-len(corruptions) // ncols)
+    fig = Figure(figsize=(3.0 * ncols + 0.5, 2.6 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    handles: dict[str, Line2D] = {}
+    for ax, corruption in zip(axes.flat, corruptions):
+        for (name, source), group in data[data["corruption"] == corruption].groupby(
+                ["_series", "_source"], sort=False):
+            start = clean[(clean["_series"] == name) & (clean["_source"] == source)]
+            pts = pd.concat([start, group]).sort_values("severity")
+            label = f"{name} ({source})" if source else name
+            (line,) = ax.plot(pts["severity"].astype(int), pts["accuracy"], marker="o",
+                              markersize=4, color=colours[name], label=label,
+                              linestyle="--" if source == "paper" else "-",
+                              alpha=0.7 if source == "paper" else 1.0)
+            handles.setdefault(label, line)
+        ax.set_title(pretty_name(corruption))
+        ax.set_xticks(ticks, [_severity_label(s) for s in ticks])
+    for ax in axes.flat[len(corruptions):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    for j in range(ncols):
+        # The lowest visible panel of each column carries the x label.
+        last = max(i for i in range(nrows) if i * ncols + j < len(corruptions))
+        axes[last, j].set_xlabel("severity")
+        axes[last, j].xaxis.set_tick_params(labelbottom=True)
+    fig.legend(handles=list(handles.values()), loc="outside upper center",
+               ncols=min(len(handles), 4))
+    return fig
+
+
+@_styled
+def delta_heatmap(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Heatmap of accuracy gains (points, e.g. after - before Dem-HEC) with corruptions as
+    rows and severities as columns, on a colour scale centred at zero (green gains, red
+    losses), each cell annotated. Clean rows are left out; missing cells stay blank.
+    """
+    _check_columns(df, "delta_heatmap", ["corruption", "severity", "delta"])
+    data = df[df["corruption"] != "clean"]
+    if data.empty:
+        raise DemHECError("delta_heatmap needs rows with a corruption other than 'clean'")
+    _check_unique(data, "delta_heatmap", ["corruption", "severity"])
+    corruptions = _unique(data["corruption"])
+    severities = sorted(int(s) for s in data["severity"].unique())
+    grid = (data.assign(severity=data["severity"].astype(int))
+            .pivot(index="corruption", columns="severity", values="delta")
+            .reindex(index=corruptions, columns=severities).astype(float))
+    extent = float(np.nanmax(np.abs(grid.to_numpy())))
+    extent = extent if extent > 0 else 1.0
+    fig = Figure(figsize=(1.0 * len(severities) + 2.6, 0.45 * len(corruptions) + 1.4),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(grid, ax=ax, cmap="RdYlGn", center=0.0, vmin=-extent, vmax=extent,
+                annot=True, fmt="+.1f", linewidths=0.5,
+                xticklabels=[_severity_label(s) for s in severities],
+                yticklabels=[pretty_name(c) for c in corruptions],
+                cbar_kws={"label": "accuracy gain (points)"})
+    ax.set_xlabel("severity")
+    ax.set_ylabel("corruption")
+    ax.tick_params(axis="y", labelrotation=0)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@_styled
+def training_curve_figure(history: Sequence[Mapping[str, float]],
+                          title: str | None = None) -> Figure:
+    """Loss against optimisation step: the total loss of eq. 12 and, where logged, its terms
+    (ce_clean, ce_he, info_nce, kd; unweighted, as :func:`demhec.training.finetune` reports
+    them). Each entry needs "step" and "loss"."""
+    if not history:
+        raise DemHECError("training_curve_figure needs a non-empty history")
+    for i, entry in enumerate(history):
+        missing = [k for k in ("step", "loss") if k not in entry]
+        if missing:
+            raise DemHECError(f"history[{i}] lacks {missing}; each entry needs 'step' and 'loss'")
+    steps = np.array([float(h["step"]) for h in history])
+    order = np.argsort(steps, kind="stable")
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    colours = _colours([t for t in _LOSS_TERMS if t != "loss"])
+    for term, label in _LOSS_TERMS.items():
+        if not any(term in h for h in history):
+            continue
+        values = np.array([float(h.get(term, np.nan)) for h in history])[order]
+        total = term == "loss"
+        ax.plot(steps[order], values, label=label, color="black" if total else colours[term],
+                linewidth=1.8 if total else 1.0,
+                # A single logged step would otherwise draw an invisible zero-length line.
+                marker="o" if len(history) == 1 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="best")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def save_figure(fig: Figure, stem: str, figures_dir: str | os.PathLike) -> list[Path]:
+    """Write ``fig`` as ``<figures_dir>/<stem>.png`` (150 dpi) and ``.pdf``; return both paths.
+
+    Both files are rendered in memory first and then written atomically, so a failure leaves
+    neither a partial file nor a half-updated pair. Timestamps and software versions are left
+    out of the metadata, so saving the same figure twice gives identical bytes.
+    """
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem:
+        raise DemHECError(f"stem must be a plain file name without directories, got {stem!r}")
+    rendered = {}
+    for ext, metadata in _SAVE_METADATA.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=_DPI, metadata=dict(metadata), bbox_inches="tight")
+        rendered[ext] = buf.getvalue()
+    paths = []
+    for ext, data in rendered.items():
+        path = Path(figures_dir) / f"{stem}.{ext}"
+        with atomic_write(path, "wb") as f:
+            f.write(data)
+        paths.append(path)
+    log.info("saved figure %s (.png, .pdf)", Path(figures_dir) / stem)
+    return paths

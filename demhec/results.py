@@ -1,0 +1,213 @@
+"""Result files: one small JSON per table cell or figure input, with full provenance.
+
+Every result records what produced it (kind, config, seed, profile), the data it saw, the
+package versions and the git commit. Files are written atomically and reused when present;
+missing ones are computed only when the caller allows it (``allow_train``), otherwise
+:func:`get_or_compute` names the missing file. Tables are rendered from these files (CSV,
+Markdown, LaTeX), side by side with the paper's reported numbers in ``results/paper/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._common import DemHECError, atomic_write
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PAPER_DIR",
+    "check_writable",
+    "compare_with_paper",
+    "get_or_compute",
+    "git_commit",
+    "paper_table",
+    "read_result",
+    "save_table",
+    "versions",
+    "write_result",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAPER_DIR = REPO_ROOT / "results" / "paper"
+SCHEMA = 1
+_PACKAGES = ("torch", "torchvision", "numpy", "imagecorruptions-imaug", "timm", "scikit-learn",
+             "pandas")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape the numbers."""
+    out = {"python": platform.python_version()}
+    for name in ("demhec", *_PACKAGES):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the checkout this library runs from, with ``-dirty`` for local edits."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
+        return sha + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        return _jsonable(obj.to_dict("records"))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+def write_result(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    profile: str,
+    config: Any,
+    metrics: Any,
+    data: Mapping[str, Any],
+    seed: int,
+) -> dict:
+    """Write one result JSON atomically and return its content."""
+    record = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "profile": profile,
+        "seed": seed,
+        "config": _jsonable(config),
+        "data": _jsonable(data),
+        "metrics": _jsonable(metrics),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return record
+
+
+def read_result(path: str | os.PathLike) -> dict:
+    """Load a result JSON, refusing files that are not complete demhec results."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DemHECError(f"result {path} is unreadable ({type(e).__name__}); delete it to recompute") from e
+    missing = {"schema", "kind", "profile", "config", "metrics", "data", "versions",
+               "git_commit"} - set(record)
+    if missing:
+        raise DemHECError(f"result {path} lacks {sorted(missing)}; delete it to recompute")
+    return record
+
+
+def get_or_compute(
+    path: str | os.PathLike,
+    compute: Callable[[], dict],
+    *,
+    allow_train: bool,
+    recompute: bool = False,
+    what: str = "",
+) -> dict:
+    """Return the result at ``path``; compute and write it (``compute`` returns the
+    :func:`write_result` keyword arguments) only when ``allow_train`` permits."""
+    path = Path(path)
+    if path.exists() and not recompute:
+        return read_result(path)
+    if not allow_train:
+        reason = "is missing" if not path.exists() else "is to be recomputed"
+        raise DemHECError(
+            f"result {path.name} ({what or path.stem}) {reason} under {path.parent}; "
+            "set allow_train=True (notebooks: -p allow_train True) to compute it"
+        )
+    return write_result(path, **compute())
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Fail early, before any long work, when results cannot be written to ``directory``."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_write(directory / ".write-test", "w") as f:
+            f.write("ok")
+        (directory / ".write-test").unlink()
+    except OSError as e:
+        raise DemHECError(f"cannot write results to {directory}: {e.strerror or e}") from e
+    return directory
+
+
+def paper_table(name: str, paper_dir: str | os.PathLike = PAPER_DIR) -> pd.DataFrame:
+    """The paper's reported numbers, transcribed once into ``results/paper/<name>.csv``."""
+    path = Path(paper_dir) / f"{name}.csv"
+    if not path.exists():
+        valid = sorted(p.stem for p in Path(paper_dir).glob("*.csv"))
+        raise DemHECError(f"unknown paper table {name!r}; valid: {', '.join(valid)}")
+    return pd.read_csv(path)
+
+
+def compare_with_paper(
+    ours: pd.DataFrame,
+    paper: pd.DataFrame,
+    on: list[str],
+    value: str = "accuracy",
+) -> pd.DataFrame:
+    """Join our numbers with the paper's on the key columns ``on``; add ``delta`` = ours -
+    paper (in points). Rows the paper does not report keep NaN there."""
+    left = ours[[*on, value]].rename(columns={value: "ours"})
+    right = paper[[*on, value]].rename(columns={value: "paper"})
+    out = left.merge(right, on=on, how="left")
+    out["delta"] = out["ours"] - out["paper"]
+    return out
+
+
+def save_table(df: pd.DataFrame, stem: str, tables_dir: str | os.PathLike,
+               *, float_format: str = "%.2f") -> list[Path]:
+    """Write ``df`` as ``<stem>.csv``, ``.md`` and ``.tex`` under ``tables_dir``."""
+    tables_dir = Path(tables_dir)
+    paths = [tables_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
+    with atomic_write(paths[0], "w") as f:
+        f.write(df.to_csv(index=False, float_format=float_format))
+    with atomic_write(paths[1], "w") as f:
+        f.write(_markdown(df, float_format) + "\n")
+    with atomic_write(paths[2], "w") as f:
+        f.write(df.to_latex(index=False, float_format=float_format, na_rep="--"))
+    return paths
+
+
+def _markdown(df: pd.DataFrame, float_format: str) -> str:
+    """A pipe table without the optional ``tabulate`` dependency."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "--" if v != v else float_format % v
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
