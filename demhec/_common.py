@@ -83,3 +83,24 @@ def eval_mode(model: Any) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.train(mode)
+
+
+def parse_number(name: str, value: Any) -> float:
+    """A number given as a float, an int or a string such as ``"8/255"`` or ``"0.03"``.
+
+    Papermill passes ``-p eps 8/255`` as the string "8/255"; the CLI passes strings too.
+    """
+    if isinstance(value, bool):
+        raise DemHECError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                return float(num) / float(den)
+            return float(text)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise DemHECError(f"{name} must be a number or a fraction like 8/255, got {value!r}")

@@ -52,7 +52,6 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JPEG_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
-ZOO_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,12 @@ class Profile:
     substitutes: dict[str, str] = field(default_factory=dict)  # backbone -> CPU stand-in
 
 
+# Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
+# also needs >= 63 px inputs, more than the embedded 32 px digits).
+_CPU_STAND_INS = {"resnet50": "resnet18", "alexnet": "resnet18",
+                  "vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test",
+                  "vit_small_patch16_224": "vit_test", "vit_tiny_patch16_224": "vit_test"}
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -80,7 +85,7 @@ PROFILES: dict[str, Profile] = {
         base=TrainConfig(epochs=1, batch_size=32, lr=0.05),
         demhec=DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
         pretrained=False, eval_batch_size=64, entropy_images=16,
-        substitutes={"vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test"},
+        substitutes=_CPU_STAND_INS,
     ),
     "demo": Profile(
         name="demo",
@@ -89,7 +94,7 @@ PROFILES: dict[str, Profile] = {
         base=TrainConfig(epochs=15, batch_size=64, lr=0.05),
         demhec=DemHECConfig(epochs=6, batch_size=64, warmup_epochs=1.0, lr=0.02),
         pretrained=False, eval_batch_size=256, entropy_images=200,
-        substitutes={"vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test"},
+        substitutes=_CPU_STAND_INS,
     ),
     "cpu": Profile(
         name="cpu",
@@ -179,26 +184,38 @@ def _subset(arrays: Any, limit: int | None, seed: int) -> Any:
                                provenance=prov)
 
 
-def _load(exp: Experiment, split: str) -> Any:
+def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
+               download: bool = False, cache_dir: str | os.PathLike = "results/cache",
+               progress: bool = False) -> Any:
+    """Any dataset the profiles use, by name, as :class:`~demhec.data.ImageArrays`.
+
+    ``cifar10_jpeg`` is the CPU profile's split of the CIFAR-10 JPEG mirror: ``data_root`` is
+    the archive or its extracted folder (default: ``../shared/data`` beside the checkout).
+    """
     from .data import cifar10_jpeg_split, load_arrays
 
-    name = exp.effective_dataset
+    check_choice("dataset", name, DATASETS_BY_PROFILE)
+    check_choice("split", split, ("train", "test"))
     if name == "cifar10_jpeg":
-        source = Path(exp.data_root)
-        if not str(exp.data_root) or exp.data_root == "data":
-            source = DEFAULT_JPEG_ARCHIVE
-        train, held_out = cifar10_jpeg_split(source, Path(exp.results_dir) / "cache" / "jpeg",
-                                             eval_per_class=500, split_seed=0,
-                                             progress=exp.progress)
+        source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
+        train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
+                                             eval_per_class=500, split_seed=0, progress=progress)
         arrays = train if split == "train" else held_out
-    else:
-        kw: dict[str, Any] = {}
-        if name == "tinyimagenet":
-            split = "train" if split == "train" else "test"
-        if name == "imagenette":
-            kw = {"size": "320px", "image_size": 224}
-            split = "train" if split == "train" else "test"
-        arrays = load_arrays(name, split, exp.data_root, exp.download, progress=exp.progress, **kw)
+        source_name = {"source": f"CIFAR-10 train images from a JPEG quality-75 mirror ({source.name})"}
+        return dataclasses.replace(arrays, provenance={**arrays.provenance, **source_name})
+    kw: dict[str, Any] = {}
+    if name == "imagenette":
+        kw = {"size": "320px", "image_size": 224}
+    arrays = load_arrays(name, split, data_root, download, progress=progress, **kw)
+    # Results must not hold absolute paths of this machine.
+    prov = {k: v.replace(str(Path(data_root).resolve()), "<data_root>").replace(str(data_root), "<data_root>")
+            for k, v in arrays.provenance.items()}
+    return dataclasses.replace(arrays, provenance=prov)
+
+
+def _load(exp: Experiment, split: str) -> Any:
+    arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
+                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress)
     limit = exp.prof.train_limit if split == "train" else exp.prof.eval_limit
     return _subset(arrays, limit, seed=0)
 
@@ -242,9 +259,9 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     prof = exp.prof
     data = train_data(exp) if num_classes is None else None
     k = num_classes if num_classes is not None else len(data.classes)
-    from .models import ZOO_ARCHS
+    from .models import CIFAR_WEIGHT_URLS
 
-    if prof.pretrained and exp.effective_dataset in ZOO_DATASETS and exp.effective_backbone in ZOO_ARCHS:
+    if prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
     path = exp.checkpoint("base")
     if path.exists() and not exp.recompute:
@@ -415,3 +432,90 @@ def before_after_table(before: dict, after: dict, paper: str | None = None,
 
 def load_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
     return [read_result(p) for p in paths]
+
+
+# --- notebooks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NotebookContext:
+    """Validated notebook parameters: the experiment and where figures and tables go."""
+
+    exp: Experiment
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...]
+    suite: str
+    figures_dir: Path
+    tables_dir: Path
+
+    def note(self) -> str:
+        """One line saying what actually runs (profile, dataset, backbone, substitutions)."""
+        e = self.exp
+        parts = [f"profile {e.profile!r}: {e.prof.description}"]
+        if e.effective_dataset != e.dataset:
+            parts.append(f"dataset {e.dataset} -> {e.effective_dataset} (profile substitute)")
+        if e.effective_backbone != e.backbone:
+            parts.append(f"backbone {e.backbone} -> {e.effective_backbone} (CPU stand-in)")
+        return "; ".join(parts)
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def notebook_setup(
+    *,
+    profile: str,
+    dataset: str,
+    backbone: str,
+    suite: str = "cifar-c",
+    corruptions: str | Sequence[str] = "paper",
+    severities: Sequence[int] = (1, 3, 5),
+    seed: int = 0,
+    device: str = "cpu",
+    data_root: str = "data",
+    results_dir: str = "results",
+    figures_dir: str = "figures",
+    allow_train: bool = False,
+    recompute: bool = False,
+    download: bool = False,
+    datasets: Sequence[str] | None = None,
+) -> NotebookContext:
+    """Validate a notebook's ``parameters`` cell (papermill passes whatever the user typed) and
+    build its :class:`Experiment`. Relative paths are relative to the repository root, so a
+    notebook behaves the same wherever its kernel starts. ``datasets`` restricts the datasets
+    this notebook accepts."""
+    from .corruptions import CORRUPTIONS, PAPER_CORRUPTIONS, SUITES, check_corruption, check_severity
+
+    for name, flag in (("allow_train", allow_train), ("recompute", recompute), ("download", download)):
+        if not isinstance(flag, bool):
+            raise DemHECError(f"{name} must be True or False, got {flag!r}")
+    check_choice("profile", profile, PROFILES)
+    check_choice("dataset", dataset, datasets or DATASETS_BY_PROFILE)
+    check_choice("suite", suite, SUITES)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DemHECError(f"seed must be an integer >= 0, got {seed!r}")
+    if corruptions == "paper":
+        corruptions = PAPER_CORRUPTIONS
+    elif corruptions == "all":
+        corruptions = CORRUPTIONS
+    elif isinstance(corruptions, str):
+        corruptions = [c.strip() for c in corruptions.split(",")]
+    for c in corruptions:
+        check_corruption(c, suite)
+    if isinstance(severities, (int, str)):
+        severities = [severities]
+    for s in severities:
+        check_severity(s)
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith(("cuda", "mps"))):
+        raise DemHECError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    results = _resolve(results_dir)
+    exp = Experiment(profile=profile, dataset=dataset, backbone=backbone, seed=seed,
+                     results_dir=str(results), data_root=str(_resolve(data_root)),
+                     device=device, allow_train=allow_train, recompute=recompute, download=download)
+    figures = _resolve(figures_dir) / profile
+    tables = results / profile / "tables"
+    if allow_train or recompute:
+        check_writable(results)
+    return NotebookContext(exp, tuple(corruptions), tuple(severities), suite, figures, tables)

@@ -257,8 +257,9 @@ def entropy_figure(
     # cut=0 keeps the violins inside the observed range (entropy cannot exceed log d);
     # width-normalised so shallow layers with tight distributions stay visible.
     sns.violinplot(data=long, x="layer", y="entropy", hue="kind", order=display,
-                   hue_order=kinds, palette=_colours(kinds), split=True, inner="quart",
-                   cut=0, density_norm="width", linewidth=0.8, legend=False, ax=ax)
+                   hue_order=kinds, palette=_colours(kinds), saturation=1.0, split=True,
+                   inner="quart", cut=0, density_norm="width", linewidth=0.8, legend=False,
+                   ax=ax)
     ax.legend(handles=[Patch(facecolor=PALETTE[k], label=k) for k in kinds], loc="best")
     ax.set_xlabel("layer (shallow \u2192 deep)")
     ax.set_ylabel("normalised entropy H / log d" if scale else "entropy H (nats, eq. 4)")
@@ -302,19 +303,22 @@ def clean_accuracy_figure(df: pd.DataFrame) -> Figure:
             pos = x[present] + (k - 0.5) * width
             bars = ax.bar(pos, rows["accuracy"].to_numpy()[present], width,
                           color=PALETTE[phase])
-            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+            # Values sit inside the bars so the paper markers on the bar tops stay legible.
+            ax.bar_label(bars, fmt="%.1f", fontsize=8, label_type="center", color="white")
             if has_paper:
                 paper = rows["paper_accuracy"].to_numpy(dtype=float)[present]
                 ax.plot(pos, paper, linestyle="none", marker="D", markersize=5,
                         color=_PAPER_MARKER_COLOUR)
         ax.set_xticks(x, [pretty_name(b) for b in backbones])
+        ax.set_xlim(-0.6, len(backbones) - 0.4)
+        ax.grid(axis="x", visible=False)
         ax.set_title(pretty_name(dataset))
         ax.set_xlabel("backbone")
     axes[0].set_ylabel("clean accuracy (%)")
     top = np.nanmax(df[["accuracy", "paper_accuracy"]].to_numpy(dtype=float)) if has_paper \
         else df["accuracy"].max()
-    # Headroom for the value labels above the tallest bar.
-    axes[0].set_ylim(0, min(100.0, top * 1.12) if top > 0 else 1.0)
+    # Headroom for the paper markers above the tallest bar.
+    axes[0].set_ylim(0, min(100.0, top * 1.05) if top > 0 else 1.0)
     handles = [Patch(facecolor=PALETTE[p], label=p) for p in phases if (df["phase"] == p).any()]
     if has_paper:
         handles.append(Line2D([], [], linestyle="none", marker="D", markersize=5,
@@ -447,7 +451,7 @@ def training_curve_figure(history: Sequence[Mapping[str, float]],
                 marker="o" if len(history) == 1 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if title:
         ax.set_title(title)
     return fig

@@ -1,0 +1,37 @@
+# Two commands on a fresh clone: `make demo` (the main job, offline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUILD ?= build
+
+.PHONY: demo paper test lint unit notebooks-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## every notebook in the demo profile (embedded digits dataset, CPU, minutes)
+	$(PY) scripts/run_notebooks.py --profile demo --allow-train
+
+paper: $(STAMP)  ## every notebook in the paper profile (downloads, GPU)
+	$(PY) scripts/run_notebooks.py --profile paper --allow-train --download
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check demhec tests scripts benchmarks
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for the smoke profile
+	rm -rf $(BUILD)/nbval
+	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --out $(BUILD)/nbval \
+		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(BUILD)/nbval
+
+test: lint unit notebooks-smoke
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .ruff_cache
