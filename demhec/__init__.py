@@ -7,9 +7,10 @@ and evaluation.
 
 from __future__ import annotations
 
-from ._common import DemHECError
+from ._common import DemHECError, parse_number
 from .entropy import layer_entropy, prediction_entropy
 from .evaluation import (
+    as_float_images,
     evaluate,
     expected_calibration_error,
     family_means,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DemHECConfig",
     "DemHECError",
+    "as_float_images",
     "TrainConfig",
     "evaluate",
     "expected_calibration_error",
@@ -37,6 +39,7 @@ __all__ = [
     "kd_loss",
     "layer_entropy",
     "mean_corruption_error",
+    "parse_number",
     "predict",
     "prediction_entropy",
     "train",

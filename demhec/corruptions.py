@@ -496,6 +496,7 @@ def corrupt(image_or_batch: np.ndarray, corruption: str, severity: int, suite: s
 
 _CACHE_FORMAT = 1  # bump when the generated pixels of any corruption change
 _MAX_CHUNK = 256  # images per task: small enough to balance load and bound memory
+_MIN_PARALLEL = 64  # smaller splits are done in-process: starting workers would cost more
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -546,7 +547,7 @@ def _fill(out: np.ndarray, images: np.ndarray, corruption: str, severity: int, s
     starts = range(0, n, chunk)
     bar = tqdm(total=n, desc=f"{corruption} s{severity}", disable=not progress)
     try:
-        if pool.workers == 1 or len(starts) == 1:
+        if pool.workers == 1 or n < _MIN_PARALLEL:
             for s in starts:
                 out[s:s + chunk] = _corrupt_range(images[s:s + chunk], corruption, severity,
                                                   suite, seed, s)
@@ -672,7 +673,8 @@ def corrupt_split(images: np.ndarray, corruption: str, severity: int, suite: str
     is stored as ``<cache_dir>/<suite>/<key>/<corruption>_s<severity>.npy`` with a JSON sidecar
     (shape, dtype, size, sha256, seed) and reused while it verifies; a truncated or altered file is
     logged and rebuilt. ``key`` names the clean split (default: a hash of its bytes). The result is
-    a read-only array (a memory map when cached). ``workers=None`` uses every CPU, 1 runs in-process.
+    a read-only array (a memory map when cached). ``workers=None`` uses every CPU; 1 (or a split of
+    fewer than 64 images) runs in-process.
     """
     check_corruption(corruption, suite)
     severity = check_severity(severity)

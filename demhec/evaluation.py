@@ -23,6 +23,7 @@ from ._common import DemHECError, check_choice, eval_mode
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "as_float_images",
     "evaluate",
     "expected_calibration_error",
     "family_means",
@@ -40,6 +41,11 @@ def _to_float_batch(chunk: Any, device: torch.device) -> Tensor:
             chunk = chunk.permute(0, 3, 1, 2)
         return chunk.float().div_(255)
     return chunk.float()
+
+
+def as_float_images(images: Any, device: str | torch.device = "cpu") -> Tensor:
+    """uint8 N x H x W x 3 (or N x 3 x H x W) images as float N x 3 x H x W in [0,1]."""
+    return _to_float_batch(images, torch.device(device))
 
 
 @torch.no_grad()
@@ -124,7 +130,7 @@ def evaluate(
         SUITES,
         check_corruption,
         check_severity,
-        corrupt_split,
+        corruption_grid,
         load_cifar_c,
     )
 
@@ -151,14 +157,20 @@ def evaluate(
     rows = [_row("clean", 0, predict(model, images, **kw), labels)]
     if bar is not None:
         bar.update(1)
-    for c, s in cells:
-        if official_root is not None:
-            x, y = load_cifar_c(official_root, c, s, dataset=official_dataset)
-            rows.append(_row(c, s, predict(model, x, **kw), y))
-        else:
-            xc = corrupt_split(images, c, s, suite=suite, seed=seed, cache_dir=cache_dir,
-                               key=key, workers=workers)
-            rows.append(_row(c, s, predict(model, xc, **kw), labels))
+    if official_root is not None:
+        def grid():
+            for c, s in cells:
+                x, y = load_cifar_c(official_root, c, s, dataset=official_dataset)
+                yield c, s, x, y
+    else:
+        # One worker pool for the whole grid: starting one per cell costs seconds each.
+        def grid():
+            for c, s, xc in corruption_grid(images, corruptions, severities, suite=suite,
+                                            seed=seed, cache_dir=cache_dir, key=key,
+                                            workers=workers):
+                yield c, s, xc, labels
+    for c, s, x, y in grid():
+        rows.append(_row(c, s, predict(model, x, **kw), y))
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -322,6 +322,8 @@ def robustness_result(
 
     corruptions = list(PAPER_CORRUPTIONS if corruptions is None else corruptions)
     severities = list(PAPER_SEVERITIES if severities is None else severities)
+    if phase == "after" and tag is None:
+        tag = config_tag(exp, config)
     name = tag or phase.replace(":", "_")
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
@@ -333,7 +335,7 @@ def robustness_result(
             model, cfg = base_model(exp, k), replace(exp.prof.base, seed=exp.seed)
         elif phase == "after":
             cfg = replace(config or exp.prof.demhec, seed=exp.seed)
-            model = demhec_model(exp, cfg, tag=tag or "demhec", num_classes=k)
+            model = demhec_model(exp, cfg, tag=name, num_classes=k)
         elif phase.startswith("baseline:"):
             model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), replace(exp.prof.base, seed=exp.seed)
         else:
@@ -351,6 +353,20 @@ def robustness_result(
 
     return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
                           what=f"{phase} on {suite}")
+
+
+def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
+    """File tag of a Dem-HEC run: "after" for the profile's config, else "after_<changes>"."""
+    if config is None:
+        return "after"
+    default = exp.prof.demhec
+    changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+               if f.name != "seed" and getattr(config, f.name) != getattr(default, f.name)]
+    if not changed:
+        return "after"
+    import hashlib
+
+    return "after_" + hashlib.sha1(";".join(changed).encode()).hexdigest()[:10]
 
 
 def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
@@ -486,7 +502,13 @@ def notebook_setup(
     build its :class:`Experiment`. Relative paths are relative to the repository root, so a
     notebook behaves the same wherever its kernel starts. ``datasets`` restricts the datasets
     this notebook accepts."""
-    from .corruptions import CORRUPTIONS, PAPER_CORRUPTIONS, SUITES, check_corruption, check_severity
+    from .corruptions import (
+        CORRUPTIONS,
+        PAPER_CORRUPTIONS,
+        SUITES,
+        check_corruption,
+        check_severity,
+    )
 
     for name, flag in (("allow_train", allow_train), ("recompute", recompute), ("download", download)):
         if not isinstance(flag, bool):
@@ -519,3 +541,141 @@ def notebook_setup(
     if allow_train or recompute:
         check_writable(results)
     return NotebookContext(exp, tuple(corruptions), tuple(severities), suite, figures, tables)
+
+
+# --- tables and figure inputs from result files ------------------------------------------------
+
+
+def severity_means(record: dict) -> pd.Series:
+    """Accuracy per corruption averaged over the evaluated severities, plus "clean"."""
+    t = result_table(record)
+    out = t[t.corruption != "clean"].groupby("corruption", sort=False)["accuracy"].mean()
+    return pd.concat([pd.Series({"clean": float(t.loc[t.corruption == "clean", "accuracy"].iloc[0])}), out])
+
+
+def wide_table(df: pd.DataFrame, values: Sequence[str] = ("ours", "paper", "delta")) -> pd.DataFrame:
+    """Pivot a long before/after table to the paper's layout: one row per corruption, columns
+    per severity and phase (and source)."""
+    values = [v for v in values if v in df.columns]
+    wide = df.pivot_table(index="corruption", columns=["severity", "phase"], values=values, sort=False)
+    wide = wide.reorder_levels([1, 2, 0], axis=1).sort_index(axis=1, level=[0, 1], ascending=[True, False],
+                                                               sort_remaining=False)
+    wide.columns = [f"S{s} {p} {v}" for s, p, v in wide.columns]
+    return wide.reset_index()
+
+
+def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],
+                        severities: Sequence[int], n_images: int = 7) -> tuple[np.ndarray, dict]:
+    """Clean evaluation images and their corrupted versions (Figure 2 inputs)."""
+    from .corruptions import corrupt_split
+
+    data = eval_data(exp)
+    # One image per class where possible, so the figure shows varied content.
+    idx = [int(np.flatnonzero(data.labels == c)[0]) for c in np.unique(data.labels)][:n_images]
+    clean = data.images[idx]
+    corrupted = {(c, s): np.asarray(corrupt_split(clean, c, s, suite=suite, seed=exp.seed))
+                 for c in corruptions for s in severities}
+    return clean, corrupted
+
+
+def collect_clean_accuracy(results_root: str | os.PathLike) -> pd.DataFrame:
+    """Clean accuracy before/after Dem-HEC from every robustness result under a profile's
+    results folder (Figure 5 inputs), one row per (dataset, backbone, phase)."""
+    rows = []
+    for path in sorted(Path(results_root).glob("*/*/*.json")):
+        rec = read_result(path)
+        kind = rec["kind"]
+        if not kind.startswith("robustness/"):
+            continue
+        phase = kind.split("/")[-1]
+        # the profile's own runs only: not other seeds, ablation configs or baselines
+        if phase not in ("before", "after") or path.stem != f"{phase}_{rec['config']['suite']}":
+            continue
+        e = rec["config"]["experiment"]
+        rows.append({"dataset": e["dataset"], "backbone": e["backbone"],
+                     "phase": phase, "accuracy": rec["metrics"]["clean_accuracy"]})
+    df = pd.DataFrame(rows, columns=["dataset", "backbone", "phase", "accuracy"])
+    return df.drop_duplicates(["dataset", "backbone", "phase"]).reset_index(drop=True)
+
+
+def demhec_config(exp: Experiment, **overrides: Any) -> DemHECConfig:
+    """The profile's Dem-HEC config with ``overrides`` (validated by the dataclass)."""
+    fields = {f.name for f in dataclasses.fields(DemHECConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise DemHECError(f"unknown Dem-HEC setting(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return replace(exp.prof.demhec, seed=exp.seed, **overrides)
+
+
+def check_baselines(names: str | Sequence[str]) -> list[str]:
+    """Baseline names from a comma-separated string or a list, validated."""
+    from .baselines import BASELINES
+
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    return [check_choice("baseline", n, BASELINES) for n in items if n]
+
+
+def entropy_summary(record: dict) -> pd.DataFrame:
+    """Mean entropy per layer for clean and corrupted inputs and their gap (Figures 3-4)."""
+    m = record["metrics"]
+    rows = [{"layer": layer, "clean": float(np.mean(m["clean"][layer])),
+             "corrupted": float(np.mean(m["corrupted"][layer]))} for layer in m["clean"]]
+    df = pd.DataFrame(rows)
+    df["gap"] = df["corrupted"] - df["clean"]
+    return df
+
+
+def gain_table(before: dict, after: dict) -> pd.DataFrame:
+    """Accuracy gain of ``after`` over ``before`` per corruption and severity, in points."""
+    b = result_table(before).set_index(["corruption", "severity"])["accuracy"]
+    a = result_table(after).set_index(["corruption", "severity"])["accuracy"]
+    d = (a - b).rename("delta").reset_index()
+    return d[d.corruption != "clean"].reset_index(drop=True)
+
+
+def with_paper_source(long: pd.DataFrame) -> pd.DataFrame:
+    """A before/after table with ours and the paper's numbers as rows (``source`` column)."""
+    keys = ["corruption", "severity", "phase"]
+    parts = [long[keys].assign(accuracy=long["ours"], source="ours")]
+    if "paper" in long and long["paper"].notna().any():
+        parts.append(long[keys].assign(accuracy=long["paper"], source="paper"))
+    return pd.concat(parts, ignore_index=True).dropna(subset=["accuracy"])
+
+
+def clean_accuracy_with_paper(results_root: str | os.PathLike) -> pd.DataFrame:
+    """Figure 5 input: our clean accuracies with the values the paper's text gives."""
+    ours = collect_clean_accuracy(results_root)
+    ref = paper_table("figure5")[["dataset", "backbone", "phase", "accuracy"]]
+    ref = ref.rename(columns={"accuracy": "paper_accuracy"})
+    return ours.merge(ref, on=["dataset", "backbone", "phase"], how="left")
+
+
+def family_table(records: dict[str, dict], paper_backbone: str) -> pd.DataFrame:
+    """Table 3: mean accuracy per corruption family for each method, ours beside the paper's.
+
+    Methods we trained get an ``ours`` value; every method the paper reports keeps its
+    ``paper`` value, so the baselines we cannot train still appear.
+    """
+    from .evaluation import family_means
+
+    rows = []
+    for method, rec in records.items():
+        for family, acc in family_means(result_table(rec)).items():
+            rows.append({"family": family, "method": method, "ours": float(acc)})
+    ours = pd.DataFrame(rows, columns=["family", "method", "ours"])
+    ref = paper_table("table3")
+    ref = ref[ref.backbone == paper_backbone][["family", "method", "label", "accuracy"]]
+    out = ref.rename(columns={"accuracy": "paper"}).merge(ours, on=["family", "method"], how="outer")
+    out["delta"] = out["ours"] - out["paper"]
+    return out[["family", "method", "label", "ours", "paper", "delta"]]
+
+
+def summary_vs_paper(records: dict[str, dict], paper: str) -> pd.DataFrame:
+    """Tables 4 and 6: clean accuracy and each corruption's accuracy (mean over the evaluated
+    severities) for our models as rows, beside the paper's rows."""
+    rows = {label: severity_means(rec) for label, rec in records.items()}
+    ref = paper_table(paper)
+    key = "method" if "method" in ref.columns else "phase"
+    for name, group in ref.groupby(key, sort=False):
+        rows[f"paper: {name}"] = group.set_index("corruption")["accuracy"]
+    return pd.DataFrame(rows).T.rename_axis("model").reset_index()

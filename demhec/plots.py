@@ -183,9 +183,16 @@ def corruption_grid_figure(
                     f"corrupted[{(c, s)!r}] has shape {cell.shape}, clean has {clean.shape}"
                 )
     nrows, ncols = 1 + len(severities), len(corruptions)
-    fig = Figure(figsize=(1.5 * ncols + 0.6, 1.5 * nrows + (0.4 if title else 0.2)),
-                 layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    # Fixed geometry (inches) instead of constrained layout: with fixed-aspect images that
+    # layout never settles, so repeated saves would differ. Margins hold titles and labels.
+    cell, gap, left, right, bottom = 1.5, 0.08, 0.35, 0.05, 0.05
+    top = 0.3 + (0.35 if title else 0.0)
+    width = left + right + ncols * cell + (ncols - 1) * gap
+    height = top + bottom + nrows * cell + (nrows - 1) * gap
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=dict(
+        left=left / width, right=1 - right / width, bottom=bottom / height,
+        top=1 - top / height, wspace=gap / cell, hspace=gap / cell))
     for j, c in enumerate(corruptions):
         k = j % len(clean)
         rows = [clean[k]] + [corrupted[(c, s)][k] for s in severities]
@@ -468,8 +475,13 @@ def save_figure(fig: Figure, stem: str, figures_dir: str | os.PathLike) -> list[
         raise DemHECError(f"stem must be a plain file name without directories, got {stem!r}")
     rendered = {}
     for ext, metadata in _SAVE_METADATA.items():
+        kwargs = dict(format=ext, dpi=_DPI, metadata=dict(metadata), bbox_inches="tight")
+        # Constrained layout needs a second draw at the output resolution to reach its fixed
+        # point; the throwaway first render makes the saved bytes independent of how (and
+        # whether) the figure was drawn before.
+        fig.savefig(io.BytesIO(), **kwargs)
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=_DPI, metadata=dict(metadata), bbox_inches="tight")
+        fig.savefig(buf, **kwargs)
         rendered[ext] = buf.getvalue()
     paths = []
     for ext, data in rendered.items():
