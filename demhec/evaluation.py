@@ -34,7 +34,7 @@ __all__ = [
 
 def _to_float_batch(chunk: Any, device: torch.device) -> Tensor:
     if isinstance(chunk, np.ndarray):
-        chunk = torch.from_numpy(np.ascontiguousarray(chunk))
+        chunk = torch.from_numpy(np.array(chunk))  # a copy: cached splits are read-only maps
     chunk = chunk.to(device, non_blocking=True)
     if chunk.dtype == torch.uint8:
         if chunk.shape[-1] == 3 and chunk.shape[1] != 3:

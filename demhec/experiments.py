@@ -335,7 +335,7 @@ def robustness_result(
             model, cfg = base_model(exp, k), replace(exp.prof.base, seed=exp.seed)
         elif phase == "after":
             cfg = replace(config or exp.prof.demhec, seed=exp.seed)
-            model = demhec_model(exp, cfg, tag=name, num_classes=k)
+            model = demhec_model(exp, cfg, tag=name.replace("after", "demhec", 1), num_classes=k)
         elif phase.startswith("baseline:"):
             model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), replace(exp.prof.base, seed=exp.seed)
         else:

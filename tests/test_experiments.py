@@ -1,0 +1,158 @@
+"""Results, profiles, notebook parameter validation and the CLI (issues 2, 3, 5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from demhec import experiments as ex
+from demhec import results
+from demhec._common import DemHECError, parse_number
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_write_and_read_result_with_provenance(tmp_path):
+    rec = results.write_result(tmp_path / "r.json", kind="k", profile="smoke", config={"a": 1},
+                               metrics={"table": pd.DataFrame({"x": [1.0]})}, data={"d": "x"}, seed=3)
+    back = results.read_result(tmp_path / "r.json")
+    assert back == json.loads(json.dumps(rec))
+    assert back["versions"]["torch"] and back["git_commit"]
+    assert back["metrics"]["table"] == [{"x": 1.0}]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_get_or_compute_respects_allow_train(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return dict(kind="k", profile="p", config={}, metrics={"v": len(calls)}, data={}, seed=0)
+
+    path = tmp_path / "cell.json"
+    with pytest.raises(DemHECError, match="cell.json.*allow_train"):
+        results.get_or_compute(path, compute, allow_train=False)
+    assert not path.exists()
+    assert results.get_or_compute(path, compute, allow_train=True)["metrics"]["v"] == 1
+    assert results.get_or_compute(path, compute, allow_train=False)["metrics"]["v"] == 1
+    assert results.get_or_compute(path, compute, allow_train=True, recompute=True)["metrics"]["v"] == 2
+
+
+def test_truncated_result_is_refused(tmp_path):
+    path = tmp_path / "r.json"
+    results.write_result(path, kind="k", profile="p", config={}, metrics={}, data={}, seed=0)
+    path.write_text(path.read_text()[:20])
+    with pytest.raises(DemHECError, match="unreadable"):
+        results.read_result(path)
+
+
+def test_save_table_formats(tmp_path):
+    df = pd.DataFrame({"corruption": ["a", "b"], "ours": [1.234, float("nan")]})
+    paths = results.save_table(df, "t", tmp_path)
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert "| a | 1.23 |" in paths[1].read_text() and "--" in paths[1].read_text()
+
+
+def test_compare_with_paper_delta():
+    ours = pd.DataFrame({"corruption": ["gaussian_noise"], "severity": [5], "phase": ["before"],
+                         "accuracy": [30.0]})
+    paper = results.paper_table("table1")
+    paper = paper[(paper.backbone == "resnet20")]
+    out = results.compare_with_paper(ours, paper, on=["corruption", "severity", "phase"])
+    assert out.paper.iloc[0] == pytest.approx(21.23)
+    assert out.delta.iloc[0] == pytest.approx(30.0 - 21.23)
+
+
+@pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.5", 0.5), (2, 2.0)])
+def test_parse_number(text, value):
+    assert parse_number("eps", text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["eight", "8/0", None, True])
+def test_parse_number_rejects(bad):
+    with pytest.raises(DemHECError, match="eps"):
+        parse_number("eps", bad)
+
+
+BAD_PARAMS = [
+    (dict(profile="fast"), "profile.*smoke"),
+    (dict(dataset="cifar11"), "dataset.*cifar10"),
+    (dict(backbone="resnet57"), "backbone.*resnet56"),
+    (dict(suite="cifar10-c"), "suite.*imagecorruptions"),
+    (dict(corruptions="gaussian"), "corruption.*gaussian_noise"),
+    (dict(severities=[0]), "severity"),
+    (dict(severities=[6]), "severity"),
+    (dict(severities=["3"]), "severity"),
+    (dict(severities=[3.5]), "severity"),
+    (dict(seed=-1), "seed"),
+    (dict(seed="0"), "seed"),
+    (dict(allow_train="yes"), "allow_train"),
+    (dict(device="gpu"), "device"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_PARAMS)
+def test_notebook_setup_rejects_bad_parameters(override, message, tmp_path):
+    params = dict(profile="smoke", dataset="cifar10", backbone="resnet20",
+                  results_dir=str(tmp_path))
+    params.update(override)
+    with pytest.raises(DemHECError, match=message):
+        ex.notebook_setup(**params)
+
+
+def test_notebook_setup_substitutes_and_resolves(tmp_path):
+    ctx = ex.notebook_setup(profile="demo", dataset="tinyimagenet", backbone="vit_large_patch16_384",
+                            results_dir="build/x", suite="imagecorruptions")
+    assert ctx.exp.effective_dataset == "digits" and ctx.exp.effective_backbone == "vit_test"
+    assert Path(ctx.exp.results_dir).is_absolute()
+    assert "vit_test" in ctx.note() and "digits" in ctx.note()
+
+
+def test_missing_result_named_without_allow_train(tmp_path):
+    exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
+                        results_dir=str(tmp_path), allow_train=False)
+    with pytest.raises(DemHECError, match="before_cifar-c.json"):
+        ex.robustness_result(exp, "before")
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_end_to_end(tmp_path):
+    exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
+                        results_dir=str(tmp_path), allow_train=True)
+    before = ex.robustness_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
+    after = ex.robustness_result(exp, "after", corruptions=["gaussian_noise"], severities=[5])
+    assert before["data"]["dataset"] == "digits" and before["profile"] == "smoke"
+    assert before["config"]["model"]["epochs"] == 1
+    assert after["config"]["model"]["alpha"] == 0.5
+    table = ex.before_after_table(before, after, "table1", "cifar10", "resnet20")
+    assert set(table.phase) == {"before", "after"} and table.paper.notna().all()
+    assert (exp.root / "checkpoints" / "digits_resnet20_demhec.pt").exists()
+    # Cached: a second call neither trains nor evaluates.
+    exp2 = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
+                         results_dir=str(tmp_path), allow_train=False)
+    assert ex.robustness_result(exp2, "after", corruptions=["gaussian_noise"], severities=[5]) == after
+    assert not any("/" in v and v.startswith("/") for v in after["data"].values())
+
+
+def _papermill(tmp_path, *params):
+    out = tmp_path / "out.ipynb"
+    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "03_table1.ipynb"), str(out),
+           "-p", "profile", "smoke", "-p", "allow_train", "True",
+           "-p", "results_dir", str(tmp_path / "results"), "-p", "figures_dir", str(tmp_path / "fig"),
+           *params]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_papermill_table1_resnet56_and_typo(tmp_path):
+    ok = _papermill(tmp_path, "-p", "backbone", "resnet56")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert list((tmp_path / "results" / "smoke" / "tables").glob("table1_digits_resnet56_*.md"))
+    bad = _papermill(tmp_path, "-p", "backbone", "resnet57")
+    assert bad.returncode != 0
+    assert "unknown backbone 'resnet57'" in bad.stderr and "resnet56" in bad.stderr
