@@ -102,3 +102,28 @@ def test_cli_help_runs():
     assert out.returncode == 0
     for cmd in ("train", "finetune", "evaluate", "entropy"):
         assert cmd in out.stdout
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow
+def test_readme_library_example_runs(tmp_path):
+    (code,) = _readme_blocks("python")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gaussian_noise" in proc.stdout and "accuracy" in proc.stdout
+
+
+def test_readme_commands_are_known():
+    """Every shell command the README shows is one that a test or CI runs."""
+    known = ("make demo", "make test", ".venv/bin/papermill notebooks/03_table1.ipynb",
+             "demhec train", "demhec finetune", "demhec evaluate", "demhec entropy")
+    for block in _readme_blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                assert line.startswith(known), line

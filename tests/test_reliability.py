@@ -1,0 +1,154 @@
+"""Reliability (issue 8): resume after SIGKILL, atomic files, non-finite loss, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from demhec import DemHECConfig, TrainConfig, finetune, train
+from demhec._common import DemHECError
+from demhec.results import check_writable
+from tests.conftest import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent('''
+    import sys, time, torch
+    sys.path.insert(0, {root!r})
+    from tests.conftest import TinyNet
+    from demhec import DemHECConfig, finetune, train, TrainConfig
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(96, 3, 12, 12, generator=g) * 255).to(torch.uint8)
+    y = torch.randint(0, 4, (96,), generator=g)
+    model = TinyNet()
+    slow = lambda step, parts: time.sleep(float(sys.argv[3]))
+    if sys.argv[2] == "train":
+        train(model, (x, y), TrainConfig(epochs=3, batch_size=16, lr=0.05),
+              checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=2, on_step=slow)
+    else:
+        finetune(model, (x, y), DemHECConfig(epochs=2, batch_size=16, steps=2, warmup_epochs=0.5),
+                 checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=2, on_step=slow)
+    torch.save(model.state_dict(), sys.argv[1] + ".pt")
+''')
+
+
+def _run(tmp_path, name, kind, delay="0"):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(root=str(ROOT)))
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / name), kind, delay],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["train", "finetune"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kind):
+    ref = _run(tmp_path, "ref", kind)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+
+    victim = _run(tmp_path, "run", kind, delay="0.3")
+    ckpt = tmp_path / "run.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-run, between checkpoints
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert ckpt.exists() and not (tmp_path / "run.pt").exists()
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < step < (18 if kind == "train" else 12)
+
+    resumed = _run(tmp_path, "run", kind)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    a = torch.load(tmp_path / "ref.pt")
+    b = torch.load(tmp_path / "run.pt")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+
+
+def _data(n=32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(n, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (n,), generator=g)
+
+
+def test_same_seed_same_weights_twice():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        m = TinyNet()
+        finetune(m, _data(), DemHECConfig(epochs=1, batch_size=8, steps=2, warmup_epochs=0))
+        outs.append(m.state_dict())
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    x, y = _data()
+    ckpt = tmp_path / "c.ckpt"
+    m = TinyNet()
+    train(m, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt, checkpoint_every=1)
+    good = torch.load(ckpt, weights_only=False)
+    m2 = TinyNet()
+    with torch.no_grad():
+        m2.fc.weight.fill_(float("nan"))
+    with pytest.raises(DemHECError, match="non-finite"):
+        train(m2, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=tmp_path / "d.ckpt",
+              checkpoint_every=1)
+    assert not (tmp_path / "d.ckpt").exists()
+    assert torch.load(ckpt, weights_only=False)["step"] == good["step"]
+
+
+def test_checkpoint_of_other_config_is_refused(tmp_path):
+    x, y = _data()
+    ckpt = tmp_path / "c.ckpt"
+    train(TinyNet(), (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt)
+    with pytest.raises(DemHECError, match="different config.*lr"):
+        train(TinyNet(), (x, y), TrainConfig(epochs=1, batch_size=8, lr=0.2), checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(DemHECError, match="unreadable"):
+        train(TinyNet(), (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.full((8, 3, 8, 8), float("nan")), "NaN"),
+    (torch.rand(8, 3, 8, 8) * 2, r"\[0,1\]"),
+    (torch.rand(8, 8, 8), "N x 3 x H x W"),
+    (torch.randint(0, 5, (8, 3, 8, 8), dtype=torch.int32), "dtype"),
+])
+def test_bad_images_are_refused(bad, match):
+    with pytest.raises(DemHECError, match=match):
+        train(TinyNet(), (bad, torch.zeros(len(bad), dtype=torch.long)), TrainConfig(epochs=1, batch_size=4))
+
+
+def test_labels_out_of_range_are_refused():
+    x, _ = _data(8)
+    with pytest.raises(DemHECError, match=r"labels must lie in \[0, 3\]"):
+        train(TinyNet(), (x, torch.full((8,), 7)), TrainConfig(epochs=1, batch_size=4))
+
+
+def test_unwritable_results_dir_fails_early(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(DemHECError, match="cannot write results"):
+            check_writable(ro / "results")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_results_dir_that_is_a_file_fails_early(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DemHECError, match="cannot write results"):
+        check_writable(tmp_path / "f" / "results")
