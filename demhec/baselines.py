@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from ._common import DemHECError, check_choice
-from .training import TrainConfig, _batches, _check_labels, _device_of, _num_classes, _run
+from .training import TrainConfig, _prepare, _run
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def train_baseline(
     model: nn.Module,
     train_data: Any,
     method: str,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, so sharing it is safe
     *,
     device: str | torch.device | None = None,
     channels_last: bool = False,
@@ -139,17 +139,12 @@ def train_baseline(
             f"baselines build on the crop+flip recipe; config.augment must be 'crop_flip', "
             f"got {config.augment!r}"
         )
-    dev = _device_of(model, device)
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    batches = _batches(train_data, config, dev, channels_last)
+    dev, batches = _prepare(model, train_data, config, device, channels_last)
     if batches.augment != "crop_flip":
         raise DemHECError(
-            f"baselines build on the crop+flip recipe; the given TensorBatches use augment="
-            f"{batches.augment!r}"
+            f"baselines build on the crop+flip recipe; the given TensorBatches must use "
+            f"augment='crop_flip', got {batches.augment!r}"
         )
-    _check_labels(batches.labels, _num_classes(model))
     transform = _transform(method)
     smoothing = config.label_smoothing
 

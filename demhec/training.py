@@ -374,6 +374,18 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return p.device if p is not None else torch.device("cpu")
 
 
+def _prepare(model: nn.Module, data: Any, cfg: Any, device: str | torch.device | None,
+             channels_last: bool) -> tuple[torch.device, Any]:
+    """Move ``model`` to its device/layout and turn ``data`` into checked batches."""
+    dev = _device_of(model, device)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    batches = _batches(data, cfg, dev, channels_last)
+    _check_labels(batches.labels, _num_classes(model))
+    return dev, batches
+
+
 # --- public loops ---------------------------------------------------------------------------
 
 
@@ -396,12 +408,7 @@ def train(
     (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.data.TensorBatches` or a
     map-style dataset small enough to hold in memory.
     """
-    dev = _device_of(model, device)
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    batches = _batches(train_data, config, dev, channels_last)
-    _check_labels(batches.labels, _num_classes(model))
+    dev, batches = _prepare(model, train_data, config, device, channels_last)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
@@ -438,18 +445,13 @@ def finetune(
     Terms with zero weight are skipped, so alpha = lambda_C = lambda_KD = 0 is a plain
     fine-tune at the same cost as ordinary training.
     """
-    dev = _device_of(model, device)
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     if teacher is None:
         teacher = copy.deepcopy(model)
+    dev, batches = _prepare(model, train_data, config, device, channels_last)
     teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
-    batches = _batches(train_data, config, dev, channels_last)
-    _check_labels(batches.labels, _num_classes(model))
     cfg = config
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
