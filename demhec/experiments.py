@@ -69,10 +69,19 @@ class Profile:
     eval_batch_size: int = 256
     entropy_images: int = 200  # images per distribution in Figures 3-4
     substitutes: dict[str, str] = field(default_factory=dict)  # backbone -> CPU stand-in
+    # Per-family changes to ``base`` / ``demhec``: {"vit": {"base": {...}, "demhec": {...}}},
+    # the family being the backbone name's prefix.
+    overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 # Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
 # also needs >= 63 px inputs, more than the embedded 32 px digits).
+# ViTs trained from scratch need AdamW (SGD barely moves them in minutes); the paper's own
+# ViT-L recipe (A.3) fine-tunes with batch 32, 10 epochs and lr 0.0005.
+_VIT_FROM_SCRATCH = {"vit": {"base": dict(optimizer="adamw", lr=3e-3, weight_decay=0.05,
+                                          warmup_epochs=1.0, epochs=15),
+                             "demhec": dict(optimizer="adamw", lr=2e-4, weight_decay=0.05)}}
+
 _CPU_STAND_INS = {"resnet50": "resnet18", "alexnet": "resnet18",
                   "vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test",
                   "vit_small_patch16_224": "vit_test", "vit_tiny_patch16_224": "vit_test"}
@@ -99,7 +108,7 @@ PROFILES: dict[str, Profile] = {
         base=TrainConfig(epochs=8, batch_size=64, lr=0.05),
         demhec=DemHECConfig(epochs=3, batch_size=64, warmup_epochs=0.5, lr=0.02),
         pretrained=False, eval_batch_size=256, entropy_images=200,
-        substitutes=_DEMO_STAND_INS,
+        substitutes=_DEMO_STAND_INS, overrides=_VIT_FROM_SCRATCH,
     ),
     "cpu": Profile(
         name="cpu",
@@ -116,6 +125,7 @@ PROFILES: dict[str, Profile] = {
         base=TrainConfig(epochs=30, batch_size=128, lr=0.01),
         demhec=DemHECConfig(),
         pretrained=True, eval_batch_size=512, entropy_images=1000,
+        overrides={"vit": {"demhec": dict(batch_size=32, epochs=10, lr=0.0005)}},
     ),
 }
 
@@ -172,6 +182,22 @@ class Experiment:
     @property
     def cell_dir(self) -> Path:
         return self.root / self.effective_dataset / self.effective_backbone
+
+    def _override(self, which: str) -> dict[str, Any]:
+        for family, changes in self.prof.overrides.items():
+            if self.effective_backbone.startswith(family):
+                return changes.get(which, {})
+        return {}
+
+    @property
+    def base_config(self) -> TrainConfig:
+        """The profile's base recipe for this backbone, with this experiment's seed."""
+        return replace(self.prof.base, seed=self.seed, **self._override("base"))
+
+    @property
+    def demhec_config(self) -> DemHECConfig:
+        """The profile's Dem-HEC config for this backbone, with this experiment's seed."""
+        return replace(self.prof.demhec, seed=self.seed, **self._override("demhec"))
 
     def checkpoint(self, name: str) -> Path:
         return self.root / "checkpoints" / f"{self.effective_dataset}_{self.effective_backbone}_{name}.pt"
@@ -277,7 +303,7 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     data = data if data is not None else train_data(exp)
     check_writable(path.parent)
     model = _new_model(exp, k, pretrained=prof.pretrained)
-    cfg = replace(prof.base, seed=exp.seed)
+    cfg = exp.base_config
     log.info("training base %s on %s (%d images)", exp.effective_backbone, exp.effective_dataset, len(data))
     train(model, data, cfg, device=exp.device, checkpoint=path.with_suffix(".ckpt"),
           progress=exp.progress)
@@ -290,7 +316,7 @@ def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str =
                  num_classes: int | None = None) -> nn.Module:
     """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
     path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
-    cfg = replace(config or exp.prof.demhec, seed=exp.seed)
+    cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
     data = train_data(exp)
     k = num_classes or len(data.classes)
     if path.exists() and not exp.recompute:
@@ -337,12 +363,12 @@ def robustness_result(
         data = eval_data(exp)
         k = len(data.classes)
         if phase == "before":
-            model, cfg = base_model(exp, k), replace(exp.prof.base, seed=exp.seed)
+            model, cfg = base_model(exp, k), exp.base_config
         elif phase == "after":
-            cfg = replace(config or exp.prof.demhec, seed=exp.seed)
+            cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
             model = demhec_model(exp, cfg, tag=name.replace("after", "demhec", 1), num_classes=k)
         elif phase.startswith("baseline:"):
-            model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), replace(exp.prof.base, seed=exp.seed)
+            model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
         else:
             raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
         table = evaluate(model, data, corruptions, severities, suite, seed=exp.seed,
@@ -364,7 +390,7 @@ def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
     """File tag of a Dem-HEC run: "after" for the profile's config, else "after_<changes>"."""
     if config is None:
         return "after"
-    default = exp.prof.demhec
+    default = exp.demhec_config
     changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
                if f.name != "seed" and getattr(config, f.name) != getattr(default, f.name)]
     if not changed:
@@ -379,6 +405,8 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
     from .baselines import BASELINES, train_baseline
 
     check_choice("baseline", method, BASELINES)
+    if method == "pad_crop":
+        return base_model(exp, num_classes)  # the base recipe is Pad-Crop (crop + flip)
     path = exp.checkpoint(f"baseline_{method}")
     if path.exists() and not exp.recompute:
         return _model_from(path, exp, num_classes)
@@ -387,7 +415,7 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
     data = train_data(exp)
     check_writable(path.parent)
     model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
-    train_baseline(model, data, method, replace(exp.prof.base, seed=exp.seed), device=exp.device,
+    train_baseline(model, data, method, exp.base_config, device=exp.device,
                    checkpoint=path.with_suffix(".ckpt"), progress=exp.progress)
     _save_state(model, path)
     path.with_suffix(".ckpt").unlink(missing_ok=True)
@@ -604,12 +632,12 @@ def collect_clean_accuracy(results_root: str | os.PathLike) -> pd.DataFrame:
 
 
 def demhec_config(exp: Experiment, **overrides: Any) -> DemHECConfig:
-    """The profile's Dem-HEC config with ``overrides`` (validated by the dataclass)."""
+    """The experiment's Dem-HEC config with ``overrides`` (validated by the dataclass)."""
     fields = {f.name for f in dataclasses.fields(DemHECConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise DemHECError(f"unknown Dem-HEC setting(s) {unknown}; valid: {', '.join(sorted(fields))}")
-    return replace(exp.prof.demhec, seed=exp.seed, **overrides)
+    return replace(exp.demhec_config, **overrides)
 
 
 def check_baselines(names: str | Sequence[str]) -> list[str]:

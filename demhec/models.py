@@ -116,9 +116,9 @@ TIMM_VITS = (
 VIT_TEST_CONFIG: dict[str, int] = {
     "img_size": 32,
     "patch_size": 8,
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 4,
 }
 
 # The smallest square side each conv family is meant for: CIFAR resolution for the ResNets

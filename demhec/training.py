@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DemHECConfig", "TrainConfig", "finetune", "freeze_parameters", "train"]
 
 AUGMENTS = ("none", "crop_flip")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay, in epochs
     label_smoothing: float = 0.0
     augment: str = "crop_flip"  # random crop with 4 px padding + horizontal flip
+    optimizer: str = "sgd"  # "sgd" (the zoo's) or "adamw" (transformers from scratch)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class DemHECConfig:
     augment: str = "crop_flip"
     head: str | None = None  # classifier name for g(x); None = model.head_name
     max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
+    optimizer: str = "sgd"  # A.3: SGD; "adamw" for transformers trained from scratch here
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -119,6 +122,7 @@ def _check_common(cfg: Any) -> None:
     check_range("warmup_epochs", cfg.warmup_epochs, 0.0)
     check_range("seed", cfg.seed, 0, integer=True)
     check_choice("augmentation", cfg.augment, AUGMENTS)
+    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -269,10 +273,13 @@ def _run(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DemHECError("every parameter is frozen; nothing to train")
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     spe = len(batches)
     if spe == 0:
         raise DemHECError(

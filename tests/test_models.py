@@ -11,6 +11,7 @@ from demhec._common import DemHECError
 from demhec.models import (
     CIFAR_WEIGHT_URLS,
     NORMALISATION,
+    VIT_TEST_CONFIG,
     CifarRepVGG,
     CifarResNet,
     Classifier,
@@ -394,8 +395,8 @@ def test_vit_large_is_the_papers_vit_l():
 
 def test_vit_test_config_and_img_size_passthrough():
     model = get_model("vit_test", 10)
-    assert model.input_size == 32 and model.feature_dim == 32
-    assert sum(s.startswith("net.blocks.") for s in model.stages) == 2
+    assert model.input_size == 32 and model.feature_dim == VIT_TEST_CONFIG["embed_dim"]
+    assert sum(s.startswith("net.blocks.") for s in model.stages) == VIT_TEST_CONFIG["depth"]
     small = get_model("vit_tiny_patch16_224", 10, img_size=64)
     assert small.input_size == 64
     with torch.no_grad():

@@ -1,0 +1,70 @@
+"""Step cost of Dem-HEC relative to a plain cross-entropy step (issue 7, benchmark 1).
+
+Both steps run the library's own loops (``demhec.train`` and ``demhec.finetune``) on the same
+model architecture and the same batches; the per-step wall time comes from the ``on_step``
+callback, the first steps are discarded as warm-up, and the median is reported. The compute
+bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see README.md).
+
+    python benchmarks/step_cost.py --steps 12 --the 1 5 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import demhec
+from demhec.models import get_model
+
+
+def step_times(run, steps: int) -> list[float]:
+    stamps: list[float] = []
+    run(lambda step, parts: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip(stamps, stamps[1:])][2:]  # drop warm-up
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--the", type=int, nargs="+", default=[1, 5, 10], help="ascent steps T_he")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the training passes")
+    p.add_argument("--freeze", default="none", help="'none' (full cost, as in the bound) or 'auto'")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    n = args.batch_size * args.steps
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+
+    def model():
+        torch.manual_seed(0)
+        return get_model(args.model, num_classes=10).to(args.device)
+
+    plain_cfg = demhec.TrainConfig(epochs=1, batch_size=args.batch_size, augment="none")
+    plain = statistics.median(step_times(
+        lambda cb: demhec.train(model(), (x, y), plain_cfg, device=args.device,
+                                channels_last=args.channels_last, on_step=cb), args.steps))
+    print(f"plain CE step: {plain * 1e3:.1f} ms ({args.model}, batch {args.batch_size}, {args.device})")
+    ratio = None
+    for t_he in args.the:
+        cfg = demhec.DemHECConfig(epochs=1, batch_size=args.batch_size, steps=t_he, augment="none",
+                                  warmup_epochs=0, freeze=args.freeze)
+        t = statistics.median(step_times(
+            lambda cb, cfg=cfg: demhec.finetune(model(), (x, y), cfg, device=args.device,
+                                                channels_last=args.channels_last, amp=args.amp,
+                                                on_step=cb), args.steps))
+        ratio = t / plain
+        bound = (2 * t_he + 7) / 3
+        print(f"T_he={t_he:2d}: Dem-HEC step {t * 1e3:.1f} ms, ratio {ratio:.2f} "
+              f"(compute bound {bound:.2f})")
+    print(f"ratio (T_he={args.the[-1]}): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
