@@ -26,8 +26,8 @@ unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
 notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for the smoke profile
-	rm -rf $(BUILD)/nbval
-	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --out $(BUILD)/nbval \
+	rm -rf $(BUILD)/nbval $(BUILD)/smoke
+	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --allow-train --out $(BUILD)/nbval \
 		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(BUILD)/nbval
 

@@ -15,12 +15,11 @@ import time
 
 import numpy as np
 import torch
+from corruption_build import images
 
 from demhec import evaluate
 from demhec.corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES, corruption_grid
 from demhec.models import get_model
-
-from corruption_build import images
 
 
 def main() -> None:

@@ -143,11 +143,16 @@ def _args_dict(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("verbose", "no_progress")}
 
 
-def _save(model, path: Path) -> None:
+def _finish(args: argparse.Namespace, stem: Path, kind: str, cfg: object, model, tr, ev,
+            extra: dict | None = None) -> None:
+    """Save the weights and the JSON result, then drop the resume checkpoint."""
     import torch
 
-    with atomic_write(path) as f:
+    with atomic_write(stem.with_suffix(".pt")) as f:
         torch.save(model.state_dict(), f)
+    _result(args, stem.with_suffix(".json"), kind, cfg, model, tr, ev, extra)
+    stem.with_suffix(".ckpt").unlink(missing_ok=True)
+    print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -162,10 +167,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     stem = _stem(args, "base")
     train(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
           checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    _save(model, stem.with_suffix(".pt"))
-    _result(args, stem.with_suffix(".json"), "cli/train", cfg, model, tr, ev)
-    stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
+    _finish(args, stem, "cli/train", cfg, model, tr, ev)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -188,11 +190,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     stem = _stem(args, "demhec")
     finetune(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
              checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    _save(model, stem.with_suffix(".pt"))
-    _result(args, stem.with_suffix(".json"), "cli/finetune", cfg, model, tr, ev,
-            {"base_weights": Path(weights).name})
-    stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
+    _finish(args, stem, "cli/finetune", cfg, model, tr, ev, {"base_weights": Path(weights).name})
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

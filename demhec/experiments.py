@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -284,32 +284,40 @@ def _model_from(path: Path, exp: Experiment, num_classes: int) -> nn.Module:
     return model.to(exp.device).eval()
 
 
+def _cached_model(exp: Experiment, path: Path, num_classes: int, what: str,
+                  fit: Callable[[nn.Module | None, Any, Path], nn.Module]) -> nn.Module:
+    """Load the state dict at ``path`` or, when allowed, ``fit`` a model (resumable through
+    ``<path>.ckpt``), save it atomically and drop the resume checkpoint."""
+    if path.exists() and not exp.recompute:
+        return _model_from(path, exp, num_classes)
+    if not exp.allow_train:
+        raise DemHECError(f"{what} checkpoint {path.name} is missing under {path.parent}; "
+                          "set allow_train=True to compute it")
+    check_writable(path.parent)
+    resume = path.with_suffix(".ckpt")
+    model = fit(train_data(exp), resume)
+    _save_state(model, path)
+    resume.unlink(missing_ok=True)
+    return model.eval()
+
+
 def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     """The model before Dem-HEC: the zoo's pretrained weights (paper profile, CIFAR zoo
     backbones) or one trained here with the profile's base recipe (cached checkpoint)."""
-    prof = exp.prof
-    data = train_data(exp) if num_classes is None else None
-    k = num_classes if num_classes is not None else len(data.classes)
     from .models import CIFAR_WEIGHT_URLS
 
-    if prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
+    k = num_classes if num_classes is not None else len(train_data(exp).classes)
+    if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
-    path = exp.checkpoint("base")
-    if path.exists() and not exp.recompute:
-        return _model_from(path, exp, k)
-    if not exp.allow_train:
-        raise DemHECError(f"base model checkpoint {path.name} is missing under {path.parent}; "
-                          "set allow_train=True to train it")
-    data = data if data is not None else train_data(exp)
-    check_writable(path.parent)
-    model = _new_model(exp, k, pretrained=prof.pretrained)
-    cfg = exp.base_config
-    log.info("training base %s on %s (%d images)", exp.effective_backbone, exp.effective_dataset, len(data))
-    train(model, data, cfg, device=exp.device, checkpoint=path.with_suffix(".ckpt"),
-          progress=exp.progress)
-    _save_state(model, path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
-    return model.eval()
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        model = _new_model(exp, k, pretrained=exp.prof.pretrained)
+        log.info("training base %s on %s (%d images)", exp.effective_backbone,
+                 exp.effective_dataset, len(data))
+        return train(model, data, exp.base_config, device=exp.device, checkpoint=resume,
+                     progress=exp.progress)
+
+    return _cached_model(exp, exp.checkpoint("base"), k, "base model", fit)
 
 
 def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str = "demhec",
@@ -317,20 +325,13 @@ def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str =
     """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
     path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
     cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
-    data = train_data(exp)
-    k = num_classes or len(data.classes)
-    if path.exists() and not exp.recompute:
-        return _model_from(path, exp, k)
-    if not exp.allow_train:
-        raise DemHECError(f"Dem-HEC checkpoint {path.name} is missing under {path.parent}; "
-                          "set allow_train=True to fine-tune")
-    model = base_model(exp, k)
-    check_writable(path.parent)
-    finetune(model, data, cfg, device=exp.device, checkpoint=path.with_suffix(".ckpt"),
-             progress=exp.progress)
-    _save_state(model, path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
-    return model.eval()
+    k = num_classes or len(train_data(exp).classes)
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        return finetune(base_model(exp, k), data, cfg, device=exp.device, checkpoint=resume,
+                        progress=exp.progress)
+
+    return _cached_model(exp, path, k, "Dem-HEC", fit)
 
 
 # --- results --------------------------------------------------------------------------------
@@ -407,19 +408,14 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
     check_choice("baseline", method, BASELINES)
     if method == "pad_crop":
         return base_model(exp, num_classes)  # the base recipe is Pad-Crop (crop + flip)
-    path = exp.checkpoint(f"baseline_{method}")
-    if path.exists() and not exp.recompute:
-        return _model_from(path, exp, num_classes)
-    if not exp.allow_train:
-        raise DemHECError(f"baseline checkpoint {path.name} is missing; set allow_train=True")
-    data = train_data(exp)
-    check_writable(path.parent)
-    model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
-    train_baseline(model, data, method, exp.base_config, device=exp.device,
-                   checkpoint=path.with_suffix(".ckpt"), progress=exp.progress)
-    _save_state(model, path)
-    path.with_suffix(".ckpt").unlink(missing_ok=True)
-    return model.eval()
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
+        return train_baseline(model, data, method, exp.base_config, device=exp.device,
+                              checkpoint=resume, progress=exp.progress)
+
+    return _cached_model(exp, exp.checkpoint(f"baseline_{method}"), num_classes,
+                         f"baseline {method}", fit)
 
 
 def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
