@@ -529,9 +529,11 @@ class _LazyPool:
 
     def executor(self) -> cf.ProcessPoolExecutor:
         if self._executor is None:
-            # 'spawn' is safe in processes that already run torch/OpenMP threads.
+            # 'fork' (as torch's DataLoader uses on Linux) works from unguarded user scripts,
+            # which 'spawn' would re-execute; workers run numpy/OpenCV code only, never torch.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             self._executor = cf.ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+                self.workers, mp_context=mp.get_context(method), initializer=_init_worker)
         return self._executor
 
     def close(self) -> None:
