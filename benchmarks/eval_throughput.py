@@ -33,7 +33,7 @@ def main() -> None:
     model = get_model("resnet20", num_classes=10).to(args.device).eval()
     with tempfile.TemporaryDirectory() as cache:
         grids = [np.asarray(a) for _c, _s, a in corruption_grid(x, suite="cifar-c", cache_dir=cache, key="bench")]
-        tensors = [torch.from_numpy(g).permute(0, 3, 1, 2).float().div(255).to(args.device)
+        tensors = [torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).float().div(255).to(args.device)
                    for g in [x, *grids]]
         t = time.perf_counter()
         evaluate(model, (x, y), PAPER_CORRUPTIONS, PAPER_SEVERITIES, "cifar-c", cache_dir=cache,
