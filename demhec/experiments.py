@@ -475,9 +475,6 @@ def before_after_table(before: dict, after: dict, paper: str | None = None,
     return compare_with_paper(ours, ref, on=["corruption", "severity", "phase"])
 
 
-def load_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    return [read_result(p) for p in paths]
-
 
 # --- notebooks ------------------------------------------------------------------------------
 
