@@ -529,11 +529,11 @@ class _LazyPool:
 
     def executor(self) -> cf.ProcessPoolExecutor:
         if self._executor is None:
-            # 'fork' (as torch's DataLoader uses on Linux) works from unguarded user scripts,
-            # which 'spawn' would re-execute; workers run numpy/OpenCV code only, never torch.
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            # 'spawn': forked workers deadlocked on locks held by the parent's torch/OpenMP
+            # threads (seen in CI). A script without a __main__ guard breaks spawned workers;
+            # _fill then falls back to in-process generation.
             self._executor = cf.ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context(method), initializer=_init_worker)
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
         return self._executor
 
     def close(self) -> None:
@@ -555,24 +555,38 @@ def _fill(out: np.ndarray, images: np.ndarray, corruption: str, severity: int, s
                                                   suite, seed, s)
                 bar.update(min(chunk, n - s))
             return
-        executor = pool.executor()
-        pending: dict[cf.Future, int] = {}
-        todo = iter(starts)
-        # At most two chunks per worker in flight, so memory stays bounded for large splits.
-        while True:
-            while len(pending) < 2 * pool.workers and (s := next(todo, None)) is not None:
-                task = executor.submit(_corrupt_range, np.ascontiguousarray(images[s:s + chunk]),
-                                       corruption, severity, suite, seed, s)
-                pending[task] = s
-            if not pending:
-                break
-            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for task in done:
-                s = pending.pop(task)
-                out[s:s + chunk] = task.result()
-                bar.update(min(chunk, n - s))
+        try:
+            _fill_parallel(out, images, corruption, severity, suite, seed, pool, bar, chunk)
+        except cf.process.BrokenProcessPool:
+            logger.warning("corruption workers could not start (a script without "
+                        "`if __name__ == '__main__':`?); generating in this process instead")
+            pool.close()
+            pool.workers = 1
+            bar.reset()
+            _fill(out, images, corruption, severity, suite, seed, pool, False)
     finally:
         bar.close()
+
+
+def _fill_parallel(out: np.ndarray, images: np.ndarray, corruption: str, severity: int,
+                   suite: str, seed: int, pool: _LazyPool, bar: Any, chunk: int) -> None:
+    n = len(images)
+    executor = pool.executor()
+    pending: dict[cf.Future, int] = {}
+    todo = iter(range(0, n, chunk))
+    # At most two chunks per worker in flight, so memory stays bounded for large splits.
+    while True:
+        while len(pending) < 2 * pool.workers and (s := next(todo, None)) is not None:
+            task = executor.submit(_corrupt_range, np.ascontiguousarray(images[s:s + chunk]),
+                                   corruption, severity, suite, seed, s)
+            pending[task] = s
+        if not pending:
+            break
+        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        for task in done:
+            s = pending.pop(task)
+            out[s:s + chunk] = task.result()
+            bar.update(min(chunk, n - s))
 
 
 def _cache_paths(cache_dir: str | os.PathLike, suite: str, key: str, corruption: str,
