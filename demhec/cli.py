@@ -220,11 +220,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_entropy(args: argparse.Namespace) -> None:
-    import numpy as np
-    import torch
 
     from .corruptions import check_corruption, corrupt_split
     from .entropy import layer_entropy
+    from .evaluation import as_float_images
     from .results import check_writable, write_result
 
     check_corruption(args.corruption, args.suite)
@@ -236,9 +235,9 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     corrupted = corrupt_split(ev.images, args.corruption, severity, suite=args.suite, seed=args.seed)
 
     def run(images):
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+        x = as_float_images(images, args.device)
         return {n: e.mean().item() for n, e in
-                layer_entropy(model, x.to(args.device), pooled=args.pooled, batch_size=256).items()}
+                layer_entropy(model, x, pooled=args.pooled, batch_size=256).items()}
 
     clean, corr = run(ev.images), run(corrupted)
     path = Path(args.out) / f"{Path(weights).stem}_entropy_{args.corruption}_s{severity}.json"

@@ -19,6 +19,7 @@ The pipeline is cached at two levels: model checkpoints under
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -285,7 +286,7 @@ def _model_from(path: Path, exp: Experiment, num_classes: int) -> nn.Module:
 
 
 def _cached_model(exp: Experiment, path: Path, num_classes: int, what: str,
-                  fit: Callable[[nn.Module | None, Any, Path], nn.Module]) -> nn.Module:
+                  fit: Callable[[Any, Path], nn.Module]) -> nn.Module:
     """Load the state dict at ``path`` or, when allowed, ``fit`` a model (resumable through
     ``<path>.ckpt``), save it atomically and drop the resume checkpoint."""
     if path.exists() and not exp.recompute:
@@ -396,8 +397,6 @@ def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
                if f.name != "seed" and getattr(config, f.name) != getattr(default, f.name)]
     if not changed:
         return "after"
-    import hashlib
-
     return "after_" + hashlib.sha1(";".join(changed).encode()).hexdigest()[:10]
 
 
@@ -423,6 +422,7 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
     """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
     from .corruptions import corrupt_split
     from .entropy import layer_entropy
+    from .evaluation import as_float_images
 
     path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
 
@@ -433,8 +433,8 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
         corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=exp.seed)
 
         def run(images: np.ndarray) -> dict:
-            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
-            ent = layer_entropy(model, x.to(exp.device), pooled=pooled, batch_size=exp.prof.eval_batch_size)
+            x = as_float_images(images, exp.device)
+            ent = layer_entropy(model, x, pooled=pooled, batch_size=exp.prof.eval_batch_size)
             return {n: [round(float(v), 6) for v in e] for n, e in ent.items()}
 
         return dict(kind=f"entropy/{phase}", profile=exp.profile,
