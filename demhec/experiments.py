@@ -130,6 +130,10 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
+# The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
+# training seed is evaluated on the same corrupted images.
+CORRUPTION_SEED = 0
+
 DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
                        "cifar10_jpeg")
 
@@ -154,6 +158,7 @@ class Experiment:
     recompute: bool = False
     progress: bool = False
     download: bool = False
+    channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
 
     def __post_init__(self) -> None:
         from .models import list_models
@@ -201,7 +206,10 @@ class Experiment:
         return replace(self.prof.demhec, seed=self.seed, **self._override("demhec"))
 
     def checkpoint(self, name: str) -> Path:
-        return self.root / "checkpoints" / f"{self.effective_dataset}_{self.effective_backbone}_{name}.pt"
+        """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt``; the dataset is left out when
+        the profile fixes it (``results/cpu/checkpoints/resnet20_base.pt``)."""
+        prefix = "" if self.prof.dataset else f"{self.effective_dataset}_"
+        return self.root / "checkpoints" / f"{prefix}{self.effective_backbone}_{name}.pt"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -316,7 +324,7 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
         log.info("training base %s on %s (%d images)", exp.effective_backbone,
                  exp.effective_dataset, len(data))
         return train(model, data, exp.base_config, device=exp.device, checkpoint=resume,
-                     progress=exp.progress)
+                     progress=exp.progress, channels_last=exp.channels_last)
 
     return _cached_model(exp, exp.checkpoint("base"), k, "base model", fit)
 
@@ -330,7 +338,7 @@ def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str =
 
     def fit(data: Any, resume: Path) -> nn.Module:
         return finetune(base_model(exp, k), data, cfg, device=exp.device, checkpoint=resume,
-                        progress=exp.progress)
+                        progress=exp.progress, channels_last=exp.channels_last)
 
     return _cached_model(exp, path, k, "Dem-HEC", fit)
 
@@ -373,13 +381,14 @@ def robustness_result(
             model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
         else:
             raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
-        table = evaluate(model, data, corruptions, severities, suite, seed=exp.seed,
+        table = evaluate(model, data, corruptions, severities, suite, seed=CORRUPTION_SEED,
                          cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
                          key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size,
                          device=exp.device, progress=exp.progress)
         return dict(kind=f"robustness/{phase}", profile=exp.profile,
                     config={"experiment": _exp_config(exp), "model": cfg, "suite": suite,
-                            "corruptions": corruptions, "severities": severities},
+                            "corruptions": corruptions, "severities": severities,
+                            "corruption_seed": CORRUPTION_SEED},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
                              "table": table},
                     data=_provenance(data), seed=exp.seed)
@@ -430,7 +439,7 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
         data = _subset(eval_data(exp), exp.prof.entropy_images, seed=1)
         k = len(data.classes)
         model = base_model(exp, k) if phase == "before" else demhec_model(exp, num_classes=k)
-        corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=exp.seed)
+        corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=CORRUPTION_SEED)
 
         def run(images: np.ndarray) -> dict:
             x = as_float_images(images, exp.device)
@@ -599,7 +608,7 @@ def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],
     # One image per class where possible, so the figure shows varied content.
     idx = [int(np.flatnonzero(data.labels == c)[0]) for c in np.unique(data.labels)][:n_images]
     clean = data.images[idx]
-    corrupted = {(c, s): np.asarray(corrupt_split(clean, c, s, suite=suite, seed=exp.seed))
+    corrupted = {(c, s): np.asarray(corrupt_split(clean, c, s, suite=suite, seed=CORRUPTION_SEED))
                  for c in corruptions for s in severities}
     return clean, corrupted
 
@@ -705,3 +714,106 @@ def summary_vs_paper(records: dict[str, dict], paper: str) -> pd.DataFrame:
     for name, group in ref.groupby(key, sort=False):
         rows[f"paper: {name}"] = group.set_index("corruption")["accuracy"]
     return pd.DataFrame(rows).T.rename_axis("model").reset_index()
+
+
+# --- controls and ablations (the CPU reproduction) ----------------------------------------------
+
+# Each run is the profile's Dem-HEC config with these changes, on the same base model and step
+# budget. The ascent step is kept at eps/4 (as at the default 8/255 -> 2/255) so the eps runs
+# change the radius, not the shape of the ascent.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "demhec": {},
+    "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only
+    "no_he_ce": dict(alpha=0.0),
+    "no_infonce": dict(lambda_c=0.0),
+    "no_kd": dict(lambda_kd=0.0),
+    "eps4": dict(eps=4 / 255, step_size=1 / 255),
+    "eps16": dict(eps=16 / 255, step_size=4 / 255),
+    "features": dict(objective="features"),
+    "low_entropy": dict(direction="low"),
+}
+ABLATION_LABELS = {
+    "demhec": "Dem-HEC (eq. 12)",
+    "plain": "plain fine-tune (clean CE only)",
+    "no_he_ce": "without high-entropy CE (alpha = 0)",
+    "no_infonce": "without InfoNCE (lambda_C = 0)",
+    "no_kd": "without KD (lambda_KD = 0)",
+    "eps4": "eps = 4/255",
+    "eps16": "eps = 16/255",
+    "features": "entropy of penultimate features",
+    "low_entropy": "low-entropy samples (Democratic Training direction)",
+}
+NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
+
+
+def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",
+                    severities: Sequence[int] | None = None) -> dict:
+    """The robustness result of one control/ablation ``run`` (a key of :data:`ABLATIONS`)
+    fine-tuned from the experiment's base model with its seed; "demhec" is the profile's run."""
+    check_choice("run", run, ABLATIONS)
+    cfg = demhec_config(exp, **ABLATIONS[run])
+    tag = "after" if run == "demhec" else f"after_{run}"
+    return robustness_result(exp, "after", suite, severities=severities, config=cfg, tag=tag)
+
+
+def _mean_accuracy(record: dict, corruptions: Sequence[str], severity: int) -> float:
+    t = result_table(record)
+    cells = t[t.corruption.isin(corruptions) & (t.severity == severity)]
+    if len(cells) != len(corruptions):
+        raise DemHECError(f"result lacks some of {list(corruptions)} at severity {severity}")
+    return float(cells.accuracy.mean())
+
+
+def ablation_summary(base: dict, runs: dict[tuple[str, int], dict]) -> pd.DataFrame:
+    """One row per (run, seed): clean accuracy, mean accuracy over the three noises at S5 and
+    over every evaluated corruption at S5, and each one's change from the base model (points)."""
+    def metrics(rec: dict) -> dict:
+        t = result_table(rec)
+        s5 = sorted(set(t.corruption[(t.corruption != "clean") & (t.severity == 5)]))
+        return {"clean": rec["metrics"]["clean_accuracy"],
+                "noise_s5": _mean_accuracy(rec, NOISE, 5),
+                "all_s5": _mean_accuracy(rec, s5, 5)}
+
+    ref = metrics(base)
+    rows = [{"run": "base", "label": "base model", "seed": base["seed"], **ref}]
+    for (run, seed), rec in runs.items():
+        rows.append({"run": run, "label": ABLATION_LABELS[run], "seed": seed, **metrics(rec)})
+    df = pd.DataFrame(rows)
+    for col in ("clean", "noise_s5", "all_s5"):
+        df[f"d_{col}"] = df[col] - ref[col]
+    return df
+
+
+def seed_gain(summary: pd.DataFrame, run: str = "demhec", control: str = "plain") -> pd.DataFrame:
+    """Per seed, ``run`` minus ``control`` (points), with the mean and the sample standard
+    deviation over seeds as the last two rows."""
+    cols = ["clean", "noise_s5", "all_s5"]
+    a = summary[summary.run == run].set_index("seed")[cols]
+    b = summary[summary.run == control].set_index("seed")[cols]
+    seeds = sorted(set(a.index) & set(b.index))
+    if not seeds:
+        raise DemHECError(f"no seed has both {run!r} and {control!r}")
+    d = (a.loc[seeds] - b.loc[seeds]).reset_index()
+    d["seed"] = d["seed"].astype(str)
+    stats = [dict(seed="mean", **d[cols].mean()), dict(seed="std", **d[cols].std(ddof=1))]
+    return pd.concat([d, pd.DataFrame(stats)], ignore_index=True)
+
+
+def suite_agreement(records: dict[str, dict], paper_dataset: str, paper_backbone: str,
+                    paper: str = "table1", phase: str = "before") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Which corruption constants reproduce the paper: our accuracy per corruption and
+    severity in each suite (``records``: suite -> result) beside the paper's ``phase`` column,
+    and per suite the mean absolute and the mean signed difference (ours - paper)."""
+    ref = paper_table(paper)
+    ref = ref[(ref.dataset == paper_dataset) & (ref.backbone == paper_backbone) & (ref.phase == phase)]
+    cells = ref.set_index(["corruption", "severity"])["accuracy"].rename("paper")
+    table = cells.to_frame()
+    for suite, rec in records.items():
+        t = result_table(rec).set_index(["corruption", "severity"])["accuracy"]
+        table[suite] = t.reindex(table.index)
+    table = table.reset_index()
+    summary = pd.DataFrame([{"suite": s, "cells": int(table[s].notna().sum()),
+                             "mean_abs_diff": float((table[s] - table.paper).abs().mean()),
+                             "mean_diff": float((table[s] - table.paper).mean())}
+                            for s in records])
+    return table, summary

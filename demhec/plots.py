@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PALETTE",
+    "ablation_figure",
     "clean_accuracy_figure",
     "corruption_grid_figure",
     "delta_heatmap",
@@ -461,6 +462,44 @@ def training_curve_figure(history: Sequence[Mapping[str, float]],
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if title:
         ax.set_title(title)
+    return fig
+
+
+@_styled
+def ablation_figure(df: pd.DataFrame,
+                    metrics: Sequence[tuple[str, str]] = (("d_noise_s5", "noise S5 mean"),
+                                                          ("d_all_s5", "all S5 mean"),
+                                                          ("d_clean", "clean"))) -> Figure:
+    """Change from the base model (points) of each fine-tuning run, one panel per metric: a
+    bar at the mean over seeds, every seed as a dot, so the spread is visible.
+
+    ``df`` is :func:`demhec.experiments.ablation_summary`'s table (columns label, seed and
+    the metric columns); rows labelled "base model" are left out.
+    """
+    _check_columns(df, "ablation_figure", ["label", "seed", *[m for m, _ in metrics]])
+    df = df[df["label"] != "base model"]
+    if df.empty:
+        raise DemHECError("ablation_figure got no fine-tuning runs")
+    labels = _unique(df["label"])
+    y = np.arange(len(labels))
+    fig = Figure(figsize=(3.2 * len(metrics) + 3.0, 0.42 * len(labels) + 1.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    colours = _colours(labels)
+    for ax, (col, title) in zip(axes, metrics):
+        means = df.groupby("label", sort=False)[col].mean().reindex(labels)
+        ax.barh(y, means.to_numpy(), color=[colours[lab] for lab in labels], alpha=0.8)
+        for k, lab in enumerate(labels):
+            vals = df.loc[df["label"] == lab, col].to_numpy(dtype=float)
+            ax.plot(vals, np.full(len(vals), k), linestyle="none", marker="o", markersize=4,
+                    color=_PAPER_MARKER_COLOUR)
+            ax.annotate(f"{means.iloc[k]:+.1f}", (means.iloc[k], k), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.axvline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("change from base (points)")
+        ax.grid(axis="y", visible=False)
+    axes[0].set_yticks(y, labels)
+    axes[0].invert_yaxis()
     return fig
 
 

@@ -131,7 +131,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert after["config"]["model"]["alpha"] == 0.5
     table = ex.before_after_table(before, after, "table1", "cifar10", "resnet20")
     assert set(table.phase) == {"before", "after"} and table.paper.notna().all()
-    assert (exp.root / "checkpoints" / "digits_resnet20_demhec.pt").exists()
+    assert (exp.root / "checkpoints" / "resnet20_demhec.pt").exists()
     # Cached: a second call neither trains nor evaluates.
     exp2 = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
                          results_dir=str(tmp_path), allow_train=False)
