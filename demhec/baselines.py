@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from ._common import DemHECError, check_choice
-from .training import TrainConfig, _prepare, _run
+from .training import TrainConfig, _data_parallel, _prepare, _run
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,14 @@ def train_baseline(
         )
     transform = _transform(method)
     smoothing = config.label_smoothing
+    net = _data_parallel(model, dev, sync_bn=False)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         if method != "augmix":
-            loss = F.cross_entropy(model(_apply(x, transform)), y, label_smoothing=smoothing)
+            loss = F.cross_entropy(net(_apply(x, transform)), y, label_smoothing=smoothing)
             return loss, {"loss": loss.item()}
         views = torch.cat([x, _apply(x, transform), _apply(x, transform)])
-        logits_clean, logits_aug1, logits_aug2 = model(views).split(len(x))
+        logits_clean, logits_aug1, logits_aug2 = net(views).split(len(x))
         ce = F.cross_entropy(logits_clean, y, label_smoothing=smoothing)
         jsd = js_divergence_loss(logits_clean, logits_aug1, logits_aug2)
         loss = ce + AUGMIX.jsd_weight * jsd

@@ -40,6 +40,8 @@ def _train_args(p: argparse.ArgumentParser, defaults: object) -> None:
     p.add_argument("--lr", type=str, default=str(defaults.lr))
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between resumable checkpoints (also at each epoch's end)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: synchronise BatchNorm statistics across ranks (CUDA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,8 +112,16 @@ def _data(args: argparse.Namespace, split: str):
     root = Path(args.data_root)
     if args.dataset != "digits" and not args.download and not root.exists() and args.data_root != "data":
         raise DemHECError(f"data root {root} does not exist")
+    from .distributed import barrier, is_main, rank_and_world
+
+    # Under torchrun rank 0 downloads and fills the caches first; the others then read them.
+    parallel = rank_and_world()[1] > 1
+    if parallel and not is_main():
+        barrier()
     arrays = load_named(args.dataset, split, args.data_root, download=args.download,
-                        cache_dir=Path(args.out) / "cache", progress=not args.no_progress)
+                        cache_dir=Path(args.out) / "cache", progress=not args.no_progress and is_main())
+    if parallel and is_main():
+        barrier()
     return _subset(arrays, args.limit, seed=0) if args.limit else arrays
 
 
@@ -133,6 +143,8 @@ def _result(args: argparse.Namespace, path: Path, kind: str, config: object, mod
     from .results import write_result
 
     table = evaluate(model, data_eval, [], [], device=args.device)
+    if not _is_main():
+        return
     write_result(path, kind=kind, profile="cli", config={"args": _args_dict(args), "config": config},
                  metrics={"clean_accuracy": float(table.accuracy.iloc[0]), **(extra or {})},
                  data={"train": getattr(data_train, "provenance", {}), "eval": data_eval.provenance},
@@ -140,7 +152,17 @@ def _result(args: argparse.Namespace, path: Path, kind: str, config: object, mod
 
 
 def _args_dict(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("verbose", "no_progress")}
+    from .distributed import rank_and_world
+
+    out = {k: v for k, v in vars(args).items() if k not in ("verbose", "no_progress")}
+    out["world_size"] = rank_and_world()[1]
+    return out
+
+
+def _is_main() -> bool:
+    from .distributed import is_main
+
+    return is_main()
 
 
 def _finish(args: argparse.Namespace, stem: Path, kind: str, cfg: object, model, tr, ev,
@@ -148,11 +170,13 @@ def _finish(args: argparse.Namespace, stem: Path, kind: str, cfg: object, model,
     """Save the weights and the JSON result, then drop the resume checkpoint."""
     import torch
 
-    with atomic_write(stem.with_suffix(".pt")) as f:
-        torch.save(model.state_dict(), f)
+    if _is_main():
+        with atomic_write(stem.with_suffix(".pt")) as f:
+            torch.save(model.state_dict(), f)
     _result(args, stem.with_suffix(".json"), kind, cfg, model, tr, ev, extra)
-    stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
+    if _is_main():
+        stem.with_suffix(".ckpt").unlink(missing_ok=True)
+        print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -166,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = _model(args, len(tr.classes), None)
     stem = _stem(args, "base")
     train(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
-          checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+          checkpoint_every=args.checkpoint_every, progress=not args.no_progress, sync_bn=args.sync_bn)
     _finish(args, stem, "cli/train", cfg, model, tr, ev)
 
 
@@ -189,7 +213,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     model = _model(args, len(tr.classes), weights)
     stem = _stem(args, "demhec")
     finetune(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
-             checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+             checkpoint_every=args.checkpoint_every, progress=not args.no_progress, sync_bn=args.sync_bn)
     _finish(args, stem, "cli/finetune", cfg, model, tr, ev, {"base_weights": Path(weights).name})
 
 
@@ -211,6 +235,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     table = evaluate(model, ev, corruptions, severities, args.suite, seed=args.seed,
                      cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test",
                      device=args.device, progress=not args.no_progress)
+    if not _is_main():
+        return
     path = Path(args.out) / f"{Path(weights).stem}_{args.suite}.json"
     write_result(path, kind="cli/evaluate", profile="cli", config={"args": _args_dict(args)},
                  metrics={"clean_accuracy": float(table.accuracy.iloc[0]), "table": table},
@@ -257,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from . import distributed
+
     try:
         from ._common import check_choice
         from .experiments import DATASETS_BY_PROFILE
@@ -266,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_choice("backbone", args.backbone, list_models())
         if args.limit is not None and args.limit < 1:
             raise DemHECError(f"--limit must be >= 1, got {args.limit}")
+        # Under torchrun: join the process group and take this rank's device.
+        args.device = distributed.setup(args.device)
+        if args.command == "entropy" and distributed.rank_and_world()[1] > 1:
+            raise DemHECError("entropy runs in one process; launch it without torchrun")
         COMMANDS[args.command](args)
     except DemHECError as e:
         print(f"demhec {args.command}: error: {e}", file=sys.stderr)
@@ -273,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"demhec {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
 
 

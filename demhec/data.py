@@ -695,6 +695,11 @@ class TensorBatches:
     from a CPU ``torch.Generator`` seeded by (seed, e): the batches do not depend on the device,
     on earlier epochs, or on ``skip``, so a run resumed mid-epoch gets the identical remaining
     batches.
+
+    Data-parallel runs (``world_size`` > 1) play the role of a ``DistributedSampler``: every
+    rank draws the same permutation, a global batch holds ``batch_size * world_size`` images,
+    and ``rank`` takes its contiguous ``batch_size`` of them, so the ranks together see exactly
+    the batches (and augmentations) of one process with batch ``batch_size * world_size``.
     """
 
     def __init__(
@@ -709,6 +714,8 @@ class TensorBatches:
         device: str | torch.device = "cpu",
         drop_last: bool = False,
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(images, np.ndarray):
             if images.ndim != 4 or images.shape[-1] != 3:
@@ -727,18 +734,27 @@ class TensorBatches:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.channels_last = channels_last
+        self.world_size = check_range("world_size", world_size, 1, integer=True)
+        self.rank = check_range("rank", rank, 0, world_size - 1, integer=True)
+        if world_size > 1 and not drop_last:
+            raise DemHECError("data-parallel batches need drop_last=True (every rank the same count)")
         self.device = torch.device(device)
         self.images = images.contiguous().to(self.device)
         self.labels = labels.to(self.device)
-        if drop_last and len(self.images) < batch_size:
-            raise DemHECError(f"drop_last with {len(self.images)} images < batch_size {batch_size}")
+        if drop_last and len(self.images) < self.global_batch_size:
+            raise DemHECError(f"drop_last with {len(self.images)} images < one global batch "
+                              f"({batch_size} x {world_size} ranks)")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
+        n, b = self.num_samples, self.global_batch_size
         return n // b if self.drop_last else math.ceil(n / b)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -752,7 +768,8 @@ class TensorBatches:
         if self.augment == "crop_flip":
             dy, dx, flip = (t.to(self.device) for t in _draw_crop_flip(n, CROP_PADDING, g))
         for k in range(skip, len(self)):
-            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            start = k * self.global_batch_size + self.rank * self.batch_size
+            sl = slice(start, start + self.batch_size)
             x = self.images[order[sl]]
             if self.augment == "crop_flip":
                 x = _crop_flip(x, CROP_PADDING, dy[sl], dx[sl], flip[sl])

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import DemHECError, check_choice, eval_mode
+from .distributed import barrier, gather, is_main, rank_and_world, shard
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,30 @@ def predict(
     channels_last: bool = False,
 ) -> Tensor:
     """Logits for ``images`` (uint8 N x H x W x 3 / N x 3 x H x W, or float in [0,1]), in
-    eval mode, batched, without gradients. Returns a CPU float tensor (N, K)."""
+    eval mode, batched, without gradients. Returns a CPU float tensor (N, K).
+
+    Inside a process group each rank predicts its contiguous share and every rank gets all
+    logits back, in order, so every metric equals the single-process one."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = rank_and_world()
+    part = shard(len(images), rank, world)
     out = []
     with eval_mode(model):
-        for i in range(0, len(images), batch_size):
-            x = _to_float_batch(images[i : i + batch_size], dev)
+        for i in range(part.start, part.stop, batch_size):
+            x = _to_float_batch(images[i : min(i + batch_size, part.stop)], dev)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(model(x).float())
+    if world > 1:
+        k = out[0].shape[1] if out else _num_outputs(model, images, dev)
+        local = torch.cat(out) if out else torch.empty((0, k), device=dev)
+        return gather(local).cpu()
+    return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+def _num_outputs(model: nn.Module, images: Any, dev: torch.device) -> int:
+    with eval_mode(model):
+        return int(model(_to_float_batch(images[:1], dev)).shape[1])
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> float:
@@ -150,7 +165,7 @@ def evaluate(
 
     cells = [(c, s) for c in corruptions for s in severities]
     bar = None
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells) + 1, desc="evaluate", unit="cell", dynamic_ncols=True)
@@ -163,6 +178,14 @@ def evaluate(
                 x, y = load_cifar_c(official_root, c, s, dataset=official_dataset)
                 yield c, s, x, y
     else:
+        if rank_and_world()[1] > 1 and cache_dir is not None:
+            # Rank 0 fills the cache; the others then read it instead of racing to write it.
+            if is_main():
+                for _ in corruption_grid(images, corruptions, severities, suite=suite, seed=seed,
+                                         cache_dir=cache_dir, key=key, workers=workers):
+                    pass
+            barrier()
+
         # One worker pool for the whole grid: starting one per cell costs seconds each.
         def grid():
             for c, s, xc in corruption_grid(images, corruptions, severities, suite=suite,

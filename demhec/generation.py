@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._common import check_choice, check_range, eval_mode
+from ._common import DemHECError, check_choice, check_range, eval_mode
 from .entropy import prediction_entropy, softmax_entropy
 from .losses import forward_with_features
 
@@ -29,6 +29,7 @@ def high_entropy_samples(
     direction: Literal["high", "low"] = "high",
     head: str | None = None,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Alg. 2: x' = argmax_{||x'-x||_inf <= eps, x' in [0,1]} H(x'), by sign-gradient ascent.
 
@@ -41,6 +42,9 @@ def high_entropy_samples(
     parameter gradients off and autocast disabled (fp32 ascent), then restored exactly:
     mode, ``requires_grad`` flags and parameter ``.grad`` are as the caller left them.
     Returns a detached tensor in pixel units, like ``x``.
+
+    ``noise`` (uniform draws in [0, 1) shaped like ``x``) replaces the random start's draws from
+    ``generator``; data-parallel fine-tuning passes each rank its slice of the global batch's.
     """
     check_range("eps", eps, 0.0, 1.0)
     check_range("step_size", step_size, 0.0, 1.0)
@@ -57,7 +61,10 @@ def high_entropy_samples(
     try:
         with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False):
             if random_start:
-                noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                if noise is None:
+                    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                elif noise.shape != x.shape:
+                    raise DemHECError(f"noise must be shaped like x {tuple(x.shape)}, got {tuple(noise.shape)}")
                 x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
             else:
                 x_adv = x.clone()

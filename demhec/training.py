@@ -6,6 +6,14 @@ its checkpoint when re-run with the same config, and stops on a non-finite loss 
 overwriting the last good checkpoint. All randomness of step ``s`` (batch order and
 augmentation through the epoch's seeded generator, the random start of the ascent, dropout)
 is derived from ``(config.seed, s)``, so a resumed run reproduces an uninterrupted one.
+
+Inside a ``torch.distributed`` process group (``torchrun``, or processes the caller starts)
+both loops run data-parallel with DistributedDataParallel: ``batch_size`` is per rank, each
+rank takes its share of every global batch (see :class:`~demhec.data.TensorBatches`), the
+teacher and the high-entropy generation run on every rank's shard, InfoNCE gathers the
+features of the global batch, logged values are averaged over ranks, and only rank 0 writes
+checkpoints. BatchNorm statistics are per rank unless ``sync_bn`` converts the model to
+SyncBatchNorm (CUDA only).
 """
 
 from __future__ import annotations
@@ -22,10 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._common import DemHECError, atomic_write, check_choice, check_range
+from .distributed import gather_with_grad, is_main, mean_over_ranks, rank_and_world
 from .generation import DIRECTIONS, OBJECTIVES, high_entropy_samples
 from .losses import forward_with_features, info_nce, kd_loss
 
@@ -131,7 +142,11 @@ def _check_common(cfg: Any) -> None:
 def _batches(data: Any, cfg: Any, device: torch.device, channels_last: bool, shuffle: bool = True):
     from .data import ImageArrays, TensorBatches
 
+    rank, world = rank_and_world()
     if isinstance(data, TensorBatches):
+        if (data.rank, data.world_size) != (rank, world):
+            raise DemHECError(f"TensorBatches built for rank {data.rank} of {data.world_size}, but "
+                              f"this process is rank {rank} of {world}")
         return data
     if isinstance(data, ImageArrays):
         images, labels = data.images, data.labels
@@ -146,6 +161,7 @@ def _batches(data: Any, cfg: Any, device: torch.device, channels_last: bool, shu
     return TensorBatches(
         images, labels, batch_size=cfg.batch_size, shuffle=shuffle, augment=cfg.augment,
         seed=cfg.seed, device=device, drop_last=shuffle, channels_last=channels_last,
+        rank=rank, world_size=world,
     )
 
 
@@ -253,7 +269,8 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _fingerprint(kind: str, cfg: Any) -> dict:
-    return {"kind": kind, **dataclasses.asdict(cfg)}
+    # The world size changes which images make a step, so a resume must keep it.
+    return {"kind": kind, **dataclasses.asdict(cfg), "world_size": rank_and_world()[1]}
 
 
 def _run(
@@ -298,8 +315,14 @@ def _run(
     fingerprint = _fingerprint(kind, cfg)
     step = 0
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt, fingerprint)
+    state = _load_checkpoint(ckpt, fingerprint) if ckpt is not None and ckpt.exists() and is_main() else None
+    if rank_and_world()[1] > 1:
+        # Rank 0 reads the checkpoint and sends it, so every rank resumes at the same step even
+        # when the others cannot see its file system.
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -307,7 +330,7 @@ def _run(
         log.info("resumed %s from %s at step %d/%d", kind, ckpt.name, step, total)
 
     def save() -> None:
-        if ckpt is None:
+        if ckpt is None or not is_main():
             return
         state = {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
@@ -319,7 +342,7 @@ def _run(
             torch.save(state, f)
 
     bar = None
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=step, desc=kind, unit="step", dynamic_ncols=True)
@@ -332,9 +355,11 @@ def _run(
                     m.eval()
                 torch.manual_seed(_step_seed(cfg.seed, step))
                 loss, parts = loss_fn(x, y, step)
-                if not torch.isfinite(loss):
+                # Logged values are means over ranks; every rank stops on the same step.
+                parts = mean_over_ranks(parts, device)
+                if not math.isfinite(parts["loss"]):
                     where = f"; the last good checkpoint is {ckpt.name}" if ckpt else ""
-                    raise DemHECError(f"non-finite {kind} loss ({loss.item()}) at step {step}{where}")
+                    raise DemHECError(f"non-finite {kind} loss ({parts['loss']}) at step {step}{where}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -393,6 +418,48 @@ def _prepare(model: nn.Module, data: Any, cfg: Any, device: str | torch.device |
     return dev, batches
 
 
+def _data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool) -> nn.Module:
+    """``module`` wrapped in DDP inside a process group (else unchanged)."""
+    if rank_and_world()[1] == 1:
+        if sync_bn:
+            log.warning("sync_bn has no effect in a single process")
+        return module
+    if sync_bn:
+        if dev.type != "cuda":
+            raise DemHECError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [dev.index] if dev.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+class _StudentPasses(nn.Module):
+    """The student's clean and high-entropy passes as one forward, so DDP sees one forward
+    per backward; each pass still normalises with its own batch statistics, as Alg. 1 writes
+    them."""
+
+    def __init__(self, model: nn.Module, head: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: Tensor, x_he: Tensor | None = None) -> tuple[Tensor, ...]:
+        logits, v = forward_with_features(self.model, x, self.head)
+        if x_he is None:
+            return logits, v
+        return (logits, v, *forward_with_features(self.model, x_he, self.head))
+
+
+def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
+    """The ascent's random-start draws for this rank: its slice of the global batch's draws,
+    so N ranks reproduce one process (None in one process: the generator draws as usual)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return None
+    n = len(x)
+    noise = torch.rand((n * world, *x.shape[1:]), generator=gen, device=x.device, dtype=torch.float32)
+    return noise[rank * n:(rank + 1) * n]
+
+
 # --- public loops ---------------------------------------------------------------------------
 
 
@@ -407,6 +474,7 @@ def train(
     checkpoint_every: int = 0,
     progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    sync_bn: bool = False,
 ) -> nn.Module:
     """Supervised training of a base model with the CIFAR zoo recipe (cross-entropy, SGD with
     Nesterov momentum, cosine schedule per iteration, crop+flip augmentation).
@@ -416,9 +484,10 @@ def train(
     map-style dataset small enough to hold in memory.
     """
     dev, batches = _prepare(model, train_data, config, device, channels_last)
+    net = _data_parallel(model, dev, sync_bn)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+        loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
         return loss, {"loss": loss.item()}
 
     return _run("train", model, batches, config, loss_fn, device=dev, checkpoint=checkpoint,
@@ -438,6 +507,7 @@ def finetune(
     checkpoint_every: int = 0,
     progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    sync_bn: bool = False,
 ) -> nn.Module:
     """Dem-HEC fine-tuning, Alg. 1 with the total loss of eq. 12::
 
@@ -460,25 +530,30 @@ def finetune(
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
     cfg = config
+    student = _data_parallel(_StudentPasses(model, cfg.head), dev, sync_bn)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
+        x_he = None
         if cfg.needs_samples:
+            # Generation uses the bare model: its input-gradient passes are not training passes.
             gen = torch.Generator(device=x.device).manual_seed(_step_seed(cfg.seed, step))
             x_he = high_entropy_samples(
                 model, x, cfg.eps, cfg.step_size, cfg.steps, cfg.random_start,
                 objective=cfg.objective, direction=cfg.direction, head=cfg.head, generator=gen,
+                noise=_start_noise(x, gen),
             )
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits, v = forward_with_features(model, x, cfg.head)
+            logits, v, *he = student(x, x_he)
             if cfg.alpha < 1:
                 parts["ce_clean"] = F.cross_entropy(logits.float(), y)
-            if cfg.needs_samples:
-                logits_he, v_he = forward_with_features(model, x_he, cfg.head)
+            if he:
+                logits_he, v_he = he
                 if cfg.alpha > 0:
                     parts["ce_he"] = F.cross_entropy(logits_he.float(), y)
                 if cfg.lambda_c > 0:
-                    parts["info_nce"] = info_nce(v, v_he, cfg.tau)
+                    # The global batch's negatives, as in one process.
+                    parts["info_nce"] = info_nce(gather_with_grad(v), gather_with_grad(v_he), cfg.tau)
             if cfg.lambda_kd > 0:
                 with torch.no_grad():
                     t_logits = teacher(x)
