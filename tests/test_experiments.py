@@ -156,3 +156,30 @@ def test_papermill_table1_resnet56_and_typo(tmp_path):
     bad = _papermill(tmp_path, "-p", "backbone", "resnet57")
     assert bad.returncode != 0
     assert "unknown backbone 'resnet57'" in bad.stderr and "resnet56" in bad.stderr
+
+
+def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
+    """scripts/cpu_reproduction.py in the smoke profile: every stage writes its result; a
+    second call recomputes nothing (every stage is a cache hit)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_reproduction", ROOT / "scripts" / "cpu_reproduction.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--profile", "smoke", "--seeds", "0,1", "--results-dir", str(tmp_path), "--no-progress"]
+    script.main(args)
+    first = capsys.readouterr().out
+    cell = tmp_path / "smoke" / "digits" / "resnet20"
+    names = sorted(p.name for p in cell.glob("*.json"))
+    expected = {"before_cifar-c.json", "before_imagecorruptions.json", "after_cifar-c.json",
+                "after_cifar-c_seed1.json", "after_plain_cifar-c.json", "after_plain_cifar-c_seed1.json",
+                "after_imagecorruptions.json", "after_plain_imagecorruptions.json",
+                *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain"))}
+    assert set(names) == expected
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2
+    rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
+    assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
+    assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
+    mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
+    script.main(args)
+    assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
