@@ -12,3 +12,5 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 $PY benchmarks/step_cost.py --device cuda --steps 30 --the 1 5 10 --channels-last --amp
 $PY benchmarks/epoch_time.py --device cuda --images 50000
+# torch.compile of the training passes (compilation time is excluded: warm-up steps are dropped)
+$PY benchmarks/step_cost.py --device cuda --steps 30 --the 5 --channels-last --amp --compile

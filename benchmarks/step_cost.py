@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the training passes")
     p.add_argument("--freeze", default="none", help="'none' (full cost, as in the bound) or 'auto'")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training passes")
     args = p.parse_args()
     torch.manual_seed(0)
     n = args.batch_size * args.steps
@@ -49,7 +50,8 @@ def main() -> None:
     plain_cfg = demhec.TrainConfig(epochs=1, batch_size=args.batch_size, augment="none")
     plain = statistics.median(step_times(
         lambda cb: demhec.train(model(), (x, y), plain_cfg, device=args.device,
-                                channels_last=args.channels_last, on_step=cb), args.steps))
+                                channels_last=args.channels_last, compile=args.compile,
+                                on_step=cb), args.steps))
     print(f"plain CE step: {plain * 1e3:.1f} ms ({args.model}, batch {args.batch_size}, {args.device})")
     ratios = {}
     for t_he in args.the:
@@ -58,7 +60,7 @@ def main() -> None:
         t = statistics.median(step_times(
             lambda cb, cfg=cfg: demhec.finetune(model(), (x, y), cfg, device=args.device,
                                                 channels_last=args.channels_last, amp=args.amp,
-                                                on_step=cb), args.steps))
+                                                compile=args.compile, on_step=cb), args.steps))
         ratios[t_he] = t / plain
         bound = (2 * t_he + 7) / 3
         print(f"T_he={t_he:2d}: Dem-HEC step {t * 1e3:.1f} ms, ratio {ratios[t_he]:.2f} "

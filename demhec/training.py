@@ -418,8 +418,19 @@ def _prepare(model: nn.Module, data: Any, cfg: Any, device: str | torch.device |
     return dev, batches
 
 
-def _data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool) -> nn.Module:
-    """``module`` wrapped in DDP inside a process group (else unchanged)."""
+def _data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool,
+                   compile: bool | str = False) -> nn.Module:
+    """``module`` wrapped in DDP inside a process group (else unchanged), then compiled with
+    ``torch.compile`` when ``compile`` is True or a backend name."""
+    if compile is not False and not isinstance(compile, (bool, str)):
+        raise DemHECError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+    net = _wrap_ddp(module, dev, sync_bn)
+    if compile:
+        net = torch.compile(net) if compile is True else torch.compile(net, backend=compile)
+    return net
+
+
+def _wrap_ddp(module: nn.Module, dev: torch.device, sync_bn: bool) -> nn.Module:
     if rank_and_world()[1] == 1:
         if sync_bn:
             log.warning("sync_bn has no effect in a single process")
@@ -475,16 +486,18 @@ def train(
     progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     sync_bn: bool = False,
+    compile: bool | str = False,
 ) -> nn.Module:
     """Supervised training of a base model with the CIFAR zoo recipe (cross-entropy, SGD with
-    Nesterov momentum, cosine schedule per iteration, crop+flip augmentation).
+    Nesterov momentum, cosine schedule per iteration, crop+flip augmentation). ``compile``
+    (True, or a ``torch.compile`` backend name) compiles the model's forward.
 
     ``train_data`` is an :class:`~demhec.data.ImageArrays`, a ``(images, labels)`` pair
     (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.data.TensorBatches` or a
     map-style dataset small enough to hold in memory.
     """
     dev, batches = _prepare(model, train_data, config, device, channels_last)
-    net = _data_parallel(model, dev, sync_bn)
+    net = _data_parallel(model, dev, sync_bn, compile)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
@@ -508,6 +521,7 @@ def finetune(
     progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     sync_bn: bool = False,
+    compile: bool | str = False,
 ) -> nn.Module:
     """Dem-HEC fine-tuning, Alg. 1 with the total loss of eq. 12::
 
@@ -519,6 +533,8 @@ def finetune(
     before any update (or the given ``teacher``). Partial fine-tuning: ``config.freeze``
     parameters get no gradient, are not optimised, and their BatchNorm layers stay in eval
     mode. With ``amp`` the training passes run under bf16 autocast; generation stays fp32.
+    ``compile`` (True, or a ``torch.compile`` backend name) compiles the student's training
+    passes; the ascent passes stay eager, since they toggle modes and gradient flags each step.
     Terms with zero weight are skipped, so alpha = lambda_C = lambda_KD = 0 is a plain
     fine-tune at the same cost as ordinary training.
     """
@@ -530,7 +546,7 @@ def finetune(
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
     cfg = config
-    student = _data_parallel(_StudentPasses(model, cfg.head), dev, sync_bn)
+    student = _data_parallel(_StudentPasses(model, cfg.head), dev, sync_bn, compile)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
