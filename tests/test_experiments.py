@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from demhec import experiments as ex
 from demhec import results
@@ -183,3 +184,32 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
+
+
+CPU_RESULTS = ROOT / "results" / "cpu"
+
+
+@pytest.mark.slow
+def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
+    """Notebook 09 in the cpu profile re-creates the committed tables from the committed JSONs
+    alone (no data, no training), and the committed checkpoints load into the zoo ResNet-20."""
+    import shutil
+
+    from demhec.models import get_model
+
+    if not (CPU_RESULTS / "cifar10_jpeg").is_dir():
+        pytest.skip("no committed CPU reproduction results")
+    shutil.copytree(CPU_RESULTS / "cifar10_jpeg", tmp_path / "results" / "cpu" / "cifar10_jpeg")
+    out = tmp_path / "out.ipynb"
+    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "09_cpu_reproduction.ipynb"),
+           str(out), "-p", "profile", "cpu", "-p", "results_dir", str(tmp_path / "results"),
+           "-p", "figures_dir", str(tmp_path / "fig")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = tmp_path / "results" / "cpu" / "tables"
+    for committed in sorted((CPU_RESULTS / "tables").glob("*.csv")):
+        assert (made / committed.name).read_text() == committed.read_text(), committed.name
+    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 4
+    for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
+        model = get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
