@@ -5,7 +5,7 @@ model architecture and the same batches; the per-step wall time comes from the `
 callback, the first steps are discarded as warm-up, and the median is reported. The compute
 bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see README.md).
 
-    python benchmarks/step_cost.py --steps 12 --the 1 5 10
+    python benchmarks/step_cost.py --steps 12 --the 1 5 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the training passes")
     p.add_argument("--freeze", default="none", help="'none' (full cost, as in the bound) or 'auto'")
     p.add_argument("--compile", action="store_true", help="torch.compile the training passes")
+    p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds")
     args = p.parse_args()
     torch.manual_seed(0)
     n = args.batch_size * args.steps
@@ -48,25 +49,38 @@ def main() -> None:
         return get_model(args.model, num_classes=10).to(args.device)
 
     plain_cfg = demhec.TrainConfig(epochs=1, batch_size=args.batch_size, augment="none")
-    plain = statistics.median(step_times(
-        lambda cb: demhec.train(model(), (x, y), plain_cfg, device=args.device,
-                                channels_last=args.channels_last, compile=args.compile,
-                                on_step=cb), args.steps))
-    print(f"plain CE step: {plain * 1e3:.1f} ms ({args.model}, batch {args.batch_size}, {args.device})")
-    ratios = {}
-    for t_he in args.the:
+
+    def plain_step() -> float:
+        return statistics.median(step_times(
+            lambda cb: demhec.train(model(), (x, y), plain_cfg, device=args.device,
+                                    channels_last=args.channels_last, compile=args.compile,
+                                    on_step=cb), args.steps))
+
+    def demhec_step(t_he: int) -> float:
         cfg = demhec.DemHECConfig(epochs=1, batch_size=args.batch_size, steps=t_he, augment="none",
                                   warmup_epochs=0, freeze=args.freeze)
-        t = statistics.median(step_times(
-            lambda cb, cfg=cfg: demhec.finetune(model(), (x, y), cfg, device=args.device,
-                                                channels_last=args.channels_last, amp=args.amp,
-                                                compile=args.compile, on_step=cb), args.steps))
-        ratios[t_he] = t / plain
-        bound = (2 * t_he + 7) / 3
-        print(f"T_he={t_he:2d}: Dem-HEC step {t * 1e3:.1f} ms, ratio {ratios[t_he]:.2f} "
-              f"(compute bound {bound:.2f})")
+        return statistics.median(step_times(
+            lambda cb: demhec.finetune(model(), (x, y), cfg, device=args.device,
+                                       channels_last=args.channels_last, amp=args.amp,
+                                       compile=args.compile, on_step=cb), args.steps))
+
+    # Rounds alternate plain and Dem-HEC measurements, and each round's ratio uses its own plain
+    # step, so slow drifts of a shared machine cancel; the median over rounds is reported.
+    ratios: dict[int, list[float]] = {t: [] for t in args.the}
+    for r in range(args.rounds):
+        plain = plain_step()
+        print(f"round {r + 1}: plain CE step {plain * 1e3:.1f} ms ({args.model}, batch "
+              f"{args.batch_size}, {args.device})")
+        for t_he in args.the:
+            t = demhec_step(t_he)
+            ratios[t_he].append(t / plain)
+            print(f"round {r + 1}: T_he={t_he:2d}: Dem-HEC step {t * 1e3:.1f} ms, ratio {t / plain:.2f}")
+    for t_he in args.the:
+        rs = ", ".join(f"{v:.2f}" for v in ratios[t_he])
+        print(f"T_he={t_he:2d}: median ratio {statistics.median(ratios[t_he]):.2f} over rounds [{rs}] "
+              f"(compute bound {(2 * t_he + 7) / 3:.2f})")
     key = 5 if 5 in ratios else args.the[-1]
-    print(f"ratio (T_he={key}): {ratios[key]:.2f}")
+    print(f"ratio (T_he={key}): {statistics.median(ratios[key]):.2f}")
 
 
 if __name__ == "__main__":
