@@ -180,6 +180,11 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
+    smoke = ex.PROFILES["smoke"].demhec
+    rec = json.loads((cell / "after_budget_x4_cifar-c.json").read_text())
+    assert rec["config"]["model"]["max_steps"] == 4 * smoke.max_steps
+    rec = json.loads((cell / "after_low_lr_cifar-c.json").read_text())
+    assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5)
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
