@@ -122,7 +122,7 @@ def test_readme_commands_are_known():
     """Every shell command the README shows is one that a test or CI runs."""
     known = ("make demo", "make test", ".venv/bin/papermill notebooks/03_table1.ipynb",
              "demhec train", "demhec finetune", "demhec evaluate", "demhec entropy",
-             "python scripts/cpu_reproduction.py", ".venv/bin/python scripts/run_notebooks.py --profile cpu",
+             ".venv/bin/python scripts/cpu_reproduction.py", ".venv/bin/python scripts/run_notebooks.py --profile cpu",
              "torchrun ")  # torchrun: tests/test_distributed.py
     for block in _readme_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
