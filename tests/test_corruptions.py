@@ -466,3 +466,19 @@ def test_imagecorruptions_suite_any_resolution():
     for corruption in C.PAPER_CORRUPTIONS:
         out = C.corrupt(images, corruption, 3, suite="imagecorruptions")
         assert out.shape == images.shape and not np.array_equal(out, images)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 80), (400, 300), (300, 700), (700, 1000)])
+def test_imagecorruptions_frost_with_cached_picture_equals_the_package(shape):
+    """The suite's frost caches the rescaled frost picture; its pixels must stay the package's
+    for every size rule of the package (picture larger, taller, wider or smaller than the image)."""
+    import imagecorruptions
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, *shape, 3), dtype=np.uint8)
+    for severity in (1, 5):
+        ours = C.corrupt(images, "frost", severity, suite="imagecorruptions", seed=3)
+        for i, image in enumerate(images):
+            with C._seeded_global_numpy(C._image_seed(3, "frost", severity, i)):
+                ref = imagecorruptions.corrupt(image, corruption_name="frost", severity=severity)
+            np.testing.assert_array_equal(ours[i], ref)
