@@ -258,11 +258,16 @@ def _clipped_zoom_square(img: np.ndarray, zoom_factor: float) -> np.ndarray:
     return img[trim:trim + h, trim:trim + h]
 
 
+def _read_frost_picture(filename: str) -> np.ndarray:
+    """One of the frost photographs shipped with ``imagecorruptions`` (BGR, as cv2 reads it)."""
+    ref = importlib.resources.files("imagecorruptions") / "frost" / filename
+    with importlib.resources.as_file(ref) as path:
+        return cv2.imread(str(path))
+
+
 @functools.cache
 def _cifar_frost_picture(index: int) -> np.ndarray:
-    ref = importlib.resources.files("imagecorruptions") / "frost" / CIFAR_C_FROST_FILES[index]
-    with importlib.resources.as_file(ref) as path:
-        picture = cv2.imread(str(path))
+    picture = _read_frost_picture(CIFAR_C_FROST_FILES[index])
     return cv2.resize(picture, (0, 0), fx=CIFAR_C_FROST_SCALE, fy=CIFAR_C_FROST_SCALE)
 
 
@@ -445,8 +450,7 @@ _CIFAR_C_FUNCTIONS: dict[str, Callable[[np.ndarray, Any, np.random.RandomState],
 # imagecorruptions functions that take an explicit seed (they do not use np.random's global state).
 _IMAGECORRUPTIONS_SEEDED = ("impulse_noise", "glass_blur")
 IMAGECORRUPTIONS_FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
-_IMAGECORRUPTIONS_FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg",
-                                 "frost5.jpg", "frost6.jpg")
+_IMAGECORRUPTIONS_FROST_FILES = (*CIFAR_C_FROST_FILES, "frost6.jpg")  # the package draws from all six
 
 
 @functools.lru_cache(maxsize=32)
@@ -457,11 +461,9 @@ def _ic_frost_picture(index: int, height: int, width: int) -> np.ndarray:
     three quarters of the time of the paper's 7-corruption grid on 32x32 images; both steps
     depend only on (index, image size), so they are done once per process.
     """
-    ref = importlib.resources.files("imagecorruptions") / "frost" / _IMAGECORRUPTIONS_FROST_FILES[index]
-    with importlib.resources.as_file(ref) as path:
-        picture = cv2.imread(str(path))
+    picture = _read_frost_picture(_IMAGECORRUPTIONS_FROST_FILES[index])
     ph, pw = picture.shape[:2]
-    # The package's scaling rule, float for float (its four branches reduce to this).
+    # The package's scaling rule, branch for branch, so the rescaled size is the same.
     if ph >= height and pw >= width:
         factor = 1
     elif ph < height and pw >= width:
@@ -478,15 +480,16 @@ def _ic_frost_picture(index: int, height: int, width: int) -> np.ndarray:
 
 
 def _ic_frost(x: np.ndarray, severity: int) -> np.ndarray:
-    """``imagecorruptions`` frost (same draws from np.random, same pixels) with the rescaled
-    frost picture cached; x is uint8 H x W x 3."""
+    """``imagecorruptions`` frost (same draws from np.random, same pixels once the caller
+    truncates to uint8) with the rescaled frost picture cached; x is uint8 H x W x 3."""
     c = IMAGECORRUPTIONS_FROST[severity - 1]
     index = np.random.randint(len(_IMAGECORRUPTIONS_FROST_FILES))
     frost = _ic_frost_picture(index, x.shape[0], x.shape[1])
     top = np.random.randint(0, frost.shape[0] - x.shape[0])
     left = np.random.randint(0, frost.shape[1] - x.shape[1])
     frost = frost[top:top + x.shape[0], left:left + x.shape[1]][..., [2, 1, 0]]
-    return np.uint8(np.clip(c[0] * x + c[1] * frost, 0, 255))
+    return np.clip(c[0] * x + c[1] * frost, 0, 255)
+
 
 # --------------------------------------------------------------------------------------------
 # Public corruption entry points

@@ -728,9 +728,9 @@ def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
 
 # Each run is the profile's Dem-HEC config with these changes, on the same base model and step
 # budget. The ascent step is kept at eps/4 (as at the default 8/255 -> 2/255) so the eps runs
-# change the radius, not the shape of the ascent. The last three are not ablations but the schedule
-# probes tried to close the clean-accuracy gap of a short budget (a lower learning rate, more steps); being relative to the profile's
-# config, they are functions of it.
+# change the radius, not the shape of the ascent. The last three are not ablations but the
+# schedule probes tried to close the clean-accuracy gap of a short budget (a lower learning rate,
+# more steps); being relative to the profile's config, they are functions of it.
 ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] = {
     "demhec": {},
     "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only
