@@ -542,7 +542,13 @@ def _extract_once(archive: Path, target: Path) -> Path:
                     ):
                         raise DemHECError(f"{archive}: unsafe member {m.name!r}")
                 tar.extractall(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process (a torchrun rank, a parallel run) finished the same extraction.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

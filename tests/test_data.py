@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -338,6 +340,23 @@ def test_cifar10_jpeg_split(jpeg_tar, tmp_path, monkeypatch):
     assert np.array_equal(train2.images, train.images) and np.array_equal(ev2.labels, ev.labels)
     other = cifar10_jpeg_split(jpeg_tar, cache, eval_per_class=2, split_seed=4)[1]
     assert {_image_id(i) for i in other.images} != eval_ids
+
+
+def test_extraction_finished_by_another_process(jpeg_tar, tmp_path, monkeypatch):
+    """Two processes (torchrun ranks, parallel runs) extracting the same archive: the one that
+    finishes second keeps the other's folder instead of failing on the rename."""
+    target = tmp_path / "extracted-x"
+    real_replace = os.replace
+
+    def replace_after_the_other(src, dst):
+        if Path(dst) == target:
+            shutil.copytree(src, target)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", replace_after_the_other)
+    assert data._extract_once(jpeg_tar, target) == target
+    assert len(list((target / "train" / "cat").iterdir())) == PER_CLASS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extracted-x", "mini-cifar10-jpeg.tar.gz"]
 
 
 def test_cifar10_jpeg_split_from_folder_and_errors(jpeg_tar, tmp_path):
