@@ -19,6 +19,7 @@ from .evaluation import (
 )
 from .generation import high_entropy_samples
 from .losses import forward_with_features, info_nce, kd_loss
+from .models import get_model, list_models, register_model
 from .training import DemHECConfig, TrainConfig, finetune, freeze_parameters, train
 
 __version__ = "0.1.0"
@@ -34,13 +35,16 @@ __all__ = [
     "finetune",
     "forward_with_features",
     "freeze_parameters",
+    "get_model",
     "high_entropy_samples",
     "info_nce",
     "kd_loss",
     "layer_entropy",
+    "list_models",
     "mean_corruption_error",
     "parse_number",
     "predict",
     "prediction_entropy",
+    "register_model",
     "train",
 ]

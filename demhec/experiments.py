@@ -730,7 +730,8 @@ def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
 # budget. The ascent step is kept at eps/4 (as at the default 8/255 -> 2/255) so the eps runs
 # change the radius, not the shape of the ascent. The last three are not ablations but the
 # schedule probes tried to close the clean-accuracy gap of a short budget (a lower learning rate,
-# more steps); being relative to the profile's config, they are functions of it.
+# more steps); being relative to the profile's config, they are functions of it. "bn_clean" tests
+# whether that gap comes from the high-entropy pass moving the running BatchNorm statistics.
 ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] = {
     "demhec": {},
     "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only
@@ -744,6 +745,7 @@ ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] 
     "low_lr": lambda cfg: dict(lr=cfg.lr / 5),
     "budget_x2": _budget(2),
     "budget_x4": _budget(4),
+    "bn_clean": dict(bn="clean"),
 }
 ABLATION_LABELS = {
     "demhec": "Dem-HEC (eq. 12)",
@@ -758,6 +760,7 @@ ABLATION_LABELS = {
     "low_lr": "learning rate / 5 (same budget)",
     "budget_x2": "twice the step budget (same lr)",
     "budget_x4": "four times the step budget (same lr)",
+    "bn_clean": "running BatchNorm statistics from clean passes only",
 }
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 

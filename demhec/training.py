@@ -18,12 +18,13 @@ SyncBatchNorm (CUDA only).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,14 @@ class TrainConfig:
         _check_common(self)
 
 
+# How the student's trainable BatchNorm layers treat the two passes of Alg. 1, which the paper
+# leaves open. "train": each pass normalises with its own batch statistics and both update the
+# running statistics, so the test-time statistics mix clean and high-entropy images. "clean":
+# as "train", but only the clean pass updates the running statistics. "frozen": every
+# BatchNorm layer keeps the pretrained running statistics (eval mode); its affine weights train.
+BN_MODES = ("train", "clean", "frozen")
+
+
 @dataclass(frozen=True)
 class DemHECConfig:
     """Dem-HEC fine-tuning (Alg. 1). Defaults are the paper's (A.3) where it states them.
@@ -96,6 +105,7 @@ class DemHECConfig:
     objective: str = "output"  # "output" (eq. 7) or "features" (penultimate entropy)
     direction: str = "high"  # "low" = Democratic Training's direction (ablation only)
     freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = stem + first stage; or prefixes
+    bn: str = "train"  # ours: BatchNorm statistics while fine-tuning, see BN_MODES
     augment: str = "crop_flip"
     head: str | None = None  # classifier name for g(x); None = model.head_name
     max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
@@ -115,6 +125,7 @@ class DemHECConfig:
         check_choice("entropy objective", self.objective, OBJECTIVES)
         check_choice("entropy direction", self.direction, DIRECTIONS)
         check_choice("KD direction", self.kd_direction, ("teacher_student", "student_teacher"))
+        check_choice("BatchNorm mode", self.bn, BN_MODES)
         if self.max_steps is not None:
             check_range("max_steps", self.max_steps, 1, integer=True)
 
@@ -240,15 +251,34 @@ def freeze_parameters(model: nn.Module, freeze: str | Sequence[str]) -> list[str
     return frozen
 
 
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def _frozen_norm_layers(model: nn.Module) -> list[nn.Module]:
     """Normalisation layers whose parameters are all frozen: they stay in eval mode."""
     out = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            ps = list(m.parameters(recurse=False))
-            if ps and not any(p.requires_grad for p in ps):
-                out.append(m)
+    for m in _norm_layers(model):
+        ps = list(m.parameters(recurse=False))
+        if ps and not any(p.requires_grad for p in ps):
+            out.append(m)
     return out
+
+
+@contextlib.contextmanager
+def _running_stats_kept(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in training mode still normalise with the batch's statistics, but
+    leave their running statistics as they are (momentum 0)."""
+    layers = [m for m in _norm_layers(model) if m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(layers, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -286,6 +316,7 @@ def _run(
     checkpoint_every: int = 0,
     progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    eval_norms: bool = False,
 ) -> nn.Module:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -311,7 +342,7 @@ def _run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(round(cfg.warmup_epochs * spe * scale)))
     )
-    frozen_norms = _frozen_norm_layers(model)
+    frozen_norms = _norm_layers(model) if eval_norms else _frozen_norm_layers(model)
     fingerprint = _fingerprint(kind, cfg)
     step = 0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -448,16 +479,19 @@ class _StudentPasses(nn.Module):
     per backward; each pass still normalises with its own batch statistics, as Alg. 1 writes
     them."""
 
-    def __init__(self, model: nn.Module, head: str | None) -> None:
+    def __init__(self, model: nn.Module, head: str | None, he_updates_stats: bool = True) -> None:
         super().__init__()
         self.model = model
         self.head = head
+        self.he_updates_stats = he_updates_stats
 
     def forward(self, x: Tensor, x_he: Tensor | None = None) -> tuple[Tensor, ...]:
         logits, v = forward_with_features(self.model, x, self.head)
         if x_he is None:
             return logits, v
-        return (logits, v, *forward_with_features(self.model, x_he, self.head))
+        keep = contextlib.nullcontext() if self.he_updates_stats else _running_stats_kept(self.model)
+        with keep:
+            return (logits, v, *forward_with_features(self.model, x_he, self.head))
 
 
 def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
@@ -546,7 +580,8 @@ def finetune(
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
     cfg = config
-    student = _data_parallel(_StudentPasses(model, cfg.head), dev, sync_bn, compile)
+    student = _data_parallel(_StudentPasses(model, cfg.head, he_updates_stats=cfg.bn == "train"),
+                             dev, sync_bn, compile)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
@@ -585,4 +620,5 @@ def finetune(
         "finetune", model, batches, config, loss_fn, device=dev,
         extra_state={"teacher": teacher.state_dict()}, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,
+        eval_norms=cfg.bn == "frozen",
     )

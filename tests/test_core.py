@@ -178,16 +178,54 @@ def test_finetune_step_changes_only_unfrozen(tiny_net):
     assert all(not p.requires_grad and p.grad is None for p in frozen_params)
 
 
+def _bn_stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("bn", ["train", "clean", "frozen"])
+def test_batchnorm_modes(bn):
+    """One fine-tuning step from the same weights: "clean" leaves the running statistics where
+    the clean pass alone puts them (a plain fine-tune's), "train" lets the high-entropy pass move
+    them too, "frozen" keeps the pretrained ones while the BatchNorm weights still train."""
+    g = torch.Generator().manual_seed(0)
+    data = ((torch.rand(16, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (16,), generator=g))
+    torch.manual_seed(0)
+    init = TinyNet().state_dict()
+
+    def one_step(**kw):
+        model = TinyNet()
+        model.load_state_dict(init)
+        cfg = DemHECConfig(epochs=1, batch_size=16, max_steps=1, warmup_epochs=0, augment="none",
+                           freeze="none", eps=0.25, step_size=0.1, **kw)
+        return finetune(model, data, cfg)
+
+    model = one_step(bn=bn)
+    stats, plain = _bn_stats(model), _bn_stats(one_step(alpha=0.0, lambda_c=0.0, lambda_kd=0.0))
+    pretrained = {k: v for k, v in init.items() if k in stats}
+    moved = [k for k in stats if "running_" in k and not torch.allclose(stats[k], plain[k], atol=1e-6)]
+    if bn == "clean":
+        assert not moved
+        assert all(torch.equal(stats[k], plain[k]) for k in stats if "num_batches" in k)
+    elif bn == "train":
+        assert moved
+    else:
+        assert all(torch.equal(stats[k], pretrained[k]) for k in stats)
+        bn_weights = [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bn_weights and all(not torch.equal(init[n], model.state_dict()[n]) for n in bn_weights)
+
+
 def test_config_validation():
     for bad in [dict(alpha=1.5), dict(alpha=-0.1), dict(eps=-1 / 255), dict(eps=2.0),
-                dict(steps=0), dict(lr=-0.1), dict(batch_size=0), dict(objective="logits")]:
+                dict(steps=0), dict(lr=-0.1), dict(batch_size=0), dict(objective="logits"),
+                dict(bn="eval")]:
         with pytest.raises(DemHECError):
             DemHECConfig(**bad)
 
 
 def test_public_names():
     for name in ["layer_entropy", "prediction_entropy", "high_entropy_samples", "info_nce",
-                 "kd_loss", "DemHECConfig", "finetune", "train", "evaluate", "TrainConfig"]:
+                 "kd_loss", "DemHECConfig", "finetune", "train", "evaluate", "TrainConfig",
+                 "get_model", "list_models", "register_model"]:
         assert hasattr(demhec, name), name
 
 

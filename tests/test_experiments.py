@@ -186,6 +186,7 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     rec = json.loads((cell / "after_low_lr_cifar-c.json").read_text())
     assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5)
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
+    assert json.loads((cell / "after_bn_clean_cifar-c.json").read_text())["config"]["model"]["bn"] == "clean"
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
@@ -200,7 +201,7 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     alone (no data, no training), and the committed checkpoints load into the zoo ResNet-20."""
     import shutil
 
-    from demhec.models import get_model
+    import demhec
 
     if not (CPU_RESULTS / "cifar10_jpeg").is_dir():
         pytest.skip("no committed CPU reproduction results")
@@ -216,5 +217,5 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
         assert (made / committed.name).read_text() == committed.read_text(), committed.name
     assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 4
     for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
-        model = get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
+        model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
