@@ -104,7 +104,7 @@ class DemHECConfig:
     random_start: bool = True  # Alg. 2, line 1
     objective: str = "output"  # "output" (eq. 7) or "features" (penultimate entropy)
     direction: str = "high"  # "low" = Democratic Training's direction (ablation only)
-    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = stem + first stage; or prefixes
+    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = "stages:1" = stem + first stage; or prefixes
     bn: str = "train"  # ours: BatchNorm statistics while fine-tuning, see BN_MODES
     augment: str = "crop_flip"
     head: str | None = None  # classifier name for g(x); None = model.head_name
@@ -216,28 +216,37 @@ def _num_classes(model: nn.Module) -> int | None:
 def freeze_parameters(model: nn.Module, freeze: str | Sequence[str]) -> list[str]:
     """Turn off gradients for the frozen part; return the frozen parameter names.
 
-    ``"auto"`` freezes the stem and the first stage of a registry model: every parameter
-    registered before the model's third natural stage (``model.stages[2]``), which for the
-    registry's architectures is registration = execution order. ``"none"`` freezes nothing;
-    a sequence freezes parameters whose names start with any of the given prefixes.
+    ``"stages:N"`` freezes the stem and the first N stages of a registry model: every
+    parameter of the modules registered up to the end of its natural stage ``model.stages[N]``,
+    which for the registry's architectures is registration = execution order. ``"auto"`` is ``"stages:1"``.
+    ``"none"`` freezes nothing; a sequence freezes parameters whose names start with any of
+    the given prefixes.
     """
     names = [n for n, _ in model.named_parameters()]
+    if freeze == "auto":
+        freeze = "stages:1"
     if freeze == "none" or freeze == ():
         frozen: list[str] = []
-    elif freeze == "auto":
+    elif isinstance(freeze, str) and freeze.startswith("stages:") and freeze[7:].isdigit():
+        n_stages = int(freeze[7:])
         stages = getattr(model, "stages", None)
-        if not stages or len(stages) < 3:
+        if not stages:
             raise DemHECError(
-                f"freeze='auto' needs a registry model with .stages; pass freeze=(prefixes...) "
+                f"freeze={freeze!r} needs a registry model with .stages; pass freeze=(prefixes...) "
                 f"for {type(model).__name__}"
             )
-        boundary = stages[2] + "."
-        first = next((i for i, n in enumerate(names) if n.startswith(boundary)), None)
-        if first is None:
-            raise DemHECError(f"no parameters under stage {stages[2]!r}; pass explicit prefixes")
-        frozen = names[:first]
+        if not 1 <= n_stages <= len(stages) - 2:
+            raise DemHECError(f"freeze={freeze!r}: {type(model).__name__} has stages {list(stages)}; "
+                              f"N must be 1 to {len(stages) - 2}")
+        # Stages are the modules whose outputs end them (some hold no parameters, e.g. a pool):
+        # freeze every parameter of the modules registered up to the end of stage N.
+        modules = [n for n, _ in model.named_modules()]
+        end = stages[n_stages]
+        last = max(i for i, n in enumerate(modules) if n == end or n.startswith(end + "."))
+        owners = set(modules[:last + 1])
+        frozen = [n for n in names if n.rpartition(".")[0] in owners]
     elif isinstance(freeze, str):
-        raise DemHECError(f"freeze must be 'auto', 'none' or a tuple of prefixes, got {freeze!r}")
+        raise DemHECError(f"freeze must be 'auto', 'none', 'stages:N' or a tuple of prefixes, got {freeze!r}")
     else:
         prefixes = tuple(freeze)
         unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]

@@ -401,3 +401,21 @@ def test_vit_test_config_and_img_size_passthrough():
     assert small.input_size == 64
     with torch.no_grad():
         assert small.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_freeze_stages_grows_by_stage_and_never_reaches_the_head(name):
+    """``freeze="stages:N"`` freezes the stem and the first N stages; "auto" is N = 1."""
+    from demhec import freeze_parameters
+
+    with torch.device("meta"):
+        model = get_model(name, num_classes=7)
+    n_max = len(model.stages) - 2
+    frozen = [set(freeze_parameters(model, f"stages:{n}")) for n in range(1, n_max + 1)]
+    assert set(freeze_parameters(model, "auto")) == frozen[0]
+    assert frozen[0] and all(a <= b for a, b in zip(frozen, frozen[1:])) and frozen[0] < frozen[-1]
+    head = {f"{model.head_name}.{n}" for n, _ in dict(model.named_modules())[model.head_name].named_parameters()}
+    assert not frozen[-1] & head
+    for bad in ("stages:0", f"stages:{n_max + 1}", "stages:x"):
+        with pytest.raises(DemHECError, match="stages"):
+            freeze_parameters(model, bad)
