@@ -731,7 +731,8 @@ def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
 # change the radius, not the shape of the ascent. The last three are not ablations but the
 # schedule probes tried to close the clean-accuracy gap of a short budget (a lower learning rate,
 # more steps); being relative to the profile's config, they are functions of it. "bn_clean" tests
-# whether that gap comes from the high-entropy pass moving the running BatchNorm statistics.
+# whether that gap comes from the high-entropy pass moving the running BatchNorm statistics, the
+# two freezing runs which depth carries the gain and the cost.
 ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] = {
     "demhec": {},
     "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only
@@ -746,6 +747,8 @@ ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] 
     "budget_x2": _budget(2),
     "budget_x4": _budget(4),
     "bn_clean": dict(bn="clean"),
+    "freeze_more": dict(freeze="stages:2"),
+    "freeze_none": dict(freeze="none"),
 }
 ABLATION_LABELS = {
     "demhec": "Dem-HEC (eq. 12)",
@@ -761,6 +764,8 @@ ABLATION_LABELS = {
     "budget_x2": "twice the step budget (same lr)",
     "budget_x4": "four times the step budget (same lr)",
     "bn_clean": "running BatchNorm statistics from clean passes only",
+    "freeze_more": "stem + first two stages frozen",
+    "freeze_none": "nothing frozen",
 }
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 

@@ -187,6 +187,7 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5)
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
     assert json.loads((cell / "after_bn_clean_cifar-c.json").read_text())["config"]["model"]["bn"] == "clean"
+    assert json.loads((cell / "after_freeze_more_cifar-c.json").read_text())["config"]["model"]["freeze"] == "stages:2"
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
