@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-c", default=str(d.lambda_c))
     p.add_argument("--lambda-kd", default=str(d.lambda_kd))
     p.add_argument("--objective", default=d.objective, help="output or features")
-    p.add_argument("--freeze", default="auto", help="auto, none, stages:N (stem + first N stages) or comma-separated prefixes")
+    p.add_argument("--freeze", default="auto", help="auto, none, stages:N (stem + first N stages), after:N (all after stage N) or comma-separated prefixes")
 
     p = sub.add_parser("evaluate", help="accuracy on clean and corrupted data (eq. 1)")
     _common(p, weights=True)
@@ -198,7 +198,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from .results import check_writable
     from .training import DemHECConfig, finetune
 
-    keyword = args.freeze in ("auto", "none") or args.freeze.startswith("stages:")
+    keyword = args.freeze in ("auto", "none") or args.freeze.startswith(("stages:", "after:"))
     freeze = args.freeze if keyword else tuple(args.freeze.split(","))
     cfg = DemHECConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=parse_number("lr", args.lr),

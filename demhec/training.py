@@ -104,7 +104,7 @@ class DemHECConfig:
     random_start: bool = True  # Alg. 2, line 1
     objective: str = "output"  # "output" (eq. 7) or "features" (penultimate entropy)
     direction: str = "high"  # "low" = Democratic Training's direction (ablation only)
-    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = "stages:1" = stem + first stage; or prefixes
+    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = "stages:1" = stem + first stage; see freeze_parameters
     bn: str = "train"  # ours: BatchNorm statistics while fine-tuning, see BN_MODES
     augment: str = "crop_flip"
     head: str | None = None  # classifier name for g(x); None = model.head_name
@@ -218,17 +218,20 @@ def freeze_parameters(model: nn.Module, freeze: str | Sequence[str]) -> list[str
 
     ``"stages:N"`` freezes the stem and the first N stages of a registry model: every
     parameter of the modules registered up to the end of its natural stage ``model.stages[N]``,
-    which for the registry's architectures is registration = execution order. ``"auto"`` is ``"stages:1"``.
+    which for the registry's architectures is registration = execution order. ``"auto"`` is
+    ``"stages:1"``, the paper's "freeze early layers". ``"after:N"`` freezes the rest instead
+    (every later stage and the head), so only the stem and the first N stages train.
     ``"none"`` freezes nothing; a sequence freezes parameters whose names start with any of
     the given prefixes.
     """
     names = [n for n, _ in model.named_parameters()]
     if freeze == "auto":
         freeze = "stages:1"
+    kind, _, number = freeze.partition(":") if isinstance(freeze, str) else ("", "", "")
     if freeze == "none" or freeze == ():
         frozen: list[str] = []
-    elif isinstance(freeze, str) and freeze.startswith("stages:") and freeze[7:].isdigit():
-        n_stages = int(freeze[7:])
+    elif kind in ("stages", "after") and number.isdigit():
+        n_stages = int(number)
         stages = getattr(model, "stages", None)
         if not stages:
             raise DemHECError(
@@ -239,14 +242,16 @@ def freeze_parameters(model: nn.Module, freeze: str | Sequence[str]) -> list[str
             raise DemHECError(f"freeze={freeze!r}: {type(model).__name__} has stages {list(stages)}; "
                               f"N must be 1 to {len(stages) - 2}")
         # Stages are the modules whose outputs end them (some hold no parameters, e.g. a pool):
-        # freeze every parameter of the modules registered up to the end of stage N.
+        # split the parameters at the end of stage N's modules.
         modules = [n for n, _ in model.named_modules()]
         end = stages[n_stages]
         last = max(i for i, n in enumerate(modules) if n == end or n.startswith(end + "."))
         owners = set(modules[:last + 1])
-        frozen = [n for n in names if n.rpartition(".")[0] in owners]
+        frozen = [n for n in names if (n.rpartition(".")[0] in owners) == (kind == "stages")]
     elif isinstance(freeze, str):
-        raise DemHECError(f"freeze must be 'auto', 'none', 'stages:N' or a tuple of prefixes, got {freeze!r}")
+        raise DemHECError(
+            f"freeze must be 'auto', 'none', 'stages:N', 'after:N' or a tuple of prefixes, got {freeze!r}"
+        )
     else:
         prefixes = tuple(freeze)
         unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]

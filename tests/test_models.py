@@ -405,7 +405,8 @@ def test_vit_test_config_and_img_size_passthrough():
 
 @pytest.mark.parametrize("name", list_models())
 def test_freeze_stages_grows_by_stage_and_never_reaches_the_head(name):
-    """``freeze="stages:N"`` freezes the stem and the first N stages; "auto" is N = 1."""
+    """``freeze="stages:N"`` freezes the stem and the first N stages, "after:N" the rest;
+    "auto" is "stages:1"."""
     from demhec import freeze_parameters
 
     with torch.device("meta"):
@@ -416,6 +417,8 @@ def test_freeze_stages_grows_by_stage_and_never_reaches_the_head(name):
     assert frozen[0] and all(a <= b for a, b in zip(frozen, frozen[1:])) and frozen[0] < frozen[-1]
     head = {f"{model.head_name}.{n}" for n, _ in dict(model.named_modules())[model.head_name].named_parameters()}
     assert not frozen[-1] & head
-    for bad in ("stages:0", f"stages:{n_max + 1}", "stages:x"):
+    for n in range(1, n_max + 1):  # "after:N" trains exactly what "stages:N" freezes
+        assert set(freeze_parameters(model, f"after:{n}")) == set(dict(model.named_parameters())) - frozen[n - 1]
+    for bad in ("stages:0", f"stages:{n_max + 1}", "stages:x", "after:0"):
         with pytest.raises(DemHECError, match="stages"):
             freeze_parameters(model, bad)
