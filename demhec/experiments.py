@@ -732,7 +732,9 @@ def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
 # schedule probes tried to close the clean-accuracy gap of a short budget (a lower learning rate,
 # more steps); being relative to the profile's config, they are functions of it. "bn_clean" tests
 # whether that gap comes from the high-entropy pass moving the running BatchNorm statistics, the
-# two freezing runs which depth carries the gain and the cost.
+# freezing runs which depth carries the gain and the cost. The last three freeze the *late* stages
+# (the opposite of the paper's "freeze early layers"): alone, then with the smaller radius and
+# learning rate that trade the least clean accuracy, and that config's plain-fine-tune control.
 ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] = {
     "demhec": {},
     "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only
@@ -749,6 +751,10 @@ ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] 
     "bn_clean": dict(bn="clean"),
     "freeze_more": dict(freeze="stages:2"),
     "freeze_none": dict(freeze="none"),
+    "late_frozen": dict(freeze="after:2"),
+    "late_frozen_tuned": lambda cfg: dict(freeze="after:2", eps=4 / 255, step_size=1 / 255, lr=cfg.lr / 5),
+    "plain_late_frozen_tuned": lambda cfg: dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0, freeze="after:2",
+                                                lr=cfg.lr / 5),
 }
 ABLATION_LABELS = {
     "demhec": "Dem-HEC (eq. 12)",
@@ -766,7 +772,12 @@ ABLATION_LABELS = {
     "bn_clean": "running BatchNorm statistics from clean passes only",
     "freeze_more": "stem + first two stages frozen",
     "freeze_none": "nothing frozen",
+    "late_frozen": "stages after the second frozen (stem + stages 1-2 train)",
+    "late_frozen_tuned": "late stages frozen, eps = 4/255, learning rate / 5",
+    "plain_late_frozen_tuned": "plain fine-tune, late stages frozen, learning rate / 5",
 }
+# The late-freezing config and its control are compared over the main runs' seeds too.
+LATE_RUNS = ("late_frozen_tuned", "plain_late_frozen_tuned")
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 
 

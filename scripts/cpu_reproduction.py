@@ -14,7 +14,14 @@ import logging
 import time
 
 from demhec.corruptions import SUITES
-from demhec.experiments import ABLATIONS, Experiment, ablation_result, base_model, robustness_result
+from demhec.experiments import (
+    ABLATIONS,
+    LATE_RUNS,
+    Experiment,
+    ablation_result,
+    base_model,
+    robustness_result,
+)
 
 MAIN_RUNS = ("demhec", "plain")
 
@@ -55,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     for run in ABLATIONS:
         if run not in MAIN_RUNS:
             stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=(5,))
+    for seed in seeds[1:]:
+        for run in LATE_RUNS:
+            stage(f"{run} seed {seed} (fine-tune + S5)", ablation_result, exp(seed), run, severities=(5,))
 
 
 if __name__ == "__main__":

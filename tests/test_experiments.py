@@ -175,9 +175,10 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     expected = {"before_cifar-c.json", "before_imagecorruptions.json", "after_cifar-c.json",
                 "after_cifar-c_seed1.json", "after_plain_cifar-c.json", "after_plain_cifar-c_seed1.json",
                 "after_imagecorruptions.json", "after_plain_imagecorruptions.json",
-                *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain"))}
+                *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain")),
+                *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS)}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + len(ex.LATE_RUNS)
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
@@ -188,6 +189,9 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
     assert json.loads((cell / "after_bn_clean_cifar-c.json").read_text())["config"]["model"]["bn"] == "clean"
     assert json.loads((cell / "after_freeze_more_cifar-c.json").read_text())["config"]["model"]["freeze"] == "stages:2"
+    rec = json.loads((cell / "after_plain_late_frozen_tuned_cifar-c_seed1.json").read_text())
+    assert rec["seed"] == 1 and rec["config"]["model"]["freeze"] == "after:2"
+    assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5) and rec["config"]["model"]["alpha"] == 0
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
