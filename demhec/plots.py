@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -41,6 +42,7 @@ __all__ = [
     "pretty_name",
     "robustness_figure",
     "save_figure",
+    "tradeoff_figure",
     "training_curve_figure",
 ]
 
@@ -500,6 +502,50 @@ def ablation_figure(df: pd.DataFrame,
         ax.grid(axis="y", visible=False)
     axes[0].set_yticks(y, labels)
     axes[0].invert_yaxis()
+    return fig
+
+
+@_styled
+def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean accuracy"),
+                    y: tuple[str, str] = ("d_noise_s5", "noise S5 mean"),
+                    target: tuple[float, float] | None = None) -> Figure:
+    """What each fine-tuning run pays in one metric for what it gains in another: one point per
+    run at its mean over seeds (every seed a small dot), both as change from the base model in
+    points. ``target`` = (x_min, y_min) shades the region where both targets hold.
+
+    ``df`` is :func:`demhec.experiments.ablation_summary`'s table; rows labelled "base model"
+    are left out.
+    """
+    (xc, xname), (yc, yname) = x, y
+    _check_columns(df, "tradeoff_figure", ["label", "seed", xc, yc])
+    df = df[df["label"] != "base model"]
+    if df.empty:
+        raise DemHECError("tradeoff_figure got no fine-tuning runs")
+    labels = _unique(df["label"])
+    # Many runs share one legend: a colour and marker pair per run keeps each one findable.
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colours = tab20[0::2] + tab20[1::2]  # the ten strong colours first, then their light pairs
+    style = {lab: (colours[k % 20], "Dsv^PX"[k // 20 % 6]) for k, lab in enumerate(labels)}
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    means = df.groupby("label", sort=False)[[xc, yc]].mean().reindex(labels)
+    if target is not None:
+        x_lo = min(target[0], float(df[xc].min())) - 1.0
+        y_hi = max(target[1], float(df[yc].max())) + 1.0
+        ax.fill_between([target[0], max(0.5, float(df[xc].max()) + 0.5)], target[1], y_hi,
+                        color=PALETTE["clean"], alpha=0.12, linewidth=0, label="both targets met")
+        ax.set_xlim(left=x_lo)
+    for lab in labels:
+        seeds = df[df["label"] == lab]
+        colour, marker = style[lab]
+        ax.plot(seeds[xc], seeds[yc], linestyle="none", marker="o", markersize=3, color=colour, alpha=0.6)
+        ax.plot(means.loc[lab, xc], means.loc[lab, yc], linestyle="none", marker=marker, markersize=7,
+                color=colour, label=lab)
+    ax.axhline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
+    ax.axvline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
+    ax.set_xlabel(f"{xname}: change from base (points)")
+    ax.set_ylabel(f"{yname}: change from base (points)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
 
 

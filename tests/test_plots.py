@@ -329,7 +329,8 @@ def _delta() -> Figure:
 
 
 BUILDERS = {"grid": _grid, "entropy": _entropy, "clean_accuracy": _clean_accuracy,
-            "robustness": _robustness, "delta": _delta, "curve": _small_figure}
+            "robustness": _robustness, "delta": _delta, "curve": _small_figure,
+            "tradeoff": lambda: _tradeoff()}
 
 
 def test_builders_do_not_register_with_pyplot() -> None:
@@ -382,3 +383,25 @@ def test_save_figure_leaves_nothing_on_failure(tmp_path, monkeypatch, failing_fo
 def test_save_figure_rejects_bad_stems(tmp_path, stem: str) -> None:
     with pytest.raises(DemHECError, match="stem"):
         plots.save_figure(_small_figure(), stem, tmp_path)
+
+
+def _tradeoff() -> Figure:
+    return plots.tradeoff_figure(pd.DataFrame({
+        "label": ["base model", "a", "a", "b"], "seed": [0, 0, 1, 0],
+        "d_clean": [0.0, -3.0, -5.0, -8.0], "d_noise_s5": [0.0, 12.0, 10.0, 4.0]}), target=(-4.0, 10.0))
+
+
+def test_tradeoff_figure_means_seeds_and_target_region() -> None:
+    ax = _tradeoff().axes[0]
+    means = {line.get_label(): line.get_xydata().tolist() for line in ax.lines if not line.get_label().startswith("_")}
+    assert means == {"a": [[-4.0, 11.0]], "b": [[-8.0, 4.0]]}  # the base row is left out
+    seed_dots = [line.get_xydata().tolist() for line in ax.lines if line.get_marker() == "o"]
+    assert [[-3.0, 12.0], [-5.0, 10.0]] in seed_dots
+    (region,) = ax.collections
+    xs, ys = region.get_paths()[0].vertices.T
+    assert xs.min() == -4.0 and ys.min() == 10.0
+    with pytest.raises(DemHECError, match="no fine-tuning runs"):
+        plots.tradeoff_figure(pd.DataFrame({"label": ["base model"], "seed": [0], "d_clean": [0.0],
+                                            "d_noise_s5": [0.0]}))
+    with pytest.raises(DemHECError, match="d_noise_s5"):
+        plots.tradeoff_figure(pd.DataFrame({"label": ["a"], "seed": [0], "d_clean": [0.0]}))
