@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:
         for run in MAIN_RUNS:
             stage(f"{run} seed {seed} (fine-tune + {SUITES[0]})", ablation_result, exp(seed), run)
-    for run in MAIN_RUNS:
+    for run in (*MAIN_RUNS, *LATE_RUNS):
         stage(f"{run} seed {seeds[0]} on {SUITES[1]}", ablation_result, first, run, SUITES[1])
     for run in ABLATIONS:
         if run not in MAIN_RUNS:

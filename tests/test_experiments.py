@@ -176,9 +176,10 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
                 "after_cifar-c_seed1.json", "after_plain_cifar-c.json", "after_plain_cifar-c_seed1.json",
                 "after_imagecorruptions.json", "after_plain_imagecorruptions.json",
                 *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain")),
-                *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS)}
+                *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS),
+                *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS)}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + len(ex.LATE_RUNS)
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS)
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
