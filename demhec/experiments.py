@@ -728,13 +728,13 @@ def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
 
 # Each run is the profile's Dem-HEC config with these changes, on the same base model and step
 # budget. The ascent step is kept at eps/4 (as at the default 8/255 -> 2/255) so the eps runs
-# change the radius, not the shape of the ascent. The last three are not ablations but the
-# schedule probes tried to close the clean-accuracy gap of a short budget (a lower learning rate,
-# more steps); being relative to the profile's config, they are functions of it. "bn_clean" tests
-# whether that gap comes from the high-entropy pass moving the running BatchNorm statistics, the
-# freezing runs which depth carries the gain and the cost. The last three freeze the *late* stages
-# (the opposite of the paper's "freeze early layers"): alone, then with the smaller radius and
-# learning rate that trade the least clean accuracy, and that config's plain-fine-tune control.
+# change the radius, not the shape of the ascent. From "low_lr" on, the runs are not ablations but
+# what was tried to close the clean-accuracy gap: the schedule (a lower learning rate, more steps;
+# relative to the profile's config, so functions of it), the BatchNorm statistics ("bn_clean":
+# does the high-entropy pass's batch move them?), which depth trains (the freezing runs), and
+# freezing the *late* stages, the opposite of the paper's "freeze early layers": alone, then with
+# the smaller radius and learning rate that cost the least clean accuracy, and that config's
+# plain-fine-tune control.
 ABLATIONS: dict[str, dict[str, Any] | Callable[[DemHECConfig], dict[str, Any]]] = {
     "demhec": {},
     "plain": dict(alpha=0.0, lambda_c=0.0, lambda_kd=0.0),  # clean cross-entropy only

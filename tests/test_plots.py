@@ -328,9 +328,14 @@ def _delta() -> Figure:
                                .drop_duplicates(["corruption", "severity"]))
 
 
+def _tradeoff() -> Figure:
+    return plots.tradeoff_figure(pd.DataFrame({
+        "label": ["base model", "a", "a", "b"], "seed": [0, 0, 1, 0],
+        "d_clean": [0.0, -3.0, -5.0, -8.0], "d_noise_s5": [0.0, 12.0, 10.0, 4.0]}), target=(-4.0, 10.0))
+
+
 BUILDERS = {"grid": _grid, "entropy": _entropy, "clean_accuracy": _clean_accuracy,
-            "robustness": _robustness, "delta": _delta, "curve": _small_figure,
-            "tradeoff": lambda: _tradeoff()}
+            "robustness": _robustness, "delta": _delta, "curve": _small_figure, "tradeoff": _tradeoff}
 
 
 def test_builders_do_not_register_with_pyplot() -> None:
@@ -383,12 +388,6 @@ def test_save_figure_leaves_nothing_on_failure(tmp_path, monkeypatch, failing_fo
 def test_save_figure_rejects_bad_stems(tmp_path, stem: str) -> None:
     with pytest.raises(DemHECError, match="stem"):
         plots.save_figure(_small_figure(), stem, tmp_path)
-
-
-def _tradeoff() -> Figure:
-    return plots.tradeoff_figure(pd.DataFrame({
-        "label": ["base model", "a", "a", "b"], "seed": [0, 0, 1, 0],
-        "d_clean": [0.0, -3.0, -5.0, -8.0], "d_noise_s5": [0.0, 12.0, 10.0, 4.0]}), target=(-4.0, 10.0))
 
 
 def test_tradeoff_figure_means_seeds_and_target_region() -> None:
