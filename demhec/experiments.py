@@ -822,6 +822,29 @@ def ablation_summary(base: dict, runs: dict[tuple[str, int], dict]) -> pd.DataFr
     return df
 
 
+def severity_gains(base: dict, runs: dict[tuple[str, int], dict]) -> pd.DataFrame:
+    """Per run and severity, the change from the base model (points, mean over the seeds in
+    ``runs``) of the mean accuracy over the three noises and over every corruption evaluated at
+    that severity, with the clean change beside it: the S5 targets read alone hide what a
+    fine-tune costs at the milder severities, where corrupted images are closer to clean ones."""
+    bt = result_table(base)
+    severities = sorted(set(bt.severity[bt.corruption != "clean"]))
+    rows = []
+    for (run, seed), rec in runs.items():
+        t = result_table(rec)
+        for s in severities:
+            every = sorted(set(t.corruption[(t.corruption != "clean") & (t.severity == s)]))
+            if not every:
+                raise DemHECError(f"run {run!r} seed {seed} was not evaluated at severity {s}")
+            rows.append({"run": run, "label": ABLATION_LABELS[run], "seed": seed, "severity": s,
+                         "d_clean": rec["metrics"]["clean_accuracy"] - base["metrics"]["clean_accuracy"],
+                         "d_noise": _mean_accuracy(rec, NOISE, s) - _mean_accuracy(base, NOISE, s),
+                         "d_all": _mean_accuracy(rec, every, s) - _mean_accuracy(base, every, s)})
+    df = pd.DataFrame(rows)
+    out = df.groupby(["run", "label", "severity"], sort=False)[["d_clean", "d_noise", "d_all"]].mean()
+    return out.join(df.groupby(["run", "label", "severity"], sort=False).seed.nunique().rename("seeds")).reset_index()
+
+
 def seed_gain(summary: pd.DataFrame, run: str = "demhec", control: str = "plain") -> pd.DataFrame:
     """Per seed, ``run`` minus ``control`` (points), with the mean and the sample standard
     deviation over seeds as the last two rows."""

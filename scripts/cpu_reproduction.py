@@ -3,7 +3,7 @@
 Each stage is cached (checkpoints and one JSON per result under ``results/<profile>/``), so an
 interrupted run resumes where it stopped; ``--recompute`` redoes everything.
 
-    python scripts/cpu_reproduction.py                 # profile cpu, seeds 0 and 1
+    python scripts/cpu_reproduction.py                 # profile cpu, seeds 0, 1 and 2
     python scripts/cpu_reproduction.py --data-root /path/to/imagefolder_or_archive
 """
 
@@ -29,7 +29,8 @@ MAIN_RUNS = ("demhec", "plain")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu")
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds of the main comparison")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="comma-separated seeds of the main comparison and the late-freezing pair")
     p.add_argument("--data-root", default="data",
                    help="the JPEG archive or any CIFAR-10 ImageFolder root (default: ../shared/data)")
     p.add_argument("--results-dir", default="results")
@@ -55,16 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     for suite in SUITES:
         stage(f"base model on {suite}", robustness_result, first, "before", suite)
     for seed in seeds:
-        for run in MAIN_RUNS:
+        for run in (*MAIN_RUNS, *LATE_RUNS):
             stage(f"{run} seed {seed} (fine-tune + {SUITES[0]})", ablation_result, exp(seed), run)
     for run in (*MAIN_RUNS, *LATE_RUNS):
         stage(f"{run} seed {seeds[0]} on {SUITES[1]}", ablation_result, first, run, SUITES[1])
     for run in ABLATIONS:
-        if run not in MAIN_RUNS:
+        if run not in (*MAIN_RUNS, *LATE_RUNS):
             stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=(5,))
-    for seed in seeds[1:]:
-        for run in LATE_RUNS:
-            stage(f"{run} seed {seed} (fine-tune + S5)", ablation_result, exp(seed), run, severities=(5,))
 
 
 if __name__ == "__main__":

@@ -193,6 +193,8 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     rec = json.loads((cell / "after_plain_late_frozen_tuned_cifar-c_seed1.json").read_text())
     assert rec["seed"] == 1 and rec["config"]["model"]["freeze"] == "after:2"
     assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5) and rec["config"]["model"]["alpha"] == 0
+    # The late-freezing pair is evaluated at every severity, like the main comparison.
+    assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 1, 3, 5]
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
@@ -225,3 +227,27 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _robustness_record(seed: int, clean: float, cells: dict[tuple[str, int], float]) -> dict:
+    table = [{"corruption": "clean", "severity": 0, "accuracy": clean}]
+    table += [{"corruption": c, "severity": s, "accuracy": a} for (c, s), a in cells.items()]
+    return {"seed": seed, "metrics": {"clean_accuracy": clean, "table": table}}
+
+
+def test_severity_gains_average_seeds_per_severity():
+    cells = {(c, s): 50.0 for c in (*ex.NOISE, "snow") for s in (1, 5)}
+    base = _robustness_record(0, 80.0, cells)
+    runs = {}
+    for seed, shift in ((0, 2.0), (1, 4.0)):
+        moved = {(c, s): a + (shift if s == 5 and c in ex.NOISE else -1.0) for (c, s), a in cells.items()}
+        runs[("demhec", seed)] = _robustness_record(seed, 80.0 - shift, moved)
+    sev = ex.severity_gains(base, runs).set_index("severity")
+    assert list(sev.index) == [1, 5] and (sev.seeds == 2).all()
+    assert sev.loc[1, "d_noise"] == pytest.approx(-1.0) and sev.loc[1, "d_all"] == pytest.approx(-1.0)
+    assert sev.loc[5, "d_noise"] == pytest.approx(3.0)
+    assert sev.loc[5, "d_all"] == pytest.approx((3 * 3.0 - 1.0) / 4)
+    assert sev.loc[5, "d_clean"] == pytest.approx(-3.0)
+    only_s5 = {k: v for k, v in cells.items() if k[1] == 5}
+    with pytest.raises(DemHECError, match="severity 1"):
+        ex.severity_gains(base, {("plain", 0): _robustness_record(0, 80.0, only_s5)})
