@@ -781,17 +781,67 @@ LATE_RUNS = ("late_frozen_tuned", "plain_late_frozen_tuned")
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 
 
-def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",
-                    severities: Sequence[int] | None = None) -> dict:
-    """The robustness result of one control/ablation ``run`` (a key of :data:`ABLATIONS`)
-    fine-tuned from the experiment's base model with its seed; "demhec" is the profile's run."""
+def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
     check_choice("run", run, ABLATIONS)
     overrides = ABLATIONS[run]
     if callable(overrides):
         overrides = overrides(exp.demhec_config)
-    cfg = demhec_config(exp, **overrides)
-    tag = "after" if run == "demhec" else f"after_{run}"
+    return demhec_config(exp, **overrides), "after" if run == "demhec" else f"after_{run}"
+
+
+def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",
+                    severities: Sequence[int] | None = None) -> dict:
+    """The robustness result of one control/ablation ``run`` (a key of :data:`ABLATIONS`)
+    fine-tuned from the experiment's base model with its seed; "demhec" is the profile's run."""
+    cfg, tag = _ablation_config(exp, run)
     return robustness_result(exp, "after", suite, severities=severities, config=cfg, tag=tag)
+
+
+def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severity: int = 5) -> dict:
+    """The acceptance quantities of ``run`` (its change from the base model on clean images and
+    on the three noises' mean at ``severity``) with the standard errors that the finite
+    evaluation set puts on them (:func:`demhec.evaluation.paired_gain`): is a target met by more
+    than the evaluation set's noise? Uses the same checkpoints as :func:`ablation_result`."""
+    from .corruptions import check_severity
+    from .evaluation import paired_gain
+
+    check_severity(severity)
+    cfg, tag = _ablation_config(exp, run)
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    path = exp.cell_dir / f"paired_{tag}_{suite}_s{severity}{suffix}.json"
+
+    def compute() -> dict:
+        data = eval_data(exp)
+        k = len(data.classes)
+        run_cfg = replace(cfg, seed=exp.seed)
+        base = base_model(exp, k)
+        model = demhec_model(exp, run_cfg, tag=tag.replace("after", "demhec", 1), num_classes=k)
+        gains = paired_gain(base, model, data, NOISE, severity, suite, seed=CORRUPTION_SEED,
+                            cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
+                            key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size,
+                            device=exp.device)
+        return dict(kind="paired/after", profile=exp.profile,
+                    config={"experiment": _exp_config(exp), "model": run_cfg, "run": run, "suite": suite,
+                            "corruptions": list(NOISE), "severity": severity,
+                            "corruption_seed": CORRUPTION_SEED},
+                    metrics=gains, data=_provenance(data), seed=exp.seed)
+
+    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"{run} vs base, paired, on {suite}")
+
+
+def paired_summary(records: dict[tuple[str, int], dict], z: float = 1.96) -> pd.DataFrame:
+    """One row per (run, seed) of :func:`paired_gain_result` records: each change from the base
+    with its standard error and a normal ``z`` interval (1.96: 95%)."""
+    rows = []
+    for (run, seed), rec in records.items():
+        row = {"run": run, "label": ABLATION_LABELS[run], "seed": seed}
+        for name, key in (("clean", "clean"), ("noise", "corrupted")):
+            m = rec["metrics"][key]
+            row.update({f"d_{name}": m["diff"], f"se_{name}": m["se"],
+                        f"d_{name}_lo": m["diff"] - z * m["se"], f"d_{name}_hi": m["diff"] + z * m["se"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _mean_accuracy(record: dict, corruptions: Sequence[str], severity: int) -> float:

@@ -20,6 +20,7 @@ from demhec.experiments import (
     Experiment,
     ablation_result,
     base_model,
+    paired_gain_result,
     robustness_result,
 )
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:
         for run in (*MAIN_RUNS, *LATE_RUNS):
             stage(f"{run} seed {seed} (fine-tune + {SUITES[0]})", ablation_result, exp(seed), run)
+    for seed in seeds:
+        for run in (MAIN_RUNS[0], LATE_RUNS[0]):
+            stage(f"{run} seed {seed} vs the base, paired over images", paired_gain_result, exp(seed), run)
     for run in (*MAIN_RUNS, *LATE_RUNS):
         stage(f"{run} seed {seeds[0]} on {SUITES[1]}", ablation_result, first, run, SUITES[1])
     for run in ABLATIONS:

@@ -280,3 +280,41 @@ def test_compiled_passes_give_the_eager_result(loop):
         torch.testing.assert_close(states[1][name], states[0][name], atol=1e-6, rtol=1e-5)
     with pytest.raises(DemHECError, match="compile must be"):
         run(TinyNet(), compile=3)
+
+
+def test_paired_difference_takes_images_as_the_unit():
+    from demhec.evaluation import paired_difference
+
+    a, b = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 1])
+    out = paired_difference(a, b)  # per-image differences 0, -1, 1, 1
+    assert out["diff"] == pytest.approx(25.0) and out["n"] == 4
+    assert out["se"] == pytest.approx(100 * np.std([0, -1, 1, 1], ddof=1) / 2)
+    # Two cells per image: each image's mean outcome is one observation, not two.
+    two = paired_difference(torch.stack([a, a], 1), torch.stack([b, a], 1))
+    assert two["diff"] == pytest.approx(12.5) and two["n"] == 4
+    assert two["se"] == pytest.approx(100 * np.std([0, -0.5, 0.5, 0.5], ddof=1) / 2)
+    assert paired_difference(a, a) == {"diff": 0.0, "se": 0.0, "n": 4}
+    with pytest.raises(DemHECError, match="equal"):
+        paired_difference(a, b[:3])
+
+
+def test_paired_gain_agrees_with_evaluate(tmp_path, tiny_net):
+    import copy
+
+    from demhec.evaluation import evaluate, paired_gain
+
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), rng.integers(0, 4, 24))
+    other = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        other.fc.bias.add_(torch.linspace(-1, 1, 4))
+    noises = ["gaussian_noise", "shot_noise"]
+    kw = dict(cache_dir=tmp_path, key="t", seed=0)
+    gain = paired_gain(tiny_net, other, data, noises, 5, **kw)
+    ta = evaluate(tiny_net, data, noises, [5], **kw).set_index("corruption").accuracy
+    tb = evaluate(other, data, noises, [5], **kw).set_index("corruption").accuracy
+    assert gain["clean"]["diff"] == pytest.approx(tb["clean"] - ta["clean"])
+    assert gain["corrupted"]["diff"] == pytest.approx((tb[noises] - ta[noises]).mean())
+    assert gain["clean"]["diff"] != 0  # the check above compares something
+    same = paired_gain(tiny_net, tiny_net, data, noises, 5, **kw)
+    assert same["corrupted"] == {"diff": 0.0, "se": 0.0, "n": 24}

@@ -177,9 +177,11 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
                 "after_imagecorruptions.json", "after_plain_imagecorruptions.json",
                 *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain")),
                 *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS),
-                *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS)}
+                *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS),
+                *(f"paired_{tag}_cifar-c_s5{sfx}.json" for tag in ("after", "after_late_frozen_tuned")
+                  for sfx in ("", "_seed1"))}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS)
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
@@ -195,6 +197,16 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5) and rec["config"]["model"]["alpha"] == 0
     # The late-freezing pair is evaluated at every severity, like the main comparison.
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 1, 3, 5]
+    rec = json.loads((cell / "paired_after_late_frozen_tuned_cifar-c_s5_seed1.json").read_text())
+    assert rec["seed"] == 1 and rec["config"]["run"] == "late_frozen_tuned"
+    assert set(rec["metrics"]) == {"clean", "corrupted"} and rec["metrics"]["clean"]["se"] >= 0
+    # The paired differences are the before/after results' own differences.
+    after = json.loads((cell / "after_late_frozen_tuned_cifar-c_seed1.json").read_text())["metrics"]
+    before = json.loads((cell / "before_cifar-c.json").read_text())["metrics"]
+    assert rec["metrics"]["clean"]["diff"] == pytest.approx(after["clean_accuracy"] - before["clean_accuracy"])
+    noise_s5 = [pd.DataFrame(m["table"]).set_index(["corruption", "severity"]).accuracy
+                .loc[[(c, 5) for c in ex.NOISE]].mean() for m in (after, before)]
+    assert rec["metrics"]["corrupted"]["diff"] == pytest.approx(noise_s5[0] - noise_s5[1])
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
     assert {p: p.stat().st_mtime_ns for p in cell.glob("*.json")} == mtimes
