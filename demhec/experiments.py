@@ -719,10 +719,14 @@ def summary_vs_paper(records: dict[str, dict], paper: str) -> pd.DataFrame:
 # --- controls and ablations (the CPU reproduction) ----------------------------------------------
 
 def _budget(factor: int) -> Callable[[DemHECConfig], dict[str, Any]]:
+    """``factor`` times the steps of the same schedule (warm-up share and cosine). max_steps only
+    caps epochs x steps per epoch, so the epochs and their warm-up scale with it: scaling
+    max_steps alone stops a budget longer than the epochs allow at their end."""
     def overrides(cfg: DemHECConfig) -> dict[str, Any]:
+        scaled = dict(epochs=factor * cfg.epochs, warmup_epochs=factor * cfg.warmup_epochs)
         if cfg.max_steps is not None:
-            return dict(max_steps=factor * cfg.max_steps)
-        return dict(epochs=factor * cfg.epochs)
+            scaled["max_steps"] = factor * cfg.max_steps
+        return scaled
     return overrides
 
 

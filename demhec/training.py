@@ -350,6 +350,9 @@ def _run(
         )
     total = spe * cfg.epochs
     if getattr(cfg, "max_steps", None):
+        if cfg.max_steps > total:
+            log.warning("max_steps %d exceeds %d epoch(s) x %d steps per epoch: %s stops after %d "
+                        "steps; raise epochs to train longer", cfg.max_steps, cfg.epochs, spe, kind, total)
         total = min(total, cfg.max_steps)
     # A step budget (max_steps) compresses the whole warm-up + cosine schedule into it.
     scale = total / (spe * cfg.epochs)

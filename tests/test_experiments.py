@@ -186,7 +186,7 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
     rec = json.loads((cell / "after_budget_x4_cifar-c.json").read_text())
-    assert rec["config"]["model"]["max_steps"] == 4 * smoke.max_steps
+    assert rec["config"]["model"]["max_steps"] == 4 * smoke.max_steps and rec["config"]["model"]["epochs"] == 4
     rec = json.loads((cell / "after_low_lr_cifar-c.json").read_text())
     assert rec["config"]["model"]["lr"] == pytest.approx(smoke.lr / 5)
     assert sorted(set(r["severity"] for r in rec["metrics"]["table"])) == [0, 5]
@@ -263,3 +263,31 @@ def test_severity_gains_average_seeds_per_severity():
     only_s5 = {k: v for k, v in cells.items() if k[1] == 5}
     with pytest.raises(DemHECError, match="severity 1"):
         ex.severity_gains(base, {("plain", 0): _robustness_record(0, 80.0, only_s5)})
+
+
+@pytest.mark.parametrize("max_steps", [None, 2])
+def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monkeypatch, caplog, max_steps):
+    from dataclasses import replace
+
+    from demhec import training
+    from demhec.training import DemHECConfig, finetune
+    from tests.conftest import TinyNet
+
+    schedules = []
+    real = training._lr_lambda
+    monkeypatch.setattr(training, "_lr_lambda", lambda total, warmup: schedules.append((total, warmup)) or real(total, warmup))
+    data = ((torch.rand(32, 3, 8, 8) * 255).to(torch.uint8), torch.randint(0, 4, (32,)))  # 4 batches of 8
+    cfg = DemHECConfig(epochs=1, batch_size=8, max_steps=max_steps, warmup_epochs=0.5, augment="none",
+                       alpha=0.0, lambda_c=0.0, lambda_kd=0.0)
+    taken = []
+    for factor in (1, 4):
+        taken.append(0)
+        finetune(TinyNet(), data, replace(cfg, **ex._budget(factor)(cfg)),
+                 on_step=lambda step, _: taken.__setitem__(-1, step))
+    (total, warmup), (total4, warmup4) = schedules
+    assert taken == [total, total4] and total4 == 4 * total  # a cap at the epochs' end fails here
+    assert warmup4 / total4 == pytest.approx(warmup / total) and warmup > 0
+    assert "exceeds" not in caplog.text
+    with caplog.at_level("WARNING", logger="demhec.training"):
+        finetune(TinyNet(), data, replace(cfg, max_steps=10))
+    assert "max_steps 10 exceeds 1 epoch(s) x 4 steps per epoch" in caplog.text
