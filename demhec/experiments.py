@@ -346,6 +346,13 @@ def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str =
 # --- results --------------------------------------------------------------------------------
 
 
+def _corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
+    """Where and how the experiment's corrupted evaluation sets are made, cached and scored:
+    every result that reads them must see the same images."""
+    return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
+                key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size, device=exp.device)
+
+
 def robustness_result(
     exp: Experiment,
     phase: str = "before",
@@ -381,10 +388,8 @@ def robustness_result(
             model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
         else:
             raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
-        table = evaluate(model, data, corruptions, severities, suite, seed=CORRUPTION_SEED,
-                         cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
-                         key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size,
-                         device=exp.device, progress=exp.progress)
+        table = evaluate(model, data, corruptions, severities, suite, progress=exp.progress,
+                         **_corrupted_eval_kw(exp))
         return dict(kind=f"robustness/{phase}", profile=exp.profile,
                     config={"experiment": _exp_config(exp), "model": cfg, "suite": suite,
                             "corruptions": corruptions, "severities": severities,
@@ -820,10 +825,7 @@ def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severi
         run_cfg = replace(cfg, seed=exp.seed)
         base = base_model(exp, k)
         model = demhec_model(exp, run_cfg, tag=tag.replace("after", "demhec", 1), num_classes=k)
-        gains = paired_gain(base, model, data, NOISE, severity, suite, seed=CORRUPTION_SEED,
-                            cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
-                            key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size,
-                            device=exp.device)
+        gains = paired_gain(base, model, data, NOISE, severity, suite, **_corrupted_eval_kw(exp))
         return dict(kind="paired/after", profile=exp.profile,
                     config={"experiment": _exp_config(exp), "model": run_cfg, "run": run, "suite": suite,
                             "corruptions": list(NOISE), "severity": severity,
