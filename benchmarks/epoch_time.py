@@ -11,7 +11,7 @@ import time
 import torch
 
 import demhec
-from demhec.data import TensorBatches
+from demhec.batches import TensorBatches
 from demhec.models import get_model
 
 

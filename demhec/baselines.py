@@ -8,7 +8,7 @@ schedule, random crop with 4 px padding + horizontal flip) with one more augment
 * ``trivialaugment``: TrivialAugment-Wide (Müller & Hutter, 2021), the table's "TA";
 * ``augmix``: AugMix with the Jensen-Shannon consistency loss (Hendrycks et al., 2019).
 
-They run through the shared engine :func:`demhec.training._run`, so checkpointing, resume and
+They run through the shared engine :func:`demhec.training.run_steps`, so checkpointing, resume and
 the non-finite-loss stop behave as in base training. The extra augmentations act per image on
 the CPU (each image draws its own sub-policy) and take their randomness from torch's global
 RNG, which the engine seeds per step: a run is reproducible, independent of the device, and a
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from ._common import DemHECError, check_choice
-from .training import TrainConfig, _data_parallel, _prepare, _run
+from .training import TrainConfig, data_parallel, prepare_data, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def train_baseline(
             f"baselines build on the crop+flip recipe; config.augment must be 'crop_flip', "
             f"got {config.augment!r}"
         )
-    dev, batches = _prepare(model, train_data, config, device, channels_last)
+    dev, batches = prepare_data(model, train_data, config, device, channels_last)
     if batches.augment != "crop_flip":
         raise DemHECError(
             f"baselines build on the crop+flip recipe; the given TensorBatches must use "
@@ -147,7 +147,7 @@ def train_baseline(
         )
     transform = _transform(method)
     smoothing = config.label_smoothing
-    net = _data_parallel(model, dev, sync_bn=False)
+    net = data_parallel(model, dev, sync_bn=False)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         if method != "augmix":
@@ -161,6 +161,6 @@ def train_baseline(
         return loss, {"ce": ce.item(), "jsd": jsd.item(), "loss": loss.item()}
 
     log.info("training baseline %s for %d epochs", method, config.epochs)
-    return _run(f"baseline_{method}", model, batches, config, loss_fn, device=dev,
+    return run_steps(f"baseline_{method}", model, batches, config, loss_fn, device=dev,
                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
                 on_step=on_step)

@@ -107,7 +107,7 @@ def _corruptions(text: str) -> list[str]:
 
 
 def _data(args: argparse.Namespace, split: str):
-    from .experiments import _subset, load_named
+    from .experiments import load_named, subset
 
     root = Path(args.data_root)
     if args.dataset != "digits" and not args.download and not root.exists() and args.data_root != "data":
@@ -122,7 +122,7 @@ def _data(args: argparse.Namespace, split: str):
                         cache_dir=Path(args.out) / "cache", progress=not args.no_progress and is_main())
     if parallel and is_main():
         barrier()
-    return _subset(arrays, args.limit, seed=0) if args.limit else arrays
+    return subset(arrays, args.limit, seed=0) if args.limit else arrays
 
 
 def _stem(args: argparse.Namespace, name: str) -> Path:

@@ -13,7 +13,7 @@ holds the few pieces the training loops need on top of it:
 * :func:`gather` / :func:`mean_over_ranks` collect evaluation outputs and logged metrics.
 
 Design: rank ``r`` of ``W`` takes the ``r``-th contiguous ``1/W`` of every global batch (see
-:class:`~demhec.data.TensorBatches`), so ``W`` processes with per-rank batch ``B`` see exactly
+:class:`~demhec.batches.TensorBatches`), so ``W`` processes with per-rank batch ``B`` see exactly
 the images (and augmentations) one process sees with batch ``W*B``; gradients are averaged by
 DDP; checkpoints and results are written by rank 0 only.
 """

@@ -1,6 +1,6 @@
 """Base training and Dem-HEC fine-tuning (paper Alg. 1, eq. 12, appendix A.3).
 
-Both loops share one engine (:func:`_run`) that steps the learning rate per iteration,
+Both loops share one engine (:func:`run_steps`) that steps the learning rate per iteration,
 checkpoints atomically every ``checkpoint_every`` steps and at each epoch's end, resumes from
 its checkpoint when re-run with the same config, and stops on a non-finite loss without
 overwriting the last good checkpoint. All randomness of step ``s`` (batch order and
@@ -9,7 +9,7 @@ is derived from ``(config.seed, s)``, so a resumed run reproduces an uninterrupt
 
 Inside a ``torch.distributed`` process group (``torchrun``, or processes the caller starts)
 both loops run data-parallel with DistributedDataParallel: ``batch_size`` is per rank, each
-rank takes its share of every global batch (see :class:`~demhec.data.TensorBatches`), the
+rank takes its share of every global batch (see :class:`~demhec.batches.TensorBatches`), the
 teacher and the high-entropy generation run on every rank's shard, InfoNCE gathers the
 features of the global batch, logged values are averaged over ranks, and only rank 0 writes
 checkpoints. BatchNorm statistics are per rank unless ``sync_bn`` converts the model to
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._common import DemHECError, atomic_write, check_choice, check_range
+from .batches import AUGMENTS
 from .distributed import gather_with_grad, is_main, mean_over_ranks, rank_and_world
 from .generation import DIRECTIONS, OBJECTIVES, high_entropy_samples
 from .losses import forward_with_features, info_nce, kd_loss
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DemHECConfig", "TrainConfig", "finetune", "freeze_parameters", "train"]
 
-AUGMENTS = ("none", "crop_flip")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -151,7 +151,8 @@ def _check_common(cfg: Any) -> None:
 
 
 def _batches(data: Any, cfg: Any, device: torch.device, channels_last: bool, shuffle: bool = True):
-    from .data import ImageArrays, TensorBatches
+    from .batches import TensorBatches
+    from .data import ImageArrays
 
     rank, world = rank_and_world()
     if isinstance(data, TensorBatches):
@@ -317,7 +318,7 @@ def _fingerprint(kind: str, cfg: Any) -> dict:
     return {"kind": kind, **dataclasses.asdict(cfg), "world_size": rank_and_world()[1]}
 
 
-def _run(
+def run_steps(
     kind: str,
     model: nn.Module,
     batches: Any,
@@ -454,7 +455,7 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return p.device if p is not None else torch.device("cpu")
 
 
-def _prepare(model: nn.Module, data: Any, cfg: Any, device: str | torch.device | None,
+def prepare_data(model: nn.Module, data: Any, cfg: Any, device: str | torch.device | None,
              channels_last: bool) -> tuple[torch.device, Any]:
     """Move ``model`` to its device/layout and turn ``data`` into checked batches."""
     dev = _device_of(model, device)
@@ -466,7 +467,7 @@ def _prepare(model: nn.Module, data: Any, cfg: Any, device: str | torch.device |
     return dev, batches
 
 
-def _data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool,
+def data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool,
                    compile: bool | str = False) -> nn.Module:
     """``module`` wrapped in DDP inside a process group (else unchanged), then compiled with
     ``torch.compile`` when ``compile`` is True or a backend name."""
@@ -544,17 +545,17 @@ def train(
     (True, or a ``torch.compile`` backend name) compiles the model's forward.
 
     ``train_data`` is an :class:`~demhec.data.ImageArrays`, a ``(images, labels)`` pair
-    (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.data.TensorBatches` or a
+    (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.batches.TensorBatches` or a
     map-style dataset small enough to hold in memory.
     """
-    dev, batches = _prepare(model, train_data, config, device, channels_last)
-    net = _data_parallel(model, dev, sync_bn, compile)
+    dev, batches = prepare_data(model, train_data, config, device, channels_last)
+    net = data_parallel(model, dev, sync_bn, compile)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
         return loss, {"loss": loss.item()}
 
-    return _run("train", model, batches, config, loss_fn, device=dev, checkpoint=checkpoint,
+    return run_steps("train", model, batches, config, loss_fn, device=dev, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
 
 
@@ -591,13 +592,13 @@ def finetune(
     """
     if teacher is None:
         teacher = copy.deepcopy(model)
-    dev, batches = _prepare(model, train_data, config, device, channels_last)
+    dev, batches = prepare_data(model, train_data, config, device, channels_last)
     teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
     cfg = config
-    student = _data_parallel(_StudentPasses(model, cfg.head, he_updates_stats=cfg.bn == "train"),
+    student = data_parallel(_StudentPasses(model, cfg.head, he_updates_stats=cfg.bn == "train"),
                              dev, sync_bn, compile)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
@@ -633,7 +634,7 @@ def finetune(
         out["loss"] = loss.item()
         return loss, out
 
-    return _run(
+    return run_steps(
         "finetune", model, batches, config, loss_fn, device=dev,
         extra_state={"teacher": teacher.state_dict()}, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,

@@ -9,7 +9,7 @@ import torch
 
 from demhec._common import DemHECError
 from demhec.baselines import BASELINES, augment_batch, js_divergence_loss, train_baseline
-from demhec.data import TensorBatches
+from demhec.batches import TensorBatches
 from demhec.training import TrainConfig
 from tests.conftest import TinyNet
 

@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter
 
 from demhec import corruptions as C
 from demhec._common import DemHECError
+from demhec.corruptions import common, engine, released
 
 # Published anchors, typed in independently of the module's tables (so a typo there fails here).
 # CIFAR-10-C: make_cifar_c.py; ImageNet-C: imagecorruptions/corruptions.py.
@@ -226,17 +227,17 @@ def test_split_equals_corrupt(suite):
 
 @pytest.mark.slow
 def test_workers_do_not_change_result(monkeypatch):
-    images = textured(C._MIN_PARALLEL + 7, seed=2)  # large enough to use the process pool
+    images = textured(engine._MIN_PARALLEL + 7, seed=2)  # large enough to use the process pool
     cells = dict(corruptions=["gaussian_noise", "impulse_noise", "frost"], severities=[1, 5])
     serial = {(c, s): a for c, s, a in C.corruption_grid(images, workers=1, **cells)}
     started = []
-    executor = C._LazyPool.executor
+    executor = engine._LazyPool.executor
 
     def spy(self):
         started.append(self.workers)
         return executor(self)
 
-    monkeypatch.setattr(C._LazyPool, "executor", spy)
+    monkeypatch.setattr(engine._LazyPool, "executor", spy)
     parallel = {(c, s): a for c, s, a in C.corruption_grid(images, workers=2, **cells)}
     assert started and set(started) == {2}
     assert serial.keys() == parallel.keys() and len(serial) == 6
@@ -252,13 +253,13 @@ def test_workers_do_not_change_result(monkeypatch):
 @pytest.fixture
 def counted(monkeypatch):
     calls = []
-    original = C._corrupt_range
+    original = engine._corrupt_range
 
     def counting(images, *args):
         calls.append(len(images))
         return original(images, *args)
 
-    monkeypatch.setattr(C, "_corrupt_range", counting)
+    monkeypatch.setattr(engine, "_corrupt_range", counting)
     return calls
 
 
@@ -399,7 +400,7 @@ def test_load_tiny_imagenet_c(tmp_path, severity):
 
 def test_downloads_use_zenodo_archives(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(C, "download_and_extract_archive",
+    monkeypatch.setattr(released, "download_and_extract_archive",
                         lambda url, download_root, md5: calls.append((url, md5)))
     C.download_cifar_c(tmp_path)
     C.download_cifar_c(tmp_path, dataset="cifar100")
@@ -479,6 +480,6 @@ def test_imagecorruptions_frost_with_cached_picture_equals_the_package(shape):
     for severity in (1, 5):
         ours = C.corrupt(images, "frost", severity, suite="imagecorruptions", seed=3)
         for i, image in enumerate(images):
-            with C._seeded_global_numpy(C._image_seed(3, "frost", severity, i)):
+            with common.seeded_global_numpy(common.image_seed(3, "frost", severity, i)):
                 ref = imagecorruptions.corrupt(image, corruption_name="frost", severity=severity)
             np.testing.assert_array_equal(ours[i], ref)

@@ -17,16 +17,15 @@ from PIL import Image
 
 from demhec import data
 from demhec._common import DemHECError
+from demhec.batches import TensorBatches, random_crop_flip
 from demhec.data import (
     CIFAR10_CLASSES,
     DATASETS,
     ImageArrays,
-    TensorBatches,
     cifar10_jpeg_split,
     dataset_to_arrays,
     get_dataset,
     load_arrays,
-    random_crop_flip,
     tinyimagenet_classes,
 )
 

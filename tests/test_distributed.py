@@ -15,8 +15,8 @@ import torch
 
 from demhec import distributed
 from demhec._common import DemHECError
+from demhec.batches import TensorBatches
 from demhec.cli import main
-from demhec.data import TensorBatches
 from demhec.training import finetune, train
 from tests import ddp_worker
 

@@ -270,6 +270,7 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     from dataclasses import replace
 
     from demhec import training
+    from demhec.experiments.ablations import _budget
     from demhec.training import DemHECConfig, finetune
     from tests.conftest import TinyNet
 
@@ -282,7 +283,7 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     taken = []
     for factor in (1, 4):
         taken.append(0)
-        finetune(TinyNet(), data, replace(cfg, **ex._budget(factor)(cfg)),
+        finetune(TinyNet(), data, replace(cfg, **_budget(factor)(cfg)),
                  on_step=lambda step, _: taken.__setitem__(-1, step))
     (total, warmup), (total4, warmup4) = schedules
     assert taken == [total, total4] and total4 == 4 * total  # a cap at the epochs' end fails here

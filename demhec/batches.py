@@ -1,0 +1,151 @@
+"""Training batches: uint8 images kept on the device, drawn per (seed, epoch) as float batches with
+the CIFAR zoo's crop + flip augmentation, shared out across data-parallel ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import DemHECError, check_choice, check_range
+
+__all__ = ["AUGMENTS", "CROP_PADDING", "TensorBatches", "random_crop_flip"]
+
+AUGMENTS = ("none", "crop_flip")
+# CIFAR zoo training recipe (chenyaofo/pytorch-cifar-models): RandomCrop(32, padding=4) with
+# zero fill + RandomHorizontalFlip.
+CROP_PADDING = 4
+
+
+def _crop_flip(x: Tensor, padding: int, dy: Tensor, dx: Tensor, flip: Tensor) -> Tensor:
+    """Crop each zero-padded image at (dy, dx) and mirror it where ``flip``, as one gather."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)
+    ni = torch.arange(n, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _draw_crop_flip(
+    n: int, padding: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    device = generator.device if generator is not None else "cpu"
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=device)
+    flip = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
+    return offsets[0], offsets[1], flip
+
+
+def random_crop_flip(
+    x: Tensor, padding: int = CROP_PADDING, generator: torch.Generator | None = None
+) -> Tensor:
+    """Random crop after ``padding`` zero pixels per side, then a random horizontal flip.
+
+    The CIFAR zoo training augmentation, applied to an N x C x H x W batch (any dtype) with
+    batched tensor ops on ``x``'s device; the randomness comes from ``generator``.
+    """
+    check_range("padding", padding, 0, integer=True)
+    dy, dx, flip = (t.to(x.device) for t in _draw_crop_flip(len(x), padding, generator))
+    return _crop_flip(x, padding, dy, dx, flip)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) so neighbouring epochs get unrelated streams.
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+
+
+class TensorBatches:
+    """Mini-batches from uint8 images held on the device, reproducible per (seed, epoch).
+
+    ``epoch(e)`` draws the permutation and all augmentation randomness of epoch ``e`` up front
+    from a CPU ``torch.Generator`` seeded by (seed, e): the batches do not depend on the device,
+    on earlier epochs, or on ``skip``, so a run resumed mid-epoch gets the identical remaining
+    batches.
+
+    Data-parallel runs (``world_size`` > 1) play the role of a ``DistributedSampler``: every
+    rank draws the same permutation, a global batch holds ``batch_size * world_size`` images,
+    and ``rank`` takes its contiguous ``batch_size`` of them, so the ranks together see exactly
+    the batches (and augmentations) of one process with batch ``batch_size * world_size``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor | np.ndarray,
+        labels: Tensor | np.ndarray | Sequence[int],
+        batch_size: int = 128,
+        *,
+        shuffle: bool = True,
+        augment: str = "none",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise DemHECError(f"numpy images must be N x H x W x 3, got {images.shape}")
+            images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DemHECError(
+                f"images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}"
+            )
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if labels.shape != (len(images),):
+            raise DemHECError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        self.batch_size = check_range("batch_size", batch_size, 1, integer=True)
+        self.augment = check_choice("augment", augment, AUGMENTS)
+        self.seed = check_range("seed", seed, 0, integer=True)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.world_size = check_range("world_size", world_size, 1, integer=True)
+        self.rank = check_range("rank", rank, 0, world_size - 1, integer=True)
+        if world_size > 1 and not drop_last:
+            raise DemHECError("data-parallel batches need drop_last=True (every rank the same count)")
+        self.device = torch.device(device)
+        self.images = images.contiguous().to(self.device)
+        self.labels = labels.to(self.device)
+        if drop_last and len(self.images) < self.global_batch_size:
+            raise DemHECError(f"drop_last with {len(self.images)} images < one global batch "
+                              f"({batch_size} x {world_size} ranks)")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.global_batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (float images in [0,1], labels) for ``epoch``, starting at batch ``skip``."""
+        check_range("epoch", epoch, 0, integer=True)
+        check_range("skip", skip, 0, len(self), integer=True)
+        n = self.num_samples
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        if self.augment == "crop_flip":
+            dy, dx, flip = (t.to(self.device) for t in _draw_crop_flip(n, CROP_PADDING, g))
+        for k in range(skip, len(self)):
+            start = k * self.global_batch_size + self.rank * self.batch_size
+            sl = slice(start, start + self.batch_size)
+            x = self.images[order[sl]]
+            if self.augment == "crop_flip":
+                x = _crop_flip(x, CROP_PADDING, dy[sl], dx[sl], flip[sl])
+            x = x.float().div_(255)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[order[sl]]

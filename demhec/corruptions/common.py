@@ -1,0 +1,103 @@
+"""What every corruption suite shares: the names of suites, corruptions, families and severities,
+their validation, and the per-image seeding that makes an image's corruption independent of
+batching, chunking and worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from .._common import DemHECError, check_choice
+
+# --------------------------------------------------------------------------------------------
+# Name tables
+# --------------------------------------------------------------------------------------------
+
+SUITES = ("cifar-c", "imagecorruptions")
+
+# The 15 benchmark corruptions in ImageNet-C order (Hendrycks & Dietterich 2019, Fig. 1).
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+# The four held-out "validation" corruptions, shipped in CIFAR-10-C and imagecorruptions.
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL_CORRUPTIONS = CORRUPTIONS + EXTRA_CORRUPTIONS
+# The seven corruptions of the paper (Sec. 2.1, Fig. 2, Tables 1, 2, 4, 5).
+PAPER_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "snow", "frost", "pixelate", "jpeg_compression",
+)
+# The four families of paper Table 3 (same grouping as ImageNet-C).
+FAMILIES = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
+SEVERITIES = (1, 2, 3, 4, 5)
+PAPER_SEVERITIES = (1, 3, 5)  # S1 / S3 / S5 of Tables 1, 2, 5
+CIFAR_C_SIZE = 32  # the generator hard-codes 32 x 32 (glass_blur loop, fog map, frost crop, ...)
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def check_corruption(name: str, suite: str = "cifar-c") -> str:
+    """Validate a suite and a corruption name of that suite (both suites cover all 19)."""
+    check_choice("suite", suite, SUITES)
+    return check_choice("corruption", name, ALL_CORRUPTIONS)
+
+
+def check_severity(severity: int) -> int:
+    """Validate a severity: a Python/numpy integer in 1..5 (not a bool, str or float)."""
+    if isinstance(severity, (bool, np.bool_)) or not isinstance(severity, (int, np.integer)):
+        raise DemHECError(f"severity must be an integer in 1..5, got {severity!r}")
+    return int(check_choice("severity", int(severity), SEVERITIES))
+
+
+def check_images(images: np.ndarray, suite: str, batch_only: bool = False) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise DemHECError("images must be a uint8 numpy array of shape (H, W, 3) or (N, H, W, 3)")
+    ndims = (4,) if batch_only else (3, 4)
+    if images.ndim not in ndims or images.shape[-1] != 3:
+        want = "(N, H, W, 3)" if batch_only else "(H, W, 3) or (N, H, W, 3)"
+        raise DemHECError(f"images must have shape {want}, got {images.shape}")
+    h, w = images.shape[-3:-1]
+    if suite == "cifar-c" and (h, w) != (CIFAR_C_SIZE, CIFAR_C_SIZE):
+        raise DemHECError(f"suite 'cifar-c' reproduces CIFAR-10-C and needs 32x32 images, got "
+                          f"{h}x{w}; use suite='imagecorruptions' for other sizes")
+    if h < 32 or w < 32:
+        raise DemHECError(f"imagecorruptions needs images of at least 32x32, got {h}x{w}")
+
+
+# --------------------------------------------------------------------------------------------
+# Seeding
+# --------------------------------------------------------------------------------------------
+
+
+def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, corruption, severity, image index)."""
+    entropy = [seed, zlib.crc32(corruption.encode()), severity, index]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+def child_seed(rs: np.random.RandomState) -> int:
+    """A seed for helpers that take one (skimage rng, numba's RNG, the global numpy RNG)."""
+    return int(rs.randint(2**31))
+
+
+@contextlib.contextmanager
+def seeded_global_numpy(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for third-party code that draws from it, then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,312 @@
+"""Corrupting images and whole splits: the dispatch to a suite, parallel generation in worker
+processes and the verified on-disk cache of corrupted splits."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .._common import DemHECError, atomic_write, check_choice, check_range
+from . import cifar_c, imagenet_c
+from .common import (
+    PAPER_CORRUPTIONS,
+    PAPER_SEVERITIES,
+    SUITES,
+    check_corruption,
+    check_images,
+    check_severity,
+    image_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Public corruption entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _corrupt_one(image: np.ndarray, corruption: str, severity: int, suite: str,
+                 seed: int) -> np.ndarray:
+    if suite == "cifar-c":
+        out = cifar_c.corrupt_image(image, corruption, severity, np.random.RandomState(seed))
+    else:
+        out = imagenet_c.corrupt_image(image, corruption, severity, seed)
+    # Truncation (not rounding) to uint8, like both reference generators.
+    return np.asarray(out).astype(np.uint8)
+
+
+def _corrupt_range(images: np.ndarray, corruption: str, severity: int, suite: str, seed: int,
+                   start: int) -> np.ndarray:
+    """Corrupt ``images``, which are images ``start, start + 1, ...`` of a split."""
+    out = np.empty_like(images)
+    for j, image in enumerate(images):
+        out[j] = _corrupt_one(np.ascontiguousarray(image), corruption, severity, suite,
+                              image_seed(seed, corruption, severity, start + j))
+    return out
+
+
+def corrupt(image_or_batch: np.ndarray, corruption: str, severity: int, suite: str = "cifar-c",
+            seed: int = 0) -> np.ndarray:
+    """Corrupt one uint8 H x W x 3 image or an N x H x W x 3 batch (paper Eq. 1's g_c at s).
+
+    Deterministic: image i of a batch is corrupted with randomness drawn only from
+    (seed, corruption, severity, i), so the result equals :func:`corrupt_split` on the same batch.
+    """
+    check_corruption(corruption, suite)
+    severity = check_severity(severity)
+    check_range("seed", seed, 0, integer=True)
+    check_images(image_or_batch, suite)
+    if image_or_batch.ndim == 3:
+        return _corrupt_range(image_or_batch[None], corruption, severity, suite, seed, 0)[0]
+    return _corrupt_range(image_or_batch, corruption, severity, suite, seed, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole splits: parallel generation and an on-disk cache
+# --------------------------------------------------------------------------------------------
+
+_CACHE_FORMAT = 1  # bump when the generated pixels of any corruption change
+_MAX_CHUNK = 256  # images per task: small enough to balance load and bound memory
+_MIN_PARALLEL = 64  # smaller splits are done in-process: starting workers would cost more
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def images_key(images: np.ndarray) -> str:
+    """A short content hash of a clean split (shape + bytes), the default cache ``key``."""
+    digest = hashlib.sha256(f"{images.shape}|{images.dtype}".encode())
+    for i in range(0, len(images), 1024):  # bounded memory for memory-mapped splits
+        digest.update(np.ascontiguousarray(images[i:i + 1024]).data)
+    return digest.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
+
+
+class _LazyPool:
+    """A process pool shared by all cells of a grid, started only if something must be built."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: cf.ProcessPoolExecutor | None = None
+
+    def executor(self) -> cf.ProcessPoolExecutor:
+        if self._executor is None:
+            # 'spawn': forked workers deadlocked on locks held by the parent's torch/OpenMP
+            # threads (seen in CI). A script without a __main__ guard breaks spawned workers;
+            # _fill then falls back to in-process generation.
+            self._executor = cf.ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+
+def _fill(out: np.ndarray, images: np.ndarray, corruption: str, severity: int, suite: str,
+          seed: int, pool: _LazyPool, progress: bool) -> None:
+    n = len(images)
+    chunk = max(1, min(_MAX_CHUNK, math.ceil(n / (4 * pool.workers))))
+    starts = range(0, n, chunk)
+    bar = tqdm(total=n, desc=f"{corruption} s{severity}", disable=not progress)
+    try:
+        if pool.workers == 1 or n < _MIN_PARALLEL:
+            for s in starts:
+                out[s:s + chunk] = _corrupt_range(images[s:s + chunk], corruption, severity,
+                                                  suite, seed, s)
+                bar.update(min(chunk, n - s))
+            return
+        try:
+            _fill_parallel(out, images, corruption, severity, suite, seed, pool, bar, chunk)
+        except cf.process.BrokenProcessPool:
+            logger.warning("corruption workers could not start (a script without "
+                        "`if __name__ == '__main__':`?); generating in this process instead")
+            pool.close()
+            pool.workers = 1
+            bar.reset()
+            _fill(out, images, corruption, severity, suite, seed, pool, False)
+    finally:
+        bar.close()
+
+
+def _fill_parallel(out: np.ndarray, images: np.ndarray, corruption: str, severity: int,
+                   suite: str, seed: int, pool: _LazyPool, bar: Any, chunk: int) -> None:
+    n = len(images)
+    executor = pool.executor()
+    pending: dict[cf.Future, int] = {}
+    todo = iter(range(0, n, chunk))
+    # At most two chunks per worker in flight, so memory stays bounded for large splits.
+    while True:
+        while len(pending) < 2 * pool.workers and (s := next(todo, None)) is not None:
+            task = executor.submit(_corrupt_range, np.ascontiguousarray(images[s:s + chunk]),
+                                   corruption, severity, suite, seed, s)
+            pending[task] = s
+        if not pending:
+            break
+        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        for task in done:
+            s = pending.pop(task)
+            out[s:s + chunk] = task.result()
+            bar.update(min(chunk, n - s))
+
+
+def _cache_paths(cache_dir: str | os.PathLike, suite: str, key: str, corruption: str,
+                 severity: int) -> tuple[Path, Path]:
+    folder = Path(cache_dir) / suite / key
+    stem = f"{corruption}_s{severity}"
+    return folder / f"{stem}.npy", folder / f"{stem}.json"
+
+
+def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.ndarray | None:
+    """The cached array if it is complete and unaltered; None (with a warning if bad) otherwise."""
+    if not path.exists() and not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if stale:
+            logger.info("corruption cache %s was built with other settings %s; regenerating",
+                        path, stale)
+            return None
+        if path.stat().st_size != meta["file_size"]:
+            raise ValueError(f"size {path.stat().st_size} != recorded {meta['file_size']}")
+        if _sha256(path) != meta["sha256"]:
+            raise ValueError("sha256 checksum mismatch")
+        array = np.load(path, mmap_mode="r")
+        if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+            raise ValueError(f"array {array.shape}/{array.dtype} != recorded "
+                             f"{meta['shape']}/{meta['dtype']}")
+        return array
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError) as err:
+        logger.warning("corruption cache %s is invalid (%s); regenerating it", path, err)
+        return None
+
+
+def _build_cached(images: np.ndarray, path: Path, meta_path: Path, expected: dict[str, Any],
+                  pool: _LazyPool, progress: bool) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npy")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
+        _fill(out, images, expected["corruption"], expected["severity"], expected["suite"],
+              expected["seed"], pool, progress)
+        out.flush()
+        del out
+        meta = dict(expected, shape=list(images.shape), dtype="uint8",
+                    file_size=tmp.stat().st_size, sha256=_sha256(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    with atomic_write(meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+    return np.load(path, mmap_mode="r")
+
+
+def _split_cell(images: np.ndarray, corruption: str, severity: int, suite: str, seed: int,
+                cache_dir: str | os.PathLike | None, key: str | None, pool: _LazyPool,
+                progress: bool) -> np.ndarray:
+    if cache_dir is None:
+        out = np.empty_like(images)
+        _fill(out, images, corruption, severity, suite, seed, pool, progress)
+        out.flags.writeable = False
+        return out
+    path, meta_path = _cache_paths(cache_dir, suite, key, corruption, severity)
+    expected = {"format": _CACHE_FORMAT, "suite": suite, "corruption": corruption,
+                "severity": severity, "seed": seed, "key": key}
+    cached = _load_cached(path, meta_path, expected)
+    if cached is not None:
+        logger.debug("corruption cache hit: %s", path)
+        return cached
+    logger.info("generating %s (%d images) into %s", path.stem, len(images), path)
+    return _build_cached(images, path, meta_path, expected, pool, progress)
+
+
+def _check_split_args(images: np.ndarray, suite: str, seed: int, cache_dir: Any, key: str | None,
+                      workers: int | None) -> tuple[str | None, int]:
+    check_choice("suite", suite, SUITES)
+    check_images(images, suite, batch_only=True)
+    check_range("seed", seed, 0, integer=True)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    check_range("workers", workers, 1, integer=True)
+    if cache_dir is not None:
+        key = images_key(images) if key is None else key
+        if not isinstance(key, str) or not _KEY_PATTERN.match(key):
+            raise DemHECError(f"cache key must be letters, digits, '.', '_' or '-', got {key!r}")
+    return key, workers
+
+
+def corrupt_split(images: np.ndarray, corruption: str, severity: int, suite: str = "cifar-c",
+                  seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                  key: str | None = None, workers: int | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """Corrupt a whole uint8 N x H x W x 3 split on all cores, optionally through a disk cache.
+
+    Image i depends only on (seed, corruption, severity, i), so neither ``workers`` nor chunking
+    changes the result (it equals :func:`corrupt` on the same array). With ``cache_dir`` the result
+    is stored as ``<cache_dir>/<suite>/<key>/<corruption>_s<severity>.npy`` with a JSON sidecar
+    (shape, dtype, size, sha256, seed) and reused while it verifies; a truncated or altered file is
+    logged and rebuilt. ``key`` names the clean split (default: a hash of its bytes). The result is
+    a read-only array (a memory map when cached). ``workers=None`` uses every CPU; 1 (or a split of
+    fewer than 64 images) runs in-process.
+    """
+    check_corruption(corruption, suite)
+    severity = check_severity(severity)
+    key, workers = _check_split_args(images, suite, seed, cache_dir, key, workers)
+    pool = _LazyPool(workers)
+    try:
+        return _split_cell(images, corruption, severity, suite, seed, cache_dir, key, pool,
+                           progress)
+    finally:
+        pool.close()
+
+
+def corruption_grid(images: np.ndarray, corruptions: Iterable[str] = PAPER_CORRUPTIONS,
+                    severities: Iterable[int] = PAPER_SEVERITIES, suite: str = "cifar-c",
+                    seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                    key: str | None = None, workers: int | None = None,
+                    progress: bool = False) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Yield ``(corruption, severity, corrupted split)`` for every cell of a grid, lazily.
+
+    Same arguments and guarantees as :func:`corrupt_split`; one process pool serves the whole grid
+    (started only if some cell is not cached). Defaults: the paper's 7 corruptions x S1/S3/S5.
+    """
+    corruptions = [check_corruption(c, suite) for c in corruptions]
+    severities = [check_severity(s) for s in severities]
+    key, workers = _check_split_args(images, suite, seed, cache_dir, key, workers)
+    pool = _LazyPool(workers)
+    try:
+        for corruption in corruptions:
+            for severity in severities:
+                yield corruption, severity, _split_cell(images, corruption, severity, suite,
+                                                        seed, cache_dir, key, pool, progress)
+    finally:
+        pool.close()

@@ -1,0 +1,475 @@
+"""Profiles and the experiment pipeline: data, models and results of one setting.
+
+A *profile* fixes the scale of every experiment:
+
+* ``smoke``: a few digits images and a couple of steps; what the tests run (seconds).
+* ``demo``: the embedded scikit-learn digits dataset (offline), ResNet-20 trained from
+  scratch, then Dem-HEC; minutes on a CPU; what ``make demo`` runs.
+* ``cpu``: real CIFAR-10 training images (the JPEG q75 mirror) with a 5,000-image
+  evaluation split, at a CPU-sized budget.
+* ``paper``: the paper's datasets (downloaded), the zoo's pretrained weights and the recipe of
+  appendix A.3; needs a GPU.
+
+The pipeline is cached at two levels: model checkpoints under
+``<results_dir>/<profile>/checkpoints/`` and one JSON result per table cell under
+``<results_dir>/<profile>/<dataset>/<backbone>/``. Everything is computed only when
+``allow_train`` is set; otherwise a missing file is named in the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._common import DemHECError, atomic_write, check_choice, check_range
+from ..results import check_writable, get_or_compute
+from ..training import DemHECConfig, TrainConfig, finetune, train
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_JPEG_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+@dataclass(frozen=True)
+class Profile:
+    """The scale of every experiment in one name."""
+
+    name: str
+    description: str
+    dataset: str | None  # substitute dataset for every notebook (None: the requested one)
+    train_limit: int | None  # training images used (None: all)
+    eval_limit: int | None  # evaluation images used (None: all)
+    base: TrainConfig  # recipe for a base model that cannot be downloaded
+    demhec: DemHECConfig  # fine-tuning budget and hyperparameters
+    pretrained: bool  # use the zoo's / ImageNet pretrained weights where they exist
+    eval_batch_size: int = 256
+    entropy_images: int = 200  # images per distribution in Figures 3-4
+    substitutes: dict[str, str] = field(default_factory=dict)  # backbone -> CPU stand-in
+    # Per-family changes to ``base`` / ``demhec``: {"vit": {"base": {...}, "demhec": {...}}},
+    # the family being the backbone name's prefix.
+    overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+# Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
+# also needs >= 63 px inputs, more than the embedded 32 px digits).
+# ViTs trained from scratch need AdamW (SGD barely moves them in minutes); the paper's own
+# ViT-L recipe (A.3) fine-tunes with batch 32, 10 epochs and lr 0.0005.
+_VIT_FROM_SCRATCH = {"vit": {"base": dict(optimizer="adamw", lr=3e-3, weight_decay=0.05,
+                                          warmup_epochs=1.0, epochs=15),
+                             "demhec": dict(optimizer="adamw", lr=2e-4, weight_decay=0.05)}}
+
+_CPU_STAND_INS = {"resnet50": "resnet18", "alexnet": "resnet18",
+                  "vit_large_patch16_384": "vit_test", "vit_base_patch16_224": "vit_test",
+                  "vit_small_patch16_224": "vit_test", "vit_tiny_patch16_224": "vit_test"}
+
+# The demo must finish in minutes: every ImageNet-family CNN runs as the CIFAR ResNet-20 (shared
+# with Table 1, so trained once) and every ViT as the small ViT.
+_DEMO_STAND_INS = {**_CPU_STAND_INS, "resnet18": "resnet20", "resnet50": "resnet20",
+                   "alexnet": "resnet20"}
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="a few digits images and two optimisation steps (tests)",
+        dataset="digits", train_limit=64, eval_limit=24,
+        base=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+        demhec=DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
+        pretrained=False, eval_batch_size=64, entropy_images=16,
+        substitutes=_CPU_STAND_INS,
+    ),
+    "demo": Profile(
+        name="demo",
+        description="the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
+        dataset="digits", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=8, batch_size=64, lr=0.05),
+        demhec=DemHECConfig(epochs=3, batch_size=64, warmup_epochs=0.5, lr=0.02),
+        pretrained=False, eval_batch_size=256, entropy_images=200,
+        substitutes=_DEMO_STAND_INS, overrides=_VIT_FROM_SCRATCH,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="real CIFAR-10 train images (JPEG q75 mirror), 45k/5k split, CPU budget",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=15, batch_size=128, lr=0.1),
+        demhec=DemHECConfig(epochs=1, batch_size=128, warmup_epochs=0.1, max_steps=150),
+        pretrained=False, eval_batch_size=500, entropy_images=500,
+    ),
+    "paper": Profile(
+        name="paper",
+        description="the paper's datasets, pretrained zoo weights and recipe (A.3); GPU",
+        dataset=None, train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=30, batch_size=128, lr=0.01),
+        demhec=DemHECConfig(),
+        pretrained=True, eval_batch_size=512, entropy_images=1000,
+        overrides={"vit": {"demhec": dict(batch_size=32, epochs=10, lr=0.0005)}},
+    ),
+}
+
+# The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
+# training seed is evaluated on the same corrupted images.
+CORRUPTION_SEED = 0
+
+DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
+                       "cifar10_jpeg")
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (smoke, demo, cpu, paper)."""
+    return PROFILES[check_choice("profile", name, PROFILES)]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One (profile, dataset, backbone) setting and where its files live."""
+
+    profile: str = "demo"
+    dataset: str = "cifar10"
+    backbone: str = "resnet20"
+    seed: int = 0
+    results_dir: str = "results"
+    data_root: str = "data"
+    device: str = "cpu"
+    allow_train: bool = True
+    recompute: bool = False
+    progress: bool = False
+    download: bool = False
+    channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
+
+    def __post_init__(self) -> None:
+        from ..models import list_models
+
+        get_profile(self.profile)
+        check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
+        check_choice("backbone", self.backbone, list_models())
+        check_range("seed", self.seed, 0, integer=True)
+
+    @property
+    def prof(self) -> Profile:
+        return get_profile(self.profile)
+
+    @property
+    def effective_dataset(self) -> str:
+        """The dataset actually used: the profile's substitute or the requested one."""
+        return self.prof.dataset or self.dataset
+
+    @property
+    def effective_backbone(self) -> str:
+        return self.prof.substitutes.get(self.backbone, self.backbone)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results_dir) / self.profile
+
+    @property
+    def cell_dir(self) -> Path:
+        return self.root / self.effective_dataset / self.effective_backbone
+
+    def _override(self, which: str) -> dict[str, Any]:
+        for family, changes in self.prof.overrides.items():
+            if self.effective_backbone.startswith(family):
+                return changes.get(which, {})
+        return {}
+
+    @property
+    def base_config(self) -> TrainConfig:
+        """The profile's base recipe for this backbone, with this experiment's seed."""
+        return replace(self.prof.base, seed=self.seed, **self._override("base"))
+
+    @property
+    def demhec_config(self) -> DemHECConfig:
+        """The profile's Dem-HEC config for this backbone, with this experiment's seed."""
+        return replace(self.prof.demhec, seed=self.seed, **self._override("demhec"))
+
+    def checkpoint(self, name: str) -> Path:
+        """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt``; the dataset is left out when
+        the profile fixes it (``results/cpu/checkpoints/resnet20_base.pt``)."""
+        prefix = "" if self.prof.dataset else f"{self.effective_dataset}_"
+        return self.root / "checkpoints" / f"{prefix}{self.effective_backbone}_{name}.pt"
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def subset(arrays: Any, limit: int | None, seed: int) -> Any:
+    if limit is None or limit >= len(arrays):
+        return arrays
+    idx = np.sort(np.random.default_rng(seed).choice(len(arrays), size=limit, replace=False))
+    prov = {**arrays.provenance, "subset": f"{limit} images (seed {seed})"}
+    return dataclasses.replace(arrays, images=arrays.images[idx], labels=arrays.labels[idx],
+                               provenance=prov)
+
+
+def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
+               download: bool = False, cache_dir: str | os.PathLike = "results/cache",
+               progress: bool = False) -> Any:
+    """Any dataset the profiles use, by name, as :class:`~demhec.data.ImageArrays`.
+
+    ``cifar10_jpeg`` is the CPU profile's split of the CIFAR-10 JPEG mirror: ``data_root`` is
+    the archive or its extracted folder (default: ``../shared/data`` beside the checkout).
+    """
+    from ..data import cifar10_jpeg_split, load_arrays
+
+    check_choice("dataset", name, DATASETS_BY_PROFILE)
+    check_choice("split", split, ("train", "test"))
+    if name == "cifar10_jpeg":
+        source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
+        train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
+                                             eval_per_class=500, split_seed=0, progress=progress)
+        arrays = train if split == "train" else held_out
+        source_name = {"source": f"CIFAR-10 train images from a JPEG quality-75 mirror ({source.name})"}
+        return dataclasses.replace(arrays, provenance={**arrays.provenance, **source_name})
+    kw: dict[str, Any] = {}
+    if name == "imagenette":
+        kw = {"size": "320px", "image_size": 224}
+    arrays = load_arrays(name, split, data_root, download, progress=progress, **kw)
+    # Results must not hold absolute paths of this machine.
+    prov = {k: v.replace(str(Path(data_root).resolve()), "<data_root>").replace(str(data_root), "<data_root>")
+            for k, v in arrays.provenance.items()}
+    return dataclasses.replace(arrays, provenance=prov)
+
+
+def _load(exp: Experiment, split: str) -> Any:
+    arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
+                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress)
+    limit = exp.prof.train_limit if split == "train" else exp.prof.eval_limit
+    return subset(arrays, limit, seed=0)
+
+
+def train_data(exp: Experiment) -> Any:
+    return _load(exp, "train")
+
+
+def eval_data(exp: Experiment) -> Any:
+    return _load(exp, "test")
+
+
+def provenance(arrays: Any) -> dict:
+    prov = dict(arrays.provenance)
+    prov["count"] = str(len(arrays))
+    return prov
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def _new_model(exp: Experiment, num_classes: int, pretrained: bool | str) -> nn.Module:
+    from ..models import get_model
+
+    return get_model(exp.effective_backbone, num_classes=num_classes, pretrained=pretrained)
+
+
+def _save_state(model: nn.Module, path: Path) -> None:
+    with atomic_write(path) as f:
+        torch.save(model.state_dict(), f)
+
+
+def _model_from(path: Path, exp: Experiment, num_classes: int) -> nn.Module:
+    model = _new_model(exp, num_classes, pretrained=str(path))
+    return model.to(exp.device).eval()
+
+
+def _cached_model(exp: Experiment, path: Path, num_classes: int, what: str,
+                  fit: Callable[[Any, Path], nn.Module]) -> nn.Module:
+    """Load the state dict at ``path`` or, when allowed, ``fit`` a model (resumable through
+    ``<path>.ckpt``), save it atomically and drop the resume checkpoint."""
+    if path.exists() and not exp.recompute:
+        return _model_from(path, exp, num_classes)
+    if not exp.allow_train:
+        raise DemHECError(f"{what} checkpoint {path.name} is missing under {path.parent}; "
+                          "set allow_train=True to compute it")
+    check_writable(path.parent)
+    resume = path.with_suffix(".ckpt")
+    model = fit(train_data(exp), resume)
+    _save_state(model, path)
+    resume.unlink(missing_ok=True)
+    return model.eval()
+
+
+def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
+    """The model before Dem-HEC: the zoo's pretrained weights (paper profile, CIFAR zoo
+    backbones) or one trained here with the profile's base recipe (cached checkpoint)."""
+    from ..models import CIFAR_WEIGHT_URLS
+
+    k = num_classes if num_classes is not None else len(train_data(exp).classes)
+    if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
+        return _new_model(exp, k, pretrained=True).to(exp.device).eval()
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        model = _new_model(exp, k, pretrained=exp.prof.pretrained)
+        log.info("training base %s on %s (%d images)", exp.effective_backbone,
+                 exp.effective_dataset, len(data))
+        return train(model, data, exp.base_config, device=exp.device, checkpoint=resume,
+                     progress=exp.progress, channels_last=exp.channels_last)
+
+    return _cached_model(exp, exp.checkpoint("base"), k, "base model", fit)
+
+
+def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str = "demhec",
+                 num_classes: int | None = None) -> nn.Module:
+    """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
+    path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
+    cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
+    k = num_classes or len(train_data(exp).classes)
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        return finetune(base_model(exp, k), data, cfg, device=exp.device, checkpoint=resume,
+                        progress=exp.progress, channels_last=exp.channels_last)
+
+    return _cached_model(exp, path, k, "Dem-HEC", fit)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
+    """Where and how the experiment's corrupted evaluation sets are made, cached and scored:
+    every result that reads them must see the same images."""
+    return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
+                key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size, device=exp.device)
+
+
+def robustness_result(
+    exp: Experiment,
+    phase: str = "before",
+    suite: str = "cifar-c",
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] | None = None,
+    *,
+    config: DemHECConfig | None = None,
+    tag: str | None = None,
+) -> dict:
+    """The JSON result of evaluating the ``phase`` model ("before" = base, "after" = Dem-HEC,
+    or "baseline:<method>") on clean data and on every corruption cell."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
+    from ..evaluation import evaluate
+
+    corruptions = list(PAPER_CORRUPTIONS if corruptions is None else corruptions)
+    severities = list(PAPER_SEVERITIES if severities is None else severities)
+    if phase == "after" and tag is None:
+        tag = config_tag(exp, config)
+    name = tag or phase.replace(":", "_")
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
+
+    def compute() -> dict:
+        data = eval_data(exp)
+        k = len(data.classes)
+        if phase == "before":
+            model, cfg = base_model(exp, k), exp.base_config
+        elif phase == "after":
+            cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
+            model = demhec_model(exp, cfg, tag=name.replace("after", "demhec", 1), num_classes=k)
+        elif phase.startswith("baseline:"):
+            model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
+        else:
+            raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
+        table = evaluate(model, data, corruptions, severities, suite, progress=exp.progress,
+                         **corrupted_eval_kw(exp))
+        return dict(kind=f"robustness/{phase}", profile=exp.profile,
+                    config={"experiment": experiment_config(exp), "model": cfg, "suite": suite,
+                            "corruptions": corruptions, "severities": severities,
+                            "corruption_seed": CORRUPTION_SEED},
+                    metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
+                             "table": table},
+                    data=provenance(data), seed=exp.seed)
+
+    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"{phase} on {suite}")
+
+
+def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
+    """File tag of a Dem-HEC run: "after" for the profile's config, else "after_<changes>"."""
+    if config is None:
+        return "after"
+    default = exp.demhec_config
+    changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+               if f.name != "seed" and getattr(config, f.name) != getattr(default, f.name)]
+    if not changed:
+        return "after"
+    return "after_" + hashlib.sha1(";".join(changed).encode()).hexdigest()[:10]
+
+
+def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
+    """A base model trained with an augmentation baseline (Table 3) and the profile's recipe."""
+    from ..baselines import BASELINES, train_baseline
+
+    check_choice("baseline", method, BASELINES)
+    if method == "pad_crop":
+        return base_model(exp, num_classes)  # the base recipe is Pad-Crop (crop + flip)
+
+    def fit(data: Any, resume: Path) -> nn.Module:
+        model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
+        return train_baseline(model, data, method, exp.base_config, device=exp.device,
+                              checkpoint=resume, progress=exp.progress)
+
+    return _cached_model(exp, exp.checkpoint(f"baseline_{method}"), num_classes,
+                         f"baseline {method}", fit)
+
+
+def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
+                   suite: str = "cifar-c", pooled: bool = False) -> dict:
+    """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
+    from ..corruptions import corrupt_split
+    from ..entropy import layer_entropy
+    from ..evaluation import as_float_images
+
+    path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+
+    def compute() -> dict:
+        data = subset(eval_data(exp), exp.prof.entropy_images, seed=1)
+        k = len(data.classes)
+        model = base_model(exp, k) if phase == "before" else demhec_model(exp, num_classes=k)
+        corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=CORRUPTION_SEED)
+
+        def run(images: np.ndarray) -> dict:
+            x = as_float_images(images, exp.device)
+            ent = layer_entropy(model, x, pooled=pooled, batch_size=exp.prof.eval_batch_size)
+            return {n: [round(float(v), 6) for v in e] for n, e in ent.items()}
+
+        return dict(kind=f"entropy/{phase}", profile=exp.profile,
+                    config={"experiment": experiment_config(exp), "corruption": corruption,
+                            "severity": severity, "suite": suite, "pooled": pooled},
+                    metrics={"clean": run(data.images), "corrupted": run(corrupted)},
+                    data=provenance(data), seed=exp.seed)
+
+    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"entropy {phase} {corruption} S{severity}")
+
+
+def experiment_config(exp: Experiment) -> dict:
+    return {"profile": exp.profile, "dataset": exp.effective_dataset,
+            "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
+            "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+
+
+def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],
+                        severities: Sequence[int], n_images: int = 7) -> tuple[np.ndarray, dict]:
+    """Clean evaluation images and their corrupted versions (Figure 2 inputs)."""
+    from ..corruptions import corrupt_split
+
+    data = eval_data(exp)
+    # One image per class where possible, so the figure shows varied content.
+    idx = [int(np.flatnonzero(data.labels == c)[0]) for c in np.unique(data.labels)][:n_images]
+    clean = data.images[idx]
+    corrupted = {(c, s): np.asarray(corrupt_split(clean, c, s, suite=suite, seed=CORRUPTION_SEED))
+                 for c in corruptions for s in severities}
+    return clean, corrupted
+
+
+def demhec_config(exp: Experiment, **overrides: Any) -> DemHECConfig:
+    """The experiment's Dem-HEC config with ``overrides`` (validated by the dataclass)."""
+    fields = {f.name for f in dataclasses.fields(DemHECConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise DemHECError(f"unknown Dem-HEC setting(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return replace(exp.demhec_config, **overrides)
