@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD ?= build
 
-.PHONY: demo paper test lint unit notebooks-smoke clean
+.PHONY: demo paper test lint unit unit-all notebooks-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check demhec tests scripts benchmarks
 
 unit: $(STAMP)
+	$(PY) -m pytest -q -m "not expensive" tests
+
+unit-all: $(STAMP)  ## every unit test, the expensive ones too (minutes more)
 	$(PY) -m pytest -q tests
 
 notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for the smoke profile

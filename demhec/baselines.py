@@ -18,7 +18,6 @@ resumed run reproduces an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from ._common import DemHECError, check_choice
+from .runs import TrainRun
 from .training import TrainConfig, data_parallel, prepare_data, run_steps
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,7 @@ def train_baseline(
     train_data: Any,
     method: str,
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, so sharing it is safe
-    *,
-    device: str | torch.device | None = None,
-    channels_last: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    progress: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    **run: Any,
 ) -> nn.Module:
     """Train ``model`` with an augmentation baseline of Table 3 (see :data:`BASELINES`).
 
@@ -131,7 +125,8 @@ def train_baseline(
     ``autoaugment`` and ``trivialaugment`` minimise cross-entropy on the augmented batch;
     ``augmix`` minimises ``CE(f(x), y) + 12 JS(p(x), p(x_aug1), p(x_aug2))`` with two AugMix
     views per image, the three views in one forward pass (so BatchNorm sees all of them, as in
-    the official code). A checkpoint only resumes a run of the same method and config.
+    the official code). A checkpoint only resumes a run of the same method and config. ``run``:
+    the keywords of :class:`~demhec.runs.TrainRun`.
     """
     check_choice("baseline", method, BASELINES)
     if config.augment != "crop_flip":
@@ -139,7 +134,8 @@ def train_baseline(
             f"baselines build on the crop+flip recipe; config.augment must be 'crop_flip', "
             f"got {config.augment!r}"
         )
-    dev, batches = prepare_data(model, train_data, config, device, channels_last)
+    options = TrainRun(**run)
+    dev, batches = prepare_data(model, train_data, config, options)
     if batches.augment != "crop_flip":
         raise DemHECError(
             f"baselines build on the crop+flip recipe; the given TensorBatches must use "
@@ -147,7 +143,7 @@ def train_baseline(
         )
     transform = _transform(method)
     smoothing = config.label_smoothing
-    net = data_parallel(model, dev, sync_bn=False)
+    net = data_parallel(model, dev, options)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         if method != "augmix":
@@ -161,6 +157,4 @@ def train_baseline(
         return loss, {"ce": ce.item(), "jsd": jsd.item(), "loss": loss.item()}
 
     log.info("training baseline %s for %d epochs", method, config.epochs)
-    return run_steps(f"baseline_{method}", model, batches, config, loss_fn, device=dev,
-                checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
-                on_step=on_step)
+    return run_steps(f"baseline_{method}", model, batches, config, loss_fn, device=dev, run=options)

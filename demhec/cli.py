@@ -1,5 +1,10 @@
 """``demhec`` command line: train, finetune, evaluate and entropy over the library.
 
+The flags of ``train``, ``finetune`` and ``evaluate`` are generated from the dataclasses
+(:class:`~demhec.training.TrainConfig`, :class:`~demhec.training.DemHECConfig`,
+:class:`~demhec.runs.TrainRun`, :class:`~demhec.runs.EvalRun`): name, default and help (the
+field's comment), so a new field is a new flag without touching this module.
+
 Every subcommand writes a checkpoint and/or a JSON result (config, metrics, provenance).
 Bad input gets one line on stderr naming the bad value and the valid choices, and exit
 code 2; no traceback, no partial output file.
@@ -8,14 +13,27 @@ code 2; no traceback, no partial output file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
+import re
 import sys
+import tokenize
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._common import DemHECError, atomic_write, parse_number
 
 log = logging.getLogger("demhec")
+
+
+# Flags the CLI sets itself rather than from the dataclasses: one --seed and one --device for
+# every subcommand, the checkpoint path from --out, progress bars through --no-progress, and
+# on_step, which a command line cannot give.
+_OWN = {"seed", "device", "checkpoint", "progress", "on_step"}
+# A checkpoint every 100 steps: a command-line run is the one most likely to be interrupted.
+_CLI_DEFAULTS = {"checkpoint_every": 100}
 
 
 def _common(p: argparse.ArgumentParser, weights: bool = False) -> None:
@@ -34,17 +52,60 @@ def _common(p: argparse.ArgumentParser, weights: bool = False) -> None:
                        help="state dict to load (default: <out>/<dataset>_<backbone>_base.pt)")
 
 
-def _train_args(p: argparse.ArgumentParser, defaults: object) -> None:
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=str, default=str(defaults.lr))
-    p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="steps between resumable checkpoints (also at each epoch's end)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: synchronise BatchNorm statistics across ranks (CUDA)")
+def _comments(cls: type) -> dict[str, str]:
+    """Each field's trailing comment in the dataclass's source: the flag's help."""
+    out: dict[str, str] = {}
+    lines = inspect.getsource(cls).splitlines()
+    tokens = tokenize.generate_tokens(iter(line + "\n" for line in lines).__next__)
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            match = re.match(r"\s*(\w+)\s*:", lines[tok.start[0] - 1])
+            if match:
+                out[match.group(1)] = tok.string.lstrip("# ")
+    return out
+
+
+def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the dataclass ``cls``: ``--field-name``, its default and its comment
+    as help. Values are kept as text and converted by :func:`_from_args` inside ``main``'s error
+    handling, so a bad one gets the dataclass's own one-line message."""
+    helps = _comments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _OWN or "Callable" in str(f.type):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = _CLI_DEFAULTS.get(f.name, f.default)
+        text = helps.get(f.name, "")
+        if str(f.type) == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif str(f.type) == "bool | str":  # off, on (a bare flag) or a named variant
+            p.add_argument(flag, nargs="?", const=True, default=default, help=f"{text} (default: off)")
+        else:
+            p.add_argument(flag, default=default, help=f"{text} (default: {default})".strip())
+
+
+def _from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """An instance of ``cls`` from the flags :func:`_add_fields` made (and ``given`` values)."""
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in given or f.name in _OWN or not hasattr(args, f.name):
+            continue
+        value, kind = getattr(args, f.name), str(f.type)
+        if isinstance(value, str):
+            if "from_text" in f.metadata:
+                value = f.metadata["from_text"](value)
+            elif kind.startswith("float"):
+                value = parse_number(f.name, value)
+            elif kind.startswith("int"):
+                if not re.fullmatch(r"-?\d+", value.strip()):
+                    raise DemHECError(f"{f.name} must be an integer, got {value!r}")
+                value = int(value)
+        values[f.name] = value
+    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runs import EvalRun, TrainRun
     from .training import DemHECConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="demhec", description=__doc__.splitlines()[0])
@@ -53,21 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a base model (CIFAR zoo recipe)")
     _common(p)
-    _train_args(p, TrainConfig())
+    _add_fields(p, TrainConfig)
+    _add_fields(p, TrainRun)
 
     p = sub.add_parser("finetune", help="Dem-HEC fine-tuning of a base model (Alg. 1)")
     _common(p, weights=True)
-    d = DemHECConfig()
-    _train_args(p, d)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--alpha", default=str(d.alpha))
-    p.add_argument("--eps", default="8/255", help="L-inf radius in pixel units, e.g. 8/255")
-    p.add_argument("--step-size", default="2/255")
-    p.add_argument("--steps", type=int, default=d.steps, help="ascent steps T_he")
-    p.add_argument("--lambda-c", default=str(d.lambda_c))
-    p.add_argument("--lambda-kd", default=str(d.lambda_kd))
-    p.add_argument("--objective", default=d.objective, help="output or features")
-    p.add_argument("--freeze", default="auto", help="auto, none, stages:N (stem + first N stages), after:N (all after stage N) or comma-separated prefixes")
+    _add_fields(p, DemHECConfig)
+    _add_fields(p, TrainRun)
 
     p = sub.add_parser("evaluate", help="accuracy on clean and corrupted data (eq. 1)")
     _common(p, weights=True)
@@ -75,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", default="paper",
                    help="comma-separated names, 'paper' (the seven) or 'all' (fifteen)")
     p.add_argument("--severities", default="1,3,5")
+    _add_fields(p, EvalRun)
 
     p = sub.add_parser("entropy", help="layer-wise entropy of clean vs corrupted inputs (eq. 4)")
     _common(p, weights=True)
@@ -179,18 +233,23 @@ def _finish(args: argparse.Namespace, stem: Path, kind: str, cfg: object, model,
         print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
 
 
+def _train_run(args: argparse.Namespace, stem: Path) -> dict[str, Any]:
+    from .runs import TrainRun
+
+    return _from_args(TrainRun, args, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
+                      progress=not args.no_progress).keywords()
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .results import check_writable
     from .training import TrainConfig, train
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=parse_number("lr", args.lr),
-                      seed=args.seed)
+    cfg = _from_args(TrainConfig, args, seed=args.seed)
     check_writable(args.out)
     tr, ev = _data(args, "train"), _data(args, "test")
     model = _model(args, len(tr.classes), None)
     stem = _stem(args, "base")
-    train(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
-          checkpoint_every=args.checkpoint_every, progress=not args.no_progress, sync_bn=args.sync_bn)
+    train(model, tr, cfg, **_train_run(args, stem))
     _finish(args, stem, "cli/train", cfg, model, tr, ev)
 
 
@@ -198,23 +257,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from .results import check_writable
     from .training import DemHECConfig, finetune
 
-    keyword = args.freeze in ("auto", "none") or args.freeze.startswith(("stages:", "after:"))
-    freeze = args.freeze if keyword else tuple(args.freeze.split(","))
-    cfg = DemHECConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=parse_number("lr", args.lr),
-        alpha=parse_number("alpha", args.alpha), eps=parse_number("eps", args.eps),
-        step_size=parse_number("step_size", args.step_size), steps=args.steps,
-        lambda_c=parse_number("lambda_c", args.lambda_c),
-        lambda_kd=parse_number("lambda_kd", args.lambda_kd), objective=args.objective,
-        freeze=freeze, max_steps=args.max_steps, seed=args.seed,
-    )
+    cfg = _from_args(DemHECConfig, args, seed=args.seed)
     check_writable(args.out)
     weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
     tr, ev = _data(args, "train"), _data(args, "test")
     model = _model(args, len(tr.classes), weights)
     stem = _stem(args, "demhec")
-    finetune(model, tr, cfg, device=args.device, checkpoint=stem.with_suffix(".ckpt"),
-             checkpoint_every=args.checkpoint_every, progress=not args.no_progress, sync_bn=args.sync_bn)
+    finetune(model, tr, cfg, **_train_run(args, stem))
     _finish(args, stem, "cli/finetune", cfg, model, tr, ev, {"base_weights": Path(weights).name})
 
 
@@ -223,6 +272,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .corruptions import SUITES, check_corruption
     from .evaluation import evaluate
     from .results import check_writable, write_result
+    from .runs import EvalRun
 
     check_choice("suite", args.suite, SUITES)
     corruptions = _corruptions(args.corruptions)
@@ -233,9 +283,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
     ev = _data(args, "test")
     model = _model(args, len(ev.classes), weights)
+    run = _from_args(EvalRun, args, device=args.device, progress=not args.no_progress)
     table = evaluate(model, ev, corruptions, severities, args.suite, seed=args.seed,
-                     cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test",
-                     device=args.device, progress=not args.no_progress)
+                     cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test", **run.keywords())
     if not _is_main():
         return
     path = Path(args.out) / f"{Path(weights).stem}_{args.suite}.json"

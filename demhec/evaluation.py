@@ -230,19 +230,21 @@ def paired_gain(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     key: str | None = None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
+    **run: Any,
 ) -> dict[str, dict[str, float]]:
     """How much ``model_b`` changes the accuracy of ``model_a`` (points, with standard errors
     from :func:`paired_difference`), on the clean images and on the mean over ``corruptions`` at
     ``severity``: the uncertainty that the finite evaluation set puts on a before/after gain,
     which the spread over training seeds does not show (every seed sees the same images).
-    Corrupted images come from the same generator and cache as :func:`evaluate`."""
+    Corrupted images come from the same generator and cache as :func:`evaluate`; ``run``: the
+    keywords of :class:`~demhec.runs.EvalRun`."""
     from .corruptions import corruption_grid
+    from .runs import EvalRun
 
+    options = EvalRun(**run)
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    kw = dict(batch_size=batch_size, device=device)
+    kw = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
 
     def correct(model: nn.Module, x: Any) -> Tensor:
         return (predict(model, x, **kw).argmax(1) == labels).to(torch.float64)
@@ -250,7 +252,8 @@ def paired_gain(
     out = {"clean": paired_difference(correct(model_a, images), correct(model_b, images))}
     cells = [(correct(model_a, x), correct(model_b, x))
              for _, _, x in corruption_grid(images, corruptions, [severity], suite=suite, seed=seed,
-                                            cache_dir=cache_dir, key=key)]
+                                            cache_dir=cache_dir, key=key, workers=options.workers,
+                                            progress=options.progress)]
     out["corrupted"] = paired_difference(torch.stack([a for a, _ in cells], 1), torch.stack([b for _, b in cells], 1))
     return out
 

@@ -3,7 +3,9 @@
 Every result records what produced it (kind, config, seed, profile), the data it saw, the
 package versions and the git commit. Files are written atomically and reused when present;
 missing ones are computed only when the caller allows it (``allow_train``), otherwise
-:func:`get_or_compute` names the missing file. Tables are rendered from these files (CSV,
+:func:`get_or_compute` names the missing file. Every cached file carries a *fingerprint* of what
+made it (:func:`fingerprint`: the resolved config, the data request, the corruption seed and
+suite); a file whose fingerprint differs from the request is never reused (:func:`cache_holds`). Tables are rendered from these files (CSV,
 Markdown, LaTeX), side by side with the paper's reported numbers in ``results/paper/``.
 """
 
@@ -28,8 +30,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PAPER_DIR",
+    "cache_holds",
     "check_writable",
     "compare_with_paper",
+    "fingerprint",
     "get_or_compute",
     "git_commit",
     "paper_table",
@@ -94,8 +98,10 @@ def write_result(
     metrics: Any,
     data: Mapping[str, Any],
     seed: int,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Write one result JSON atomically and return its content."""
+    """Write one result JSON atomically and return its content (with ``fingerprint``, see
+    :func:`fingerprint`, when it is a cache that must be checked before reuse)."""
     record = {
         "schema": SCHEMA,
         "kind": kind,
@@ -104,6 +110,7 @@ def write_result(
         "config": _jsonable(config),
         "data": _jsonable(data),
         "metrics": _jsonable(metrics),
+        **({"fingerprint": dict(fingerprint)} if fingerprint is not None else {}),
         "versions": versions(),
         "git_commit": git_commit(),
     }
@@ -127,26 +134,72 @@ def read_result(path: str | os.PathLike) -> dict:
     return record
 
 
+def fingerprint(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What made a cached file, flattened to ``{"model.config.alpha": 0.5, ...}``: nested mappings
+    (and dataclasses such as the configs) become dotted keys, so a mismatch names the field.
+    Values go through JSON, as they are stored, so a fresh fingerprint compares equal to a
+    recorded one (tuples become lists)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", json.loads(json.dumps(_jsonable(spec))))
+    return flat
+
+
+def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    keys = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k, "<absent>") != wanted.get(k, "<absent>"))
+    shown = [f"{k} (recorded {recorded.get(k, '<absent>')!r}, requested {wanted.get(k, '<absent>')!r})"
+             for k in keys[:6]]
+    return "; ".join(shown) + (f"; and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def cache_holds(path: str | os.PathLike, recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any],
+                *, allow_train: bool, what: str = "") -> bool:
+    """Whether the cache at ``path``, made with fingerprint ``recorded`` (None: it has none),
+    holds what ``wanted`` asks for. On a mismatch, False when it may be recomputed
+    (``allow_train``); otherwise the error names every field that differs."""
+    path = Path(path)
+    if recorded is not None and dict(recorded) == dict(wanted):
+        return True
+    reason = ("has no fingerprint of what made it" if recorded is None
+              else f"was made with other settings: {_differences(recorded, wanted)}")
+    if not allow_train:
+        raise DemHECError(f"{path.name} ({what or path.stem}) under {path.parent} {reason}; "
+                          "set allow_train=True (notebooks: -p allow_train True) to recompute it")
+    log.warning("%s %s; recomputing it", path, reason)
+    return False
+
+
 def get_or_compute(
     path: str | os.PathLike,
     compute: Callable[[], dict],
     *,
+    fingerprint: Mapping[str, Any],
     allow_train: bool,
     recompute: bool = False,
     what: str = "",
 ) -> dict:
-    """Return the result at ``path``; compute and write it (``compute`` returns the
-    :func:`write_result` keyword arguments) only when ``allow_train`` permits."""
+    """Return the result at ``path`` when it was made with ``fingerprint`` (see
+    :func:`fingerprint`); otherwise compute and write it (``compute`` returns the
+    :func:`write_result` keyword arguments) when ``allow_train`` permits, else say why not."""
     path = Path(path)
     if path.exists() and not recompute:
-        return read_result(path)
-    if not allow_train:
+        record = read_result(path)
+        if cache_holds(path, record.get("fingerprint"), fingerprint, allow_train=allow_train, what=what):
+            return record
+    elif not allow_train:
         reason = "is missing" if not path.exists() else "is to be recomputed"
         raise DemHECError(
             f"result {path.name} ({what or path.stem}) {reason} under {path.parent}; "
             "set allow_train=True (notebooks: -p allow_train True) to compute it"
         )
-    return write_result(path, **compute())
+    return write_result(path, **compute(), fingerprint=fingerprint)
 
 
 def check_writable(directory: str | os.PathLike) -> Path:

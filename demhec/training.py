@@ -23,9 +23,8 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from .batches import AUGMENTS
 from .distributed import gather_with_grad, is_main, mean_over_ranks, rank_and_world
 from .generation import DIRECTIONS, OBJECTIVES, high_entropy_samples
 from .losses import forward_with_features, info_nce, kd_loss
+from .runs import TrainRun
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ class TrainConfig:
     epochs: int = 200  # the zoo's schedule; callers shorten it
     batch_size: int = 128  # images per step
     lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum
+    weight_decay: float = 5e-4  # L2 weight decay
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay, in epochs
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the cross-entropy targets
     augment: str = "crop_flip"  # random crop with 4 px padding + horizontal flip
     optimizer: str = "sgd"  # "sgd" (the zoo's) or "adamw" (transformers from scratch)
     seed: int = 0
@@ -77,6 +77,13 @@ class TrainConfig:
 BN_MODES = ("train", "clean", "frozen")
 
 
+def _freeze_from_text(text: str) -> str | tuple[str, ...]:
+    """``freeze`` as typed on a command line: a keyword, else comma-separated prefixes."""
+    if text in ("auto", "none") or text.startswith(("stages:", "after:")):
+        return text
+    return tuple(p for p in text.split(",") if p)
+
+
 @dataclass(frozen=True)
 class DemHECConfig:
     """Dem-HEC fine-tuning (Alg. 1). Defaults are the paper's (A.3) where it states them.
@@ -89,7 +96,7 @@ class DemHECConfig:
     batch_size: int = 128  # A.3
     lr: float = 0.05  # A.3, SGD
     momentum: float = 0.9  # A.3
-    nesterov: bool = False
+    nesterov: bool = False  # plain momentum (A.3 names no Nesterov)
     weight_decay: float = 5e-4  # A.3
     warmup_epochs: float = 2.0  # A.3: 2-epoch linear warm-up, then cosine, per iteration
     alpha: float = 0.5  # ours: weight of CE on high-entropy samples (eq. 12)
@@ -104,9 +111,9 @@ class DemHECConfig:
     random_start: bool = True  # Alg. 2, line 1
     objective: str = "output"  # "output" (eq. 7) or "features" (penultimate entropy)
     direction: str = "high"  # "low" = Democratic Training's direction (ablation only)
-    freeze: str | tuple[str, ...] = "auto"  # ours: "auto" = "stages:1" = stem + first stage; see freeze_parameters
+    freeze: str | tuple[str, ...] = field(default="auto", metadata={"from_text": _freeze_from_text})  # ours: "auto" = "stages:1" = stem + first stage; "none", "stages:N", "after:N" or comma-separated parameter-name prefixes; see freeze_parameters
     bn: str = "train"  # ours: BatchNorm statistics while fine-tuning, see BN_MODES
-    augment: str = "crop_flip"
+    augment: str = "crop_flip"  # "crop_flip" (random crop with 4 px padding + flip) or "none"
     head: str | None = None  # classifier name for g(x); None = model.head_name
     max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
     optimizer: str = "sgd"  # A.3: SGD; "adamw" for transformers trained from scratch here
@@ -326,13 +333,11 @@ def run_steps(
     loss_fn: Callable[[Tensor, Tensor, int], tuple[Tensor, dict[str, float]]],
     *,
     device: torch.device,
+    run: TrainRun,
     extra_state: dict[str, Any] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    progress: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
     eval_norms: bool = False,
 ) -> nn.Module:
+    checkpoint, checkpoint_every, progress, on_step = run.checkpoint, run.checkpoint_every, run.progress, run.on_step
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DemHECError("every parameter is frozen; nothing to train")
@@ -455,22 +460,21 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return p.device if p is not None else torch.device("cpu")
 
 
-def prepare_data(model: nn.Module, data: Any, cfg: Any, device: str | torch.device | None,
-             channels_last: bool) -> tuple[torch.device, Any]:
+def prepare_data(model: nn.Module, data: Any, cfg: Any, run: TrainRun) -> tuple[torch.device, Any]:
     """Move ``model`` to its device/layout and turn ``data`` into checked batches."""
-    dev = _device_of(model, device)
+    dev = _device_of(model, run.device)
     model.to(dev)
-    if channels_last:
+    if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    batches = _batches(data, cfg, dev, channels_last)
+    batches = _batches(data, cfg, dev, run.channels_last)
     _check_labels(batches.labels, _num_classes(model))
     return dev, batches
 
 
-def data_parallel(module: nn.Module, dev: torch.device, sync_bn: bool,
-                   compile: bool | str = False) -> nn.Module:
+def data_parallel(module: nn.Module, dev: torch.device, run: TrainRun) -> nn.Module:
     """``module`` wrapped in DDP inside a process group (else unchanged), then compiled with
-    ``torch.compile`` when ``compile`` is True or a backend name."""
+    ``torch.compile`` when ``run.compile`` is True or a backend name."""
+    sync_bn, compile = run.sync_bn, run.compile
     if compile is not False and not isinstance(compile, (bool, str)):
         raise DemHECError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
     net = _wrap_ddp(module, dev, sync_bn)
@@ -530,33 +534,26 @@ def train(
     model: nn.Module,
     train_data: Any,
     config: TrainConfig = TrainConfig(),
-    *,
-    device: str | torch.device | None = None,
-    channels_last: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    progress: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    sync_bn: bool = False,
-    compile: bool | str = False,
+    **run: Any,
 ) -> nn.Module:
     """Supervised training of a base model with the CIFAR zoo recipe (cross-entropy, SGD with
-    Nesterov momentum, cosine schedule per iteration, crop+flip augmentation). ``compile``
-    (True, or a ``torch.compile`` backend name) compiles the model's forward.
+    Nesterov momentum, cosine schedule per iteration, crop+flip augmentation). ``run``: the
+    keywords of :class:`~demhec.runs.TrainRun` (device, checkpoint, progress, ``compile`` of
+    the model's forward, ...).
 
     ``train_data`` is an :class:`~demhec.data.ImageArrays`, a ``(images, labels)`` pair
     (uint8 HWC/CHW or float CHW in [0,1]), a :class:`~demhec.batches.TensorBatches` or a
     map-style dataset small enough to hold in memory.
     """
-    dev, batches = prepare_data(model, train_data, config, device, channels_last)
-    net = data_parallel(model, dev, sync_bn, compile)
+    options = TrainRun(**run)
+    dev, batches = prepare_data(model, train_data, config, options)
+    net = data_parallel(model, dev, options)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
         return loss, {"loss": loss.item()}
 
-    return run_steps("train", model, batches, config, loss_fn, device=dev, checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+    return run_steps("train", model, batches, config, loss_fn, device=dev, run=options)
 
 
 def finetune(
@@ -565,15 +562,8 @@ def finetune(
     config: DemHECConfig = DemHECConfig(),
     *,
     teacher: nn.Module | None = None,
-    device: str | torch.device | None = None,
-    channels_last: bool = False,
     amp: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    progress: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    sync_bn: bool = False,
-    compile: bool | str = False,
+    **run: Any,
 ) -> nn.Module:
     """Dem-HEC fine-tuning, Alg. 1 with the total loss of eq. 12::
 
@@ -585,21 +575,22 @@ def finetune(
     before any update (or the given ``teacher``). Partial fine-tuning: ``config.freeze``
     parameters get no gradient, are not optimised, and their BatchNorm layers stay in eval
     mode. With ``amp`` the training passes run under bf16 autocast; generation stays fp32.
-    ``compile`` (True, or a ``torch.compile`` backend name) compiles the student's training
-    passes; the ascent passes stay eager, since they toggle modes and gradient flags each step.
+    ``run``: the keywords of :class:`~demhec.runs.TrainRun`; its ``compile`` (True, or a
+    ``torch.compile`` backend name) compiles the student's training passes; the ascent passes stay eager, since they toggle modes and gradient flags each step.
     Terms with zero weight are skipped, so alpha = lambda_C = lambda_KD = 0 is a plain
     fine-tune at the same cost as ordinary training.
     """
     if teacher is None:
         teacher = copy.deepcopy(model)
-    dev, batches = prepare_data(model, train_data, config, device, channels_last)
+    options = TrainRun(**run)
+    dev, batches = prepare_data(model, train_data, config, options)
     teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     freeze_parameters(model, config.freeze)
     cfg = config
     student = data_parallel(_StudentPasses(model, cfg.head, he_updates_stats=cfg.bn == "train"),
-                             dev, sync_bn, compile)
+                            dev, options)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
@@ -635,8 +626,6 @@ def finetune(
         return loss, out
 
     return run_steps(
-        "finetune", model, batches, config, loss_fn, device=dev,
-        extra_state={"teacher": teacher.state_dict()}, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,
-        eval_norms=cfg.bn == "frozen",
+        "finetune", model, batches, config, loss_fn, device=dev, run=options,
+        extra_state={"teacher": teacher.state_dict()}, eval_norms=cfg.bn == "frozen",
     )

@@ -62,11 +62,12 @@ def main(out: Path) -> None:
     states = {"finetune": finetune(make_model(), data, FT).state_dict(),
               "train": train(make_model(), data, TR).state_dict()}
 
-    # Interrupted after step 2 (a checkpoint is written there), then resumed by a re-run.
+    # Interrupted during step 3, after the checkpoint of step 2 (on_step runs before a step's
+    # checkpoint is written, so stopping at step 2 would leave none), then resumed by a re-run.
     ckpt = out / "resume.ckpt"
 
     def stop(step: int, parts: dict) -> None:
-        if step == 2:
+        if step == 3:
             raise _Stop
 
     try:
@@ -74,7 +75,10 @@ def main(out: Path) -> None:
     except _Stop:
         pass
     distributed.barrier()
-    states["resumed"] = finetune(make_model(), data, FT, checkpoint=ckpt).state_dict()
+    taken: list[int] = []
+    states["resumed"] = finetune(make_model(), data, FT, checkpoint=ckpt,
+                                 on_step=lambda step, _: taken.append(step)).state_dict()
+    states["resumed_steps"] = taken
     if distributed.is_main():
         torch.save(states, out / "states.pt")
     distributed.teardown()

@@ -296,6 +296,15 @@ def test_cache_custom_key_and_seed_change(tmp_path, counted):
         _cache(tmp_path, key="../escape")
 
 
+def test_cache_under_a_named_key_is_not_served_for_other_images(tmp_path, counted):
+    """A key names a split; other clean images under the same name (another image limit) get
+    their own corrupted images, not the ones cached for the first."""
+    _cache(tmp_path, key="digits-eval")
+    fewer = C.corrupt_split(IMAGES[:-1], "gaussian_noise", 3, cache_dir=tmp_path, key="digits-eval", workers=1)
+    assert sum(counted) == 2 * len(IMAGES) - 1 and len(fewer) == len(IMAGES) - 1
+    np.testing.assert_array_equal(fewer, C.corrupt(IMAGES[:-1], "gaussian_noise", 3))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "drop_sidecar"])
 def test_cache_damage_is_detected_and_rebuilt(tmp_path, counted, caplog, damage):
     clean = np.array(_cache(tmp_path))

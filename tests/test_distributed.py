@@ -68,9 +68,11 @@ def test_single_process_helpers_are_identities():
 def test_two_ranks_match_one_process(tmp_path):
     """2 processes x batch 64 (gloo) against 1 process x batch 128, same seed: Dem-HEC
     fine-tuning (every loss term, random start) and base training give the same weights;
-    a run interrupted at step 2 and resumed under torchrun gives the uninterrupted result."""
+    a run interrupted after its step-2 checkpoint and resumed under torchrun takes the remaining
+    steps only and gives the uninterrupted result."""
     _torchrun([str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)], cwd=tmp_path)
     states = torch.load(tmp_path / "states.pt")
+    assert states.pop("resumed_steps") == [3, 4]  # resumed at the checkpoint, not from step 0
     data = ddp_worker.make_data()
     single_ft = finetune(ddp_worker.make_model(), data, replace(ddp_worker.FT, batch_size=128)).state_dict()
     single_tr = train(ddp_worker.make_model(), data, replace(ddp_worker.TR, batch_size=128)).state_dict()

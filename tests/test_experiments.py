@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -36,12 +37,37 @@ def test_get_or_compute_respects_allow_train(tmp_path):
         return dict(kind="k", profile="p", config={}, metrics={"v": len(calls)}, data={}, seed=0)
 
     path = tmp_path / "cell.json"
+    fp = results.fingerprint({"a": 1})
     with pytest.raises(DemHECError, match="cell.json.*allow_train"):
-        results.get_or_compute(path, compute, allow_train=False)
+        results.get_or_compute(path, compute, fingerprint=fp, allow_train=False)
     assert not path.exists()
-    assert results.get_or_compute(path, compute, allow_train=True)["metrics"]["v"] == 1
-    assert results.get_or_compute(path, compute, allow_train=False)["metrics"]["v"] == 1
-    assert results.get_or_compute(path, compute, allow_train=True, recompute=True)["metrics"]["v"] == 2
+    assert results.get_or_compute(path, compute, fingerprint=fp, allow_train=True)["metrics"]["v"] == 1
+    assert results.get_or_compute(path, compute, fingerprint=fp, allow_train=False)["metrics"]["v"] == 1
+    assert results.get_or_compute(path, compute, fingerprint=fp, allow_train=True, recompute=True)["metrics"]["v"] == 2
+
+
+def test_get_or_compute_refuses_a_file_made_for_another_request(tmp_path):
+    made = []
+
+    def compute():
+        made.append(1)
+        return dict(kind="k", profile="p", config={}, metrics={"v": len(made)}, data={}, seed=0)
+
+    path = tmp_path / "cell.json"
+    old = results.fingerprint({"model": {"config": {"alpha": 0.5, "eps": 0.03}}, "suite": "cifar-c"})
+    results.get_or_compute(path, compute, fingerprint=old, allow_train=True)
+    new = results.fingerprint({"model": {"config": {"alpha": 0.25, "eps": 0.03}}, "suite": "cifar-c"})
+    with pytest.raises(DemHECError, match=r"model\.config\.alpha \(recorded 0\.5, requested 0\.25\)") as err:
+        results.get_or_compute(path, compute, fingerprint=new, allow_train=False)
+    assert "eps" not in str(err.value) and made == [1]
+    assert results.get_or_compute(path, compute, fingerprint=new, allow_train=True)["metrics"]["v"] == 2
+    assert results.read_result(path)["fingerprint"] == new
+    # A file from before fingerprints is never taken for any request.
+    record = json.loads(path.read_text())
+    del record["fingerprint"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(DemHECError, match="no fingerprint"):
+        results.get_or_compute(path, compute, fingerprint=new, allow_train=False)
 
 
 def test_truncated_result_is_refused(tmp_path):
@@ -159,9 +185,12 @@ def test_papermill_table1_resnet56_and_typo(tmp_path):
     assert "unknown backbone 'resnet57'" in bad.stderr and "resnet56" in bad.stderr
 
 
+@pytest.mark.expensive
 def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     """scripts/cpu_reproduction.py in the smoke profile: every stage writes its result; a
-    second call recomputes nothing (every stage is a cache hit)."""
+    second call recomputes nothing (every stage is a cache hit). About 30 fine-tunes and their
+    evaluations: minutes on 2 cores, so `make unit-all` runs it, not `make test`; the pipeline
+    calls it makes are covered one by one by the cheaper tests here."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("cpu_reproduction", ROOT / "scripts" / "cpu_reproduction.py")
@@ -292,3 +321,99 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     with caplog.at_level("WARNING", logger="demhec.training"):
         finetune(TinyNet(), data, replace(cfg, max_steps=10))
     assert "max_steps 10 exceeds 1 epoch(s) x 4 steps per epoch" in caplog.text
+
+
+# --- every cache checks what it holds (issue 19) ---------------------------------------------
+
+# A second valid value for every text or optional field of the configs; a new field of either
+# kind fails the parametrised tests below until it is given one here.
+OTHER_VALUE = {"kd_direction": "student_teacher", "objective": "features", "direction": "low",
+               "freeze": "none", "bn": "clean", "augment": "none", "optimizer": "adamw", "head": "fc",
+               "max_steps": 3}
+
+
+def _other(cfg, name):
+    value = getattr(cfg, name)
+    if name in OTHER_VALUE:
+        return OTHER_VALUE[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    return value / 2 if value else 0.5
+
+
+@pytest.fixture(scope="module")
+def smoke_cell(tmp_path_factory):
+    """One smoke experiment with its base, Dem-HEC model and both results computed once."""
+    root = tmp_path_factory.mktemp("fingerprints")
+    exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20", results_dir=str(root),
+                        allow_train=True)
+    for phase in ("before", "after"):
+        ex.robustness_result(exp, phase, "cifar-c", ["gaussian_noise"], [5])
+    return dataclasses.replace(exp, allow_train=False)
+
+
+def _fields(cls):
+    return [f.name for f in dataclasses.fields(cls) if f.name != "seed"]  # the seed names the file
+
+
+@pytest.mark.parametrize("name", _fields(ex.pipeline.DemHECConfig))
+def test_changed_demhec_field_is_not_served_from_the_cache(smoke_cell, monkeypatch, name):
+    prof = ex.PROFILES["smoke"]
+    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+        prof, demhec=dataclasses.replace(prof.demhec, **{name: _other(prof.demhec, name)})))
+    with pytest.raises(DemHECError, match=rf"after_cifar-c\.json.*model\.config\.{name} \(recorded"):
+        ex.robustness_result(smoke_cell, "after", "cifar-c", ["gaussian_noise"], [5])
+    with pytest.raises(DemHECError, match=rf"resnet20_demhec\.pt.*config\.{name} \(recorded"):
+        ex.demhec_model(smoke_cell, num_classes=10)
+    assert ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])  # untouched
+
+
+@pytest.mark.parametrize("name", _fields(ex.pipeline.TrainConfig))
+def test_changed_base_field_is_not_served_from_the_cache(smoke_cell, monkeypatch, name):
+    prof = ex.PROFILES["smoke"]
+    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+        prof, base=dataclasses.replace(prof.base, **{name: _other(prof.base, name)})))
+    for phase in ("before", "after"):  # a fine-tune records the base it starts from
+        with pytest.raises(DemHECError, match=rf"{phase}_cifar-c\.json.*model\.(config|base)\.{name} \(recorded"):
+            ex.robustness_result(smoke_cell, phase, "cifar-c", ["gaussian_noise"], [5])
+    with pytest.raises(DemHECError, match=rf"resnet20_base\.pt.*config\.{name} \(recorded"):
+        ex.base_model(smoke_cell, num_classes=10)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(corruptions=["gaussian_noise", "pixelate"]), "corruptions"),  # the issue's reproduction
+    (dict(severities=[3]), "severities"),
+])
+def test_changed_evaluation_is_not_served_from_the_cache(smoke_cell, change, field):
+    args = {"corruptions": ["gaussian_noise"], "severities": [5], **change}
+    with pytest.raises(DemHECError, match=rf"{field} \(recorded"):
+        ex.robustness_result(smoke_cell, "after", "cifar-c", **args)
+
+
+def test_changed_data_or_corruption_seed_is_not_served_from_the_cache(smoke_cell, monkeypatch):
+    prof = ex.PROFILES["smoke"]
+    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(prof, eval_limit=prof.eval_limit + 1))
+    with pytest.raises(DemHECError, match=r"data\.limit \(recorded"):
+        ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
+    monkeypatch.setitem(ex.PROFILES, "smoke", prof)
+    monkeypatch.setattr(ex.pipeline, "CORRUPTION_SEED", 1)
+    with pytest.raises(DemHECError, match=r"corruption_seed \(recorded 0, requested 1\)"):
+        ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
+
+
+def test_a_mismatch_recomputes_when_training_is_allowed(smoke_cell, monkeypatch):
+    prof = ex.PROFILES["smoke"]
+    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+        prof, demhec=dataclasses.replace(prof.demhec, alpha=0.25)))
+    exp = dataclasses.replace(smoke_cell, results_dir=str(Path(smoke_cell.results_dir).parent / "copy"))
+    import shutil
+
+    shutil.copytree(smoke_cell.root, exp.root)
+    before = results.read_result(exp.cell_dir / "after_cifar-c.json")
+    rec = ex.robustness_result(dataclasses.replace(exp, allow_train=True), "after", "cifar-c", ["gaussian_noise"], [5])
+    assert rec["config"]["model"]["alpha"] == 0.25 and before["config"]["model"]["alpha"] == prof.demhec.alpha
+    assert rec["fingerprint"]["model.config.alpha"] == 0.25
+    side = json.loads(exp.checkpoint("demhec").with_suffix(".fingerprint.json").read_text())
+    assert side["config.alpha"] == 0.25

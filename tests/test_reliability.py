@@ -31,7 +31,10 @@ SCRIPT = textwrap.dedent('''
     x = (torch.rand(96, 3, 12, 12, generator=g) * 255).to(torch.uint8)
     y = torch.randint(0, 4, (96,), generator=g)
     model = TinyNet()
-    slow = lambda step, parts: time.sleep(float(sys.argv[3]))
+    def slow(step, parts):  # records each step taken, so a resume that restarts from 0 shows
+        with open(sys.argv[1] + ".steps", "a") as f:
+            f.write(f"{{step}}\\n")
+        time.sleep(float(sys.argv[3]))
     if sys.argv[2] == "train":
         train(model, (x, y), TrainConfig(epochs=3, batch_size=16, lr=0.05),
               checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=2, on_step=slow)
@@ -65,10 +68,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kind):
     victim.wait()
     assert ckpt.exists() and not (tmp_path / "run.pt").exists()
     step = torch.load(ckpt, weights_only=False)["step"]
-    assert 0 < step < (18 if kind == "train" else 12)
+    total = 18 if kind == "train" else 12
+    assert 0 < step < total
+    (tmp_path / "run.steps").unlink()
 
     resumed = _run(tmp_path, "run", kind)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    # It took only the steps after the checkpoint (equal weights alone would not show a silent
+    # restart from step 0: the run is deterministic).
+    taken = [int(s) for s in (tmp_path / "run.steps").read_text().split()]
+    assert taken == list(range(step + 1, total + 1))
     a = torch.load(tmp_path / "ref.pt")
     b = torch.load(tmp_path / "run.pt")
     for k in a:
@@ -91,20 +100,43 @@ def test_same_seed_same_weights_twice():
         assert torch.equal(outs[0][k], outs[1][k]), k
 
 
+class _Poisonable(TinyNet):
+    """TinyNet whose outputs turn NaN once ``poisoned`` is set: a flag, not a weight, so the
+    checkpoints written before it hold the good weights."""
+
+    poisoned = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("nan") if self.poisoned else out
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    x, y = _data()
+    x, y = _data()  # 4 steps of 8 per epoch
     ckpt = tmp_path / "c.ckpt"
-    m = TinyNet()
-    train(m, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt, checkpoint_every=1)
-    good = torch.load(ckpt, weights_only=False)
-    m2 = TinyNet()
-    with torch.no_grad():
-        m2.fc.weight.fill_(float("nan"))
-    with pytest.raises(DemHECError, match="non-finite"):
-        train(m2, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=tmp_path / "d.ckpt",
-              checkpoint_every=1)
-    assert not (tmp_path / "d.ckpt").exists()
-    assert torch.load(ckpt, weights_only=False)["step"] == good["step"]
+    torch.manual_seed(0)
+    model = _Poisonable()
+    after_two = {}
+
+    def poison_after_step_two(step, parts):
+        assert torch.isfinite(torch.tensor(parts["loss"]))
+        if step == 2:
+            after_two.update({k: v.clone() for k, v in model.state_dict().items()})
+            model.poisoned = True
+
+    with pytest.raises(DemHECError, match=r"non-finite train loss \(nan\) at step 2; the last good checkpoint is c\.ckpt"):
+        train(model, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt, checkpoint_every=1,
+              on_step=poison_after_step_two)
+    kept = torch.load(ckpt, weights_only=False)
+    assert kept["step"] == 2
+    for k, v in after_two.items():  # the good step-2 weights, not the failing step's
+        assert torch.equal(kept["model"][k], v), k
+    # The kept checkpoint resumes: the fixed run takes only the remaining steps.
+    model.poisoned = False
+    steps = []
+    train(model, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt, checkpoint_every=1,
+          on_step=lambda step, _: steps.append(step))
+    assert steps == [3, 4]
 
 
 def test_checkpoint_of_other_config_is_refused(tmp_path):

@@ -239,8 +239,10 @@ def _split_cell(images: np.ndarray, corruption: str, severity: int, suite: str, 
         out.flags.writeable = False
         return out
     path, meta_path = _cache_paths(cache_dir, suite, key, corruption, severity)
+    # The clean images' hash too: a key names a split ("digits-eval"), and a split of other
+    # images under the same name (another image limit) must not get the old corrupted images.
     expected = {"format": _CACHE_FORMAT, "suite": suite, "corruption": corruption,
-                "severity": severity, "seed": seed, "key": key}
+                "severity": severity, "seed": seed, "key": key, "clean": images_key(images)}
     cached = _load_cached(path, meta_path, expected)
     if cached is not None:
         logger.debug("corruption cache hit: %s", path)

@@ -19,7 +19,9 @@ from .pipeline import (
     demhec_model,
     eval_data,
     experiment_config,
+    model_spec,
     provenance,
+    result_spec,
     robustness_result,
 )
 
@@ -120,18 +122,20 @@ def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severi
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     path = exp.cell_dir / f"paired_{tag}_{suite}_s{severity}{suffix}.json"
 
+    run_cfg = replace(cfg, seed=exp.seed)
+    scored = {"run": run, "suite": suite, "corruptions": list(NOISE), "severity": severity,
+              "corruption_seed": CORRUPTION_SEED}
+
     def compute() -> dict:
         data = eval_data(exp)
         k = len(data.classes)
-        run_cfg = replace(cfg, seed=exp.seed)
         base = base_model(exp, k)
         model = demhec_model(exp, run_cfg, tag=tag.replace("after", "demhec", 1), num_classes=k)
         gains = paired_gain(base, model, data, NOISE, severity, suite, **corrupted_eval_kw(exp))
         return dict(kind="paired/after", profile=exp.profile,
-                    config={"experiment": experiment_config(exp), "model": run_cfg, "run": run, "suite": suite,
-                            "corruptions": list(NOISE), "severity": severity,
-                            "corruption_seed": CORRUPTION_SEED},
+                    config={"experiment": experiment_config(exp), "model": run_cfg, **scored},
                     metrics=gains, data=provenance(data), seed=exp.seed)
 
-    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
-                          what=f"{run} vs base, paired, on {suite}")
+    spec = result_spec(exp, "paired/after", model_spec(exp, "demhec", run_cfg), **scored)
+    return get_or_compute(path, compute, fingerprint=spec, allow_train=exp.allow_train,
+                          recompute=exp.recompute, what=f"{run} vs base, paired, on {suite}")

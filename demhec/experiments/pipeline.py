@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from .._common import DemHECError, atomic_write, check_choice, check_range
-from ..results import check_writable, get_or_compute
+from ..results import cache_holds, check_writable, fingerprint, get_or_compute
+from ..runs import EvalRun, TrainRun
 from ..training import DemHECConfig, TrainConfig, finetune, train
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,8 @@ PROFILES: dict[str, Profile] = {
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
 CORRUPTION_SEED = 0
+BASE_SEED = 0  # the seed of every base model (see Experiment.base_config)
+SUBSET_SEED = 0  # which images a profile's train_limit / eval_limit keeps
 
 DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
                        "cifar10_jpeg")
@@ -182,8 +186,10 @@ class Experiment:
 
     @property
     def base_config(self) -> TrainConfig:
-        """The profile's base recipe for this backbone, with this experiment's seed."""
-        return replace(self.prof.base, seed=self.seed, **self._override("base"))
+        """The profile's base recipe for this backbone. Its seed is :data:`BASE_SEED` whatever the
+        experiment's seed: one base model per (profile, dataset, backbone) is shared by every
+        fine-tuning seed, so that runs of different seeds differ by their fine-tune alone."""
+        return replace(self.prof.base, seed=BASE_SEED, **self._override("base"))
 
     @property
     def demhec_config(self) -> DemHECConfig:
@@ -238,11 +244,22 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     return dataclasses.replace(arrays, provenance=prov)
 
 
+def _limit(exp: Experiment, split: str) -> int | None:
+    return exp.prof.train_limit if split == "train" else exp.prof.eval_limit
+
+
 def _load(exp: Experiment, split: str) -> Any:
     arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
                         cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress)
-    limit = exp.prof.train_limit if split == "train" else exp.prof.eval_limit
-    return subset(arrays, limit, seed=0)
+    return subset(arrays, _limit(exp, split), seed=SUBSET_SEED)
+
+
+def data_request(exp: Experiment, split: str) -> dict[str, Any]:
+    """Which images a split of the experiment is, as a cache fingerprint records it: known
+    without reading the data, so a cached result is checked (and the committed ones load) where
+    the data is absent."""
+    return {"dataset": exp.effective_dataset, "split": split, "limit": _limit(exp, split),
+            "subset_seed": SUBSET_SEED}
 
 
 def train_data(exp: Experiment) -> Any:
@@ -278,19 +295,42 @@ def _model_from(path: Path, exp: Experiment, num_classes: int) -> nn.Module:
     return model.to(exp.device).eval()
 
 
-def _cached_model(exp: Experiment, path: Path, num_classes: int, what: str,
+def model_spec(exp: Experiment, kind: str, config: Any = None) -> dict[str, Any]:
+    """What makes a cached model (its fingerprint before flattening): ``kind`` ("base",
+    "demhec" or "baseline:<method>"), the backbone, the training data and the resolved config;
+    a fine-tune records its base's recipe too, since it starts from that model."""
+    spec: dict[str, Any] = {"kind": kind, "backbone": exp.effective_backbone,
+                            "pretrained": exp.prof.pretrained, "data": data_request(exp, "train"),
+                            "config": exp.base_config if config is None else config}
+    if kind == "demhec":
+        spec["base"] = exp.base_config
+    return spec
+
+
+def _fingerprint_path(path: Path) -> Path:
+    return path.with_suffix(".fingerprint.json")
+
+
+def _cached_model(exp: Experiment, path: Path, num_classes: int, what: str, spec: dict[str, Any],
                   fit: Callable[[Any, Path], nn.Module]) -> nn.Module:
-    """Load the state dict at ``path`` or, when allowed, ``fit`` a model (resumable through
-    ``<path>.ckpt``), save it atomically and drop the resume checkpoint."""
+    """Load the state dict at ``path`` when its fingerprint (``<path>.fingerprint.json``) is
+    ``spec``'s or, when allowed, ``fit`` a model (resumable through ``<path>.ckpt``), save it and
+    its fingerprint atomically and drop the resume checkpoint."""
+    wanted = fingerprint(spec)
     if path.exists() and not exp.recompute:
-        return _model_from(path, exp, num_classes)
-    if not exp.allow_train:
+        side = _fingerprint_path(path)
+        recorded = json.loads(side.read_text()) if side.exists() else None
+        if cache_holds(path, recorded, wanted, allow_train=exp.allow_train, what=what):
+            return _model_from(path, exp, num_classes)
+    elif not exp.allow_train:
         raise DemHECError(f"{what} checkpoint {path.name} is missing under {path.parent}; "
                           "set allow_train=True to compute it")
     check_writable(path.parent)
     resume = path.with_suffix(".ckpt")
     model = fit(train_data(exp), resume)
     _save_state(model, path)
+    with atomic_write(_fingerprint_path(path), "w") as f:
+        json.dump(wanted, f, indent=1)
     resume.unlink(missing_ok=True)
     return model.eval()
 
@@ -308,34 +348,45 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
         model = _new_model(exp, k, pretrained=exp.prof.pretrained)
         log.info("training base %s on %s (%d images)", exp.effective_backbone,
                  exp.effective_dataset, len(data))
-        return train(model, data, exp.base_config, device=exp.device, checkpoint=resume,
-                     progress=exp.progress, channels_last=exp.channels_last)
+        return train(model, data, exp.base_config, **train_run(exp, resume))
 
-    return _cached_model(exp, exp.checkpoint("base"), k, "base model", fit)
+    return _cached_model(exp, exp.checkpoint("base"), k, "base model", model_spec(exp, "base"), fit)
+
+
+def _run_config(exp: Experiment, config: DemHECConfig | None) -> DemHECConfig:
+    return replace(config, seed=exp.seed) if config else exp.demhec_config
 
 
 def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str = "demhec",
                  num_classes: int | None = None) -> nn.Module:
     """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
     path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
-    cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
+    cfg = _run_config(exp, config)
     k = num_classes or len(train_data(exp).classes)
 
     def fit(data: Any, resume: Path) -> nn.Module:
-        return finetune(base_model(exp, k), data, cfg, device=exp.device, checkpoint=resume,
-                        progress=exp.progress, channels_last=exp.channels_last)
+        return finetune(base_model(exp, k), data, cfg, **train_run(exp, resume))
 
-    return _cached_model(exp, path, k, "Dem-HEC", fit)
+    return _cached_model(exp, path, k, "Dem-HEC", model_spec(exp, "demhec", cfg), fit)
 
 
 # --- results --------------------------------------------------------------------------------
 
 
+def train_run(exp: Experiment, resume: Path) -> dict[str, Any]:
+    """How every training entry point runs for ``exp`` (:class:`~demhec.runs.TrainRun`)."""
+    return TrainRun(device=exp.device, channels_last=exp.channels_last, checkpoint=resume,
+                    progress=exp.progress).keywords()
+
+
 def corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
-    """Where and how the experiment's corrupted evaluation sets are made, cached and scored:
-    every result that reads them must see the same images."""
+    """Where and how the experiment's corrupted evaluation sets are made, cached and scored
+    (every result that reads them must see the same images), and how every evaluation entry
+    point runs (:class:`~demhec.runs.EvalRun`)."""
+    run = EvalRun(batch_size=exp.prof.eval_batch_size, device=exp.device,
+                  channels_last=exp.channels_last, progress=exp.progress)
     return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
-                key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size, device=exp.device)
+                key=f"{exp.effective_dataset}-eval", **run.keywords())
 
 
 def robustness_result(
@@ -361,30 +412,43 @@ def robustness_result(
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
 
+    if phase == "before":
+        spec = model_spec(exp, "base")
+    elif phase == "after":
+        spec = model_spec(exp, "demhec", _run_config(exp, config))
+    elif phase.startswith("baseline:"):
+        spec = model_spec(exp, phase)
+    else:
+        raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
+    scored = {"suite": suite, "corruptions": corruptions, "severities": severities,
+              "corruption_seed": CORRUPTION_SEED}
+
     def compute() -> dict:
         data = eval_data(exp)
         k = len(data.classes)
         if phase == "before":
-            model, cfg = base_model(exp, k), exp.base_config
+            model = base_model(exp, k)
         elif phase == "after":
-            cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
-            model = demhec_model(exp, cfg, tag=name.replace("after", "demhec", 1), num_classes=k)
-        elif phase.startswith("baseline:"):
-            model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
+            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
         else:
-            raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
-        table = evaluate(model, data, corruptions, severities, suite, progress=exp.progress,
-                         **corrupted_eval_kw(exp))
+            model = baseline_model(exp, phase.split(":", 1)[1], k)
+        table = evaluate(model, data, corruptions, severities, suite, **corrupted_eval_kw(exp))
         return dict(kind=f"robustness/{phase}", profile=exp.profile,
-                    config={"experiment": experiment_config(exp), "model": cfg, "suite": suite,
-                            "corruptions": corruptions, "severities": severities,
-                            "corruption_seed": CORRUPTION_SEED},
+                    config={"experiment": experiment_config(exp), "model": spec["config"], **scored},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
                              "table": table},
                     data=provenance(data), seed=exp.seed)
 
-    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
-                          what=f"{phase} on {suite}")
+    return get_or_compute(path, compute, fingerprint=result_spec(exp, f"robustness/{phase}", spec, **scored),
+                          allow_train=exp.allow_train, recompute=exp.recompute, what=f"{phase} on {suite}")
+
+
+def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
+    """The fingerprint of a result: its kind, the model's spec (:func:`model_spec`), the
+    evaluation images and how they were corrupted and scored (``scored``: suite, corruptions,
+    severities, corruption seed, ...)."""
+    return fingerprint({"kind": kind, "experiment": {"profile": exp.profile, "seed": exp.seed},
+                        "model": model, "data": data_request(exp, "test"), **scored})
 
 
 def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
@@ -409,11 +473,10 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
 
     def fit(data: Any, resume: Path) -> nn.Module:
         model = _new_model(exp, num_classes, pretrained=exp.prof.pretrained)
-        return train_baseline(model, data, method, exp.base_config, device=exp.device,
-                              checkpoint=resume, progress=exp.progress)
+        return train_baseline(model, data, method, exp.base_config, **train_run(exp, resume))
 
     return _cached_model(exp, exp.checkpoint(f"baseline_{method}"), num_classes,
-                         f"baseline {method}", fit)
+                         f"baseline {method}", model_spec(exp, f"baseline:{method}"), fit)
 
 
 def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
@@ -424,9 +487,12 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
     from ..evaluation import as_float_images
 
     path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+    spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", exp.demhec_config)
+    scored = {"corruption": corruption, "severity": severity, "suite": suite, "pooled": pooled,
+              "corruption_seed": CORRUPTION_SEED, "images": exp.prof.entropy_images, "images_seed": 1}
 
     def compute() -> dict:
-        data = subset(eval_data(exp), exp.prof.entropy_images, seed=1)
+        data = subset(eval_data(exp), exp.prof.entropy_images, seed=scored["images_seed"])
         k = len(data.classes)
         model = base_model(exp, k) if phase == "before" else demhec_model(exp, num_classes=k)
         corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=CORRUPTION_SEED)
@@ -442,7 +508,8 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
                     metrics={"clean": run(data.images), "corrupted": run(corrupted)},
                     data=provenance(data), seed=exp.seed)
 
-    return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
+    return get_or_compute(path, compute, fingerprint=result_spec(exp, f"entropy/{phase}", spec, **scored),
+                          allow_train=exp.allow_train, recompute=exp.recompute,
                           what=f"entropy {phase} {corruption} S{severity}")
 
 
