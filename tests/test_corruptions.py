@@ -492,3 +492,94 @@ def test_imagecorruptions_frost_with_cached_picture_equals_the_package(shape):
             with common.seeded_global_numpy(common.image_seed(3, "frost", severity, i)):
                 ref = imagecorruptions.corrupt(image, corruption_name="frost", severity=severity)
             np.testing.assert_array_equal(ours[i], ref)
+
+
+# --- the CIFAR-10-C port against the official generator's formulas ----------------------------
+# make_cifar_c.py (github.com/hendrycks/robustness, ImageNet-C/create_c/), function by function as
+# published: each takes a PIL image or array x and draws from numpy's global RNG, whose seed is the
+# one the port gives image i. Outputs are truncated with np.uint8, as the generator saves them.
+
+
+def _official_gaussian_noise(x, severity):
+    c = [0.04, 0.06, .08, .09, .10][severity - 1]
+    x = np.array(x) / 255.
+    return np.clip(x + np.random.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def _official_shot_noise(x, severity):
+    c = [500, 250, 100, 75, 50][severity - 1]
+    x = np.array(x) / 255.
+    return np.clip(np.random.poisson(x * c) / c, 0, 1) * 255
+
+
+def _official_speckle_noise(x, severity):
+    c = [.06, .1, .12, .16, .2][severity - 1]
+    x = np.array(x) / 255.
+    return np.clip(x + x * np.random.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def _official_gaussian_blur(x, severity):
+    c = [.4, .6, 0.7, .8, 1][severity - 1]
+    from skimage.filters import gaussian
+
+    x = gaussian(np.array(x) / 255., sigma=c, channel_axis=-1)  # multichannel=True then
+    return np.clip(x, 0, 1) * 255
+
+
+def _official_brightness(x, severity):
+    import skimage as sk
+
+    c = [.05, .1, .15, .2, .3][severity - 1]
+    x = np.array(x) / 255.
+    x = sk.color.rgb2hsv(x)
+    x[:, :, 2] = np.clip(x[:, :, 2] + c, 0, 1)
+    x = sk.color.hsv2rgb(x)
+    return np.clip(x, 0, 1) * 255
+
+
+def _official_contrast(x, severity):
+    c = [.75, .5, .4, .3, 0.15][severity - 1]
+    x = np.array(x) / 255.
+    means = np.mean(x, axis=(0, 1), keepdims=True)
+    return np.clip((x - means) * c + means, 0, 1) * 255
+
+
+def _official_saturate(x, severity):
+    import skimage as sk
+
+    c = [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)][severity - 1]
+    x = np.array(x) / 255.
+    x = sk.color.rgb2hsv(x)
+    x[:, :, 1] = np.clip(x[:, :, 1] * c[0] + c[1], 0, 1)
+    x = sk.color.hsv2rgb(x)
+    return np.clip(x, 0, 1) * 255
+
+
+def _official_pixelate(x, severity):
+    c = [0.95, 0.9, 0.85, 0.75, 0.65][severity - 1]
+    x = x.resize((int(32 * c), int(32 * c)), Image.BOX)
+    x = x.resize((32, 32), Image.BOX)
+    return x
+
+
+def _official_jpeg_compression(x, severity):
+    c = [80, 65, 58, 50, 40][severity - 1]
+    output = io.BytesIO()
+    x.save(output, 'JPEG', quality=c)
+    x = Image.open(output)
+    return x
+
+
+OFFICIAL = {name.removeprefix("_official_"): fn for name, fn in globals().items()
+            if name.startswith("_official_")}
+
+
+@pytest.mark.parametrize("corruption", sorted(OFFICIAL))
+@pytest.mark.parametrize("severity", C.SEVERITIES)
+def test_cifar_c_port_equals_the_official_formulas(corruption, severity):
+    images = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    ours = C.corrupt(images, corruption, severity, suite="cifar-c", seed=5)
+    for i, image in enumerate(images):
+        with common.seeded_global_numpy(common.image_seed(5, corruption, severity, i)):
+            ref = np.uint8(OFFICIAL[corruption](Image.fromarray(image), severity))
+        np.testing.assert_array_equal(ours[i], ref, err_msg=f"{corruption} s{severity} image {i}")

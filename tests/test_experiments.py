@@ -29,13 +29,19 @@ def test_write_and_read_result_with_provenance(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_get_or_compute_respects_allow_train(tmp_path):
+def _counting_compute():
+    """A compute function whose result's metric counts the calls made so far."""
     calls = []
 
     def compute():
         calls.append(1)
         return dict(kind="k", profile="p", config={}, metrics={"v": len(calls)}, data={}, seed=0)
 
+    return compute, calls
+
+
+def test_get_or_compute_respects_allow_train(tmp_path):
+    compute, _ = _counting_compute()
     path = tmp_path / "cell.json"
     fp = results.fingerprint({"a": 1})
     with pytest.raises(DemHECError, match="cell.json.*allow_train"):
@@ -47,12 +53,7 @@ def test_get_or_compute_respects_allow_train(tmp_path):
 
 
 def test_get_or_compute_refuses_a_file_made_for_another_request(tmp_path):
-    made = []
-
-    def compute():
-        made.append(1)
-        return dict(kind="k", profile="p", config={}, metrics={"v": len(made)}, data={}, seed=0)
-
+    compute, made = _counting_compute()
     path = tmp_path / "cell.json"
     old = results.fingerprint({"model": {"config": {"alpha": 0.5, "eps": 0.03}}, "suite": "cifar-c"})
     results.get_or_compute(path, compute, fingerprint=old, allow_train=True)

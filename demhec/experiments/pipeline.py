@@ -81,41 +81,27 @@ _DEMO_STAND_INS = {**_CPU_STAND_INS, "resnet18": "resnet20", "resnet50": "resnet
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke",
-        description="a few digits images and two optimisation steps (tests)",
-        dataset="digits", train_limit=64, eval_limit=24,
-        base=TrainConfig(epochs=1, batch_size=32, lr=0.05),
-        demhec=DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
-        pretrained=False, eval_batch_size=64, entropy_images=16,
-        substitutes=_CPU_STAND_INS,
-    ),
+        "smoke", "a few digits images and two optimisation steps (tests)", "digits", 64, 24,
+        TrainConfig(epochs=1, batch_size=32, lr=0.05),
+        DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
+        pretrained=False, eval_batch_size=64, entropy_images=16, substitutes=_CPU_STAND_INS),
     "demo": Profile(
-        name="demo",
-        description="the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
-        dataset="digits", train_limit=None, eval_limit=None,
-        base=TrainConfig(epochs=8, batch_size=64, lr=0.05),
-        demhec=DemHECConfig(epochs=3, batch_size=64, warmup_epochs=0.5, lr=0.02),
-        pretrained=False, eval_batch_size=256, entropy_images=200,
-        substitutes=_DEMO_STAND_INS, overrides=_VIT_FROM_SCRATCH,
-    ),
+        "demo", "the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
+        "digits", None, None, TrainConfig(epochs=8, batch_size=64, lr=0.05),
+        DemHECConfig(epochs=3, batch_size=64, warmup_epochs=0.5, lr=0.02), pretrained=False,
+        eval_batch_size=256, entropy_images=200, substitutes=_DEMO_STAND_INS, overrides=_VIT_FROM_SCRATCH),
     "cpu": Profile(
-        name="cpu",
-        description="real CIFAR-10 train images (JPEG q75 mirror), 45k/5k split, CPU budget",
-        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
-        base=TrainConfig(epochs=15, batch_size=128, lr=0.1),
-        demhec=DemHECConfig(epochs=1, batch_size=128, warmup_epochs=0.1, max_steps=150),
-        pretrained=False, eval_batch_size=500, entropy_images=500,
-    ),
+        "cpu", "real CIFAR-10 train images (JPEG q75 mirror), 45k/5k split, CPU budget",
+        "cifar10_jpeg", None, None, TrainConfig(epochs=15, batch_size=128, lr=0.1),
+        DemHECConfig(epochs=1, batch_size=128, warmup_epochs=0.1, max_steps=150),
+        pretrained=False, eval_batch_size=500, entropy_images=500),
     "paper": Profile(
-        name="paper",
-        description="the paper's datasets, pretrained zoo weights and recipe (A.3); GPU",
-        dataset=None, train_limit=None, eval_limit=None,
-        base=TrainConfig(epochs=30, batch_size=128, lr=0.01),
-        demhec=DemHECConfig(),
+        "paper", "the paper's datasets, pretrained zoo weights and recipe (A.3); GPU",
+        None, None, None, TrainConfig(epochs=30, batch_size=128, lr=0.01), DemHECConfig(),
         pretrained=True, eval_batch_size=512, entropy_images=1000,
-        overrides={"vit": {"demhec": dict(batch_size=32, epochs=10, lr=0.0005)}},
-    ),
+        overrides={"vit": {"demhec": dict(batch_size=32, epochs=10, lr=0.0005)}}),
 }
+# Positional fields above: name, description, dataset, train_limit, eval_limit, base, demhec.
 
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
