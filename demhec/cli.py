@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy on clean and corrupted data (eq. 1)")
     _common(p, weights=True)
-    p.add_argument("--suite", default="cifar-c", help="cifar-c or imagecorruptions")
+    p.add_argument("--suite", default="cifar-c", help="cifar-c or imagecorruptions (generated), or the "
+                   "released files under --data-root: cifar10-c, cifar100-c, tinyimagenet-c")
     p.add_argument("--corruptions", default="paper",
                    help="comma-separated names, 'paper' (the seven) or 'all' (fifteen)")
     p.add_argument("--severities", default="1,3,5")
@@ -269,12 +270,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._common import check_choice
-    from .corruptions import SUITES, check_corruption
+    from .corruptions import ALL_SUITES, check_corruption
     from .evaluation import evaluate
     from .results import check_writable, write_result
     from .runs import EvalRun
 
-    check_choice("suite", args.suite, SUITES)
+    check_choice("suite", args.suite, ALL_SUITES)
     corruptions = _corruptions(args.corruptions)
     for c in corruptions:
         check_corruption(c, args.suite)
@@ -285,7 +286,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = _model(args, len(ev.classes), weights)
     run = _from_args(EvalRun, args, device=args.device, progress=not args.no_progress)
     table = evaluate(model, ev, corruptions, severities, args.suite, seed=args.seed,
-                     cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test", **run.keywords())
+                     cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test", data_root=args.data_root,
+                     download=args.download, **run.keywords())
     if not _is_main():
         return
     path = Path(args.out) / f"{Path(weights).stem}_{args.suite}.json"

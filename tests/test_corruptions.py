@@ -583,3 +583,91 @@ def test_cifar_c_port_equals_the_official_formulas(corruption, severity):
         with common.seeded_global_numpy(common.image_seed(5, corruption, severity, i)):
             ref = np.uint8(OFFICIAL[corruption](Image.fromarray(image), severity))
         np.testing.assert_array_equal(ours[i], ref, err_msg=f"{corruption} s{severity} image {i}")
+
+
+# --- the released files as suites (issue 19) ---------------------------------------------------
+
+
+class _MeanNet(torch.nn.Module):
+    """Predicts class (mean pixel value // 10) % k: on the mini files every label is known."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        cls = ((x.mean(dim=(1, 2, 3)) * 255).round() // 10).long() % self.k
+        return torch.nn.functional.one_hot(cls, self.k).float() + 0 * self.dummy
+
+
+def test_released_cifar_suite_is_memory_mapped_and_scored_by_evaluate(tmp_path):
+    from demhec.evaluation import evaluate
+
+    _mini_cifar_c(tmp_path / "CIFAR-10-C")
+    _mini_cifar_c(tmp_path / "CIFAR-10-C-pixelate", corruption="pixelate")
+    (tmp_path / "CIFAR-10-C-pixelate" / "pixelate.npy").rename(tmp_path / "CIFAR-10-C" / "pixelate.npy")
+    images, labels = C.released_split("cifar10-c", tmp_path, "gaussian_noise", 3)
+    assert isinstance(images, np.memmap)  # only the severity's rows are read
+    assert images.dtype == np.uint8 and images.shape == (5, 32, 32, 3) and not images.flags.writeable
+    assert images[:, 0, 0, 0].tolist() == [30, 31, 32, 33, 34] and labels.tolist() == [3, 1, 4, 1, 5]
+    # Clean images whose class the model reads off; the corrupted rows come from the files.
+    clean = np.stack([np.full((32, 32, 3), 10 * c, np.uint8) for c in (3, 1, 4, 1, 5)])
+    table = evaluate(_MeanNet(10), (clean, labels), ["gaussian_noise", "pixelate"], [1, 5], "cifar10-c",
+                     data_root=tmp_path).set_index(["corruption", "severity"]).accuracy
+    assert table[("clean", 0)] == 100
+    # Severity s, image i holds 10 s + i: predicted class (s + i // 10) % 10 = s, right where label == s.
+    for c in ("gaussian_noise", "pixelate"):
+        for s in (1, 5):
+            assert table[(c, s)] == pytest.approx(100 * np.mean(np.array([3, 1, 4, 1, 5]) == s)), (c, s)
+
+
+def test_released_tinyimagenet_suite_follows_the_clean_class_list(tmp_path):
+    _mini_tiny_c(tmp_path)
+    images, labels = C.released_split("tinyimagenet-c", tmp_path, "frost", 2, classes=["n01", "n02", "n03"])
+    assert images.dtype == np.uint8 and images.shape == (4, 64, 64, 3)
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    means = {int(lab): abs(float(img.mean()) - (80 + 5 * (1 - lab))) < 2 for img, lab in zip(images, labels)}
+    assert all(means.values())
+    with pytest.raises(DemHECError, match="unknown corruption 'speckle_noise'"):
+        C.released_split("tinyimagenet-c", tmp_path, "speckle_noise", 2)  # not among its 15
+
+
+def test_released_suites_download_when_asked_and_name_what_is_missing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(released, "download_cifar_c", lambda root, dataset: calls.append(dataset)
+                        or _mini_cifar_c(tmp_path / "CIFAR-100-C"))
+    with pytest.raises(DemHECError, match="download_cifar_c"):
+        C.released_split("cifar100-c", tmp_path, "gaussian_noise", 1)
+    assert not C.released_available("cifar100-c", tmp_path)
+    images, _ = C.released_split("cifar100-c", tmp_path, "gaussian_noise", 1, download=True)
+    assert calls == ["cifar100"] and len(images) == 5 and C.released_available("cifar100-c", tmp_path)
+    C.released_split("cifar100-c", tmp_path, "gaussian_noise", 2, download=True)
+    assert calls == ["cifar100"]  # present now: not fetched again
+    with pytest.raises(DemHECError, match="data_root"):
+        C.released_split("cifar10-c", None, "gaussian_noise", 1)
+    with pytest.raises(DemHECError, match="valid suites: cifar-c, imagecorruptions$"):
+        C.corrupt(np.zeros((32, 32, 3), np.uint8), "gaussian_noise", 1, suite="cifar10-c")
+
+
+def test_released_suite_by_name_in_notebooks_and_cli(tmp_path, capsys):
+    from demhec.cli import main
+    from demhec.experiments import notebook_setup
+
+    _mini_cifar_c(tmp_path / "data" / "CIFAR-10-C")
+    common = dict(profile="paper", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path / "r"),
+                  corruptions="gaussian_noise")
+    assert notebook_setup(suite="auto", data_root=str(tmp_path / "data"), **common).suite == "cifar10-c"
+    assert notebook_setup(suite="auto", data_root=str(tmp_path / "none"), **common).suite == "cifar-c"
+    assert notebook_setup(suite="auto", data_root=str(tmp_path / "none"), download=True, **common).suite == "cifar10-c"
+    assert notebook_setup(**{**common, "profile": "smoke"}, suite="auto", data_root=str(tmp_path / "data")).suite == "cifar-c"
+    assert notebook_setup(suite="cifar100-c", **common).suite == "cifar100-c"
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", "digits", "--limit", "32", "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["evaluate", "--dataset", "digits", "--limit", "32", "--suite", "cifar10-c", "--corruptions",
+                 "gaussian_noise", "--severities", "1,5", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                 "--no-progress"]) == 0
+    rec = json.loads((out / "digits_resnet20_base_cifar10-c.json").read_text())
+    assert [(r["corruption"], r["severity"], r["n"]) for r in rec["metrics"]["table"]] == [
+        ("clean", 0, 32), ("gaussian_noise", 1, 5), ("gaussian_noise", 5, 5)]

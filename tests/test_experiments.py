@@ -418,3 +418,20 @@ def test_a_mismatch_recomputes_when_training_is_allowed(smoke_cell, monkeypatch)
     assert rec["fingerprint"]["model.config.alpha"] == 0.25
     side = json.loads(exp.checkpoint("demhec").with_suffix(".fingerprint.json").read_text())
     assert side["config.alpha"] == 0.25
+
+
+def test_released_suite_result_records_the_files_it_read(smoke_cell, tmp_path):
+    """The pipeline scores a released suite from data_root, and its fingerprint names the archive."""
+    import numpy as np
+
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    np.save(folder / "gaussian_noise.npy", np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "labels.npy", np.arange(20) % 10)
+    exp = dataclasses.replace(smoke_cell, data_root=str(tmp_path))
+    rec = ex.robustness_result(dataclasses.replace(exp, allow_train=True), "before", "cifar10-c",
+                               ["gaussian_noise"], [5])
+    assert [(r["corruption"], r["n"]) for r in rec["metrics"]["table"]] == [("clean", 24), ("gaussian_noise", 4)]
+    assert rec["fingerprint"]["released_files.md5"] == "56bf5dcef84df0e2308c6dcbcbbd8499"
+    assert rec["fingerprint"]["suite"] == "cifar10-c"
+    assert ex.robustness_result(exp, "before", "cifar10-c", ["gaussian_noise"], [5]) == rec

@@ -13,7 +13,8 @@ extra (validation) corruptions, at severities 1..5:
 
 :mod:`.engine` corrupts images and whole splits (worker processes, verified disk cache);
 :mod:`.released` reads the released CIFAR-10-C / CIFAR-100-C ``.npy`` files and the
-Tiny-ImageNet-C JPEG tree, which the paper evaluates on. :mod:`.common` holds the name tables.
+Tiny-ImageNet-C JPEG tree, which the paper evaluates on: the suites ``"cifar10-c"``,
+``"cifar100-c"`` and ``"tinyimagenet-c"``. :func:`corrupted_sets` serves every suite alike. :mod:`.common` holds the name tables.
 
 Every random draw is seeded from (seed, corruption, severity, image index) only, so an image's
 corruption never depends on batching, chunking or the number of worker processes.
@@ -24,18 +25,20 @@ from __future__ import annotations
 from .cifar_c import CIFAR_C_PARAMS
 from .common import (
     ALL_CORRUPTIONS,
+    ALL_SUITES,
     CIFAR_C_SIZE,
     CORRUPTIONS,
     EXTRA_CORRUPTIONS,
     FAMILIES,
     PAPER_CORRUPTIONS,
     PAPER_SEVERITIES,
+    RELEASED_SUITES,
     SEVERITIES,
     SUITES,
     check_corruption,
     check_severity,
 )
-from .engine import corrupt, corrupt_split, corruption_grid, images_key
+from .engine import corrupt, corrupt_split, corrupted_sets, corruption_grid, images_key
 from .imagenet_c import IMAGECORRUPTIONS_FROST
 from .released import (
     CIFAR_C_ARCHIVES,
@@ -45,10 +48,13 @@ from .released import (
     download_tiny_imagenet_c,
     load_cifar_c,
     load_tiny_imagenet_c,
+    released_available,
+    released_split,
 )
 
 __all__ = [
     "ALL_CORRUPTIONS",
+    "ALL_SUITES",
     "CIFAR_C_ARCHIVES",
     "CIFAR_C_PARAMS",
     "CIFAR_C_SIZE",
@@ -59,6 +65,7 @@ __all__ = [
     "IMAGECORRUPTIONS_FROST",
     "PAPER_CORRUPTIONS",
     "PAPER_SEVERITIES",
+    "RELEASED_SUITES",
     "SEVERITIES",
     "SUITES",
     "TINY_IMAGENET_C_ARCHIVE",
@@ -66,10 +73,13 @@ __all__ = [
     "check_severity",
     "corrupt",
     "corrupt_split",
+    "corrupted_sets",
     "corruption_grid",
     "download_cifar_c",
     "download_tiny_imagenet_c",
     "images_key",
     "load_cifar_c",
     "load_tiny_imagenet_c",
+    "released_available",
+    "released_split",
 ]

@@ -16,7 +16,11 @@ from .._common import DemHECError, check_choice
 # Name tables
 # --------------------------------------------------------------------------------------------
 
-SUITES = ("cifar-c", "imagecorruptions")
+SUITES = ("cifar-c", "imagecorruptions")  # generated here (engine.py)
+# The released benchmark files, read from disk (released.py): suite -> the clean dataset whose
+# test (validation) images they corrupt.
+RELEASED_SUITES = {"cifar10-c": "cifar10", "cifar100-c": "cifar100", "tinyimagenet-c": "tinyimagenet"}
+ALL_SUITES = (*SUITES, *RELEASED_SUITES)
 
 # The 15 benchmark corruptions in ImageNet-C order (Hendrycks & Dietterich 2019, Fig. 1).
 CORRUPTIONS = (
@@ -49,9 +53,10 @@ CIFAR_C_SIZE = 32  # the generator hard-codes 32 x 32 (glass_blur loop, fog map,
 
 
 def check_corruption(name: str, suite: str = "cifar-c") -> str:
-    """Validate a suite and a corruption name of that suite (both suites cover all 19)."""
-    check_choice("suite", suite, SUITES)
-    return check_choice("corruption", name, ALL_CORRUPTIONS)
+    """Validate a suite and a corruption name of that suite (every suite has all 19 but the
+    released Tiny-ImageNet-C, which has the 15 benchmark corruptions)."""
+    check_choice("suite", suite, ALL_SUITES)
+    return check_choice("corruption", name, CORRUPTIONS if suite == "tinyimagenet-c" else ALL_CORRUPTIONS)
 
 
 def check_severity(severity: int) -> int:

@@ -26,12 +26,14 @@ from . import cifar_c, imagenet_c
 from .common import (
     PAPER_CORRUPTIONS,
     PAPER_SEVERITIES,
+    RELEASED_SUITES,
     SUITES,
     check_corruption,
     check_images,
     check_severity,
     image_seed,
 )
+from .released import released_split
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def corrupt(image_or_batch: np.ndarray, corruption: str, severity: int, suite: s
     Deterministic: image i of a batch is corrupted with randomness drawn only from
     (seed, corruption, severity, i), so the result equals :func:`corrupt_split` on the same batch.
     """
+    check_choice("suite", suite, SUITES)
     check_corruption(corruption, suite)
     severity = check_severity(severity)
     check_range("seed", seed, 0, integer=True)
@@ -312,3 +315,25 @@ def corruption_grid(images: np.ndarray, corruptions: Iterable[str] = PAPER_CORRU
                                                         seed, cache_dir, key, pool, progress)
     finally:
         pool.close()
+
+
+def corrupted_sets(images: np.ndarray, labels: Any, corruptions: Iterable[str], severities: Iterable[int],
+                   suite: str = "cifar-c", *, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                   key: str | None = None, workers: int | None = None, progress: bool = False,
+                   data_root: str | os.PathLike | None = None, download: bool = False,
+                   classes: list[str] | None = None) -> Iterator[tuple[str, int, np.ndarray, Any]]:
+    """Yield ``(corruption, severity, images, labels)`` for every cell, from any suite: generated
+    from the clean ``images`` (:func:`corruption_grid`, which ``seed`` ... ``progress`` go to) or
+    read from the released files under ``data_root`` (:func:`~demhec.corruptions.released.released_split`,
+    ``download`` and ``classes`` go there), whose own images and labels replace the clean ones."""
+    if suite in RELEASED_SUITES:
+        for corruption in corruptions:
+            for severity in severities:
+                x, y = released_split(suite, data_root, corruption, severity, download=download,
+                                      classes=classes)
+                yield corruption, severity, x, y
+        return
+    for corruption, severity, x in corruption_grid(images, corruptions, severities, suite=suite, seed=seed,
+                                                   cache_dir=cache_dir, key=key, workers=workers,
+                                                   progress=progress):
+        yield corruption, severity, x, labels

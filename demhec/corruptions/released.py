@@ -1,5 +1,6 @@
 """The released benchmark files: CIFAR-10-C / CIFAR-100-C ``.npy`` stacks and the Tiny-ImageNet-C
-JPEG tree (Hendrycks & Dietterich 2019, Zenodo), read from disk and downloaded with checksums."""
+JPEG tree (Hendrycks & Dietterich 2019, Zenodo), read from disk and downloaded with checksums; the
+suites ``cifar10-c``, ``cifar100-c`` and ``tinyimagenet-c`` (:func:`released_split`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.utils import download_and_extract_archive
 
 from .._common import DemHECError, check_choice
-from .common import CORRUPTIONS, SEVERITIES, check_corruption, check_severity
+from .common import CORRUPTIONS, RELEASED_SUITES, SEVERITIES, check_corruption, check_severity
 
 # --------------------------------------------------------------------------------------------
 # Official benchmark archives
@@ -64,15 +65,10 @@ def _cifar_c_folder(root: Path, archive: Archive, corruption: str) -> Path:
                       + _download_hint("download_cifar_c"))
 
 
-def load_cifar_c(root: str | os.PathLike, corruption: str, severity: int,
-                 dataset: str = "cifar10") -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one severity of a released CIFAR-10-C / CIFAR-100-C corruption (paper Tables 1, 5).
-
-    ``root`` holds the extracted ``CIFAR-10-C`` (``CIFAR-100-C``) folder or is that folder. Each
-    ``<corruption>.npy`` stacks the test set at severities 1..5 (rows ``(s-1)*n:s*n``, n = 10000);
-    only that slice is read (memory map). Returns float images in [0, 1], N x 3 x 32 x 32, and
-    int64 labels.
-    """
+def _cifar_c_rows(root: str | os.PathLike, corruption: str, severity: int,
+                  dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """One severity of a released CIFAR-10-C / CIFAR-100-C corruption as read-only memory maps:
+    uint8 N x H x W x 3 images and their labels."""
     archive = CIFAR_C_ARCHIVES[check_choice("dataset", dataset, CIFAR_C_ARCHIVES)]
     check_corruption(corruption)
     severity = check_severity(severity)
@@ -82,17 +78,66 @@ def load_cifar_c(root: str | os.PathLike, corruption: str, severity: int,
         raise DemHECError(f"{labels_path} not found; " + _download_hint("download_cifar_c"))
     data = np.load(folder / f"{corruption}.npy", mmap_mode="r")
     labels = np.load(labels_path, mmap_mode="r")
-    if data.ndim != 4 or data.shape[-1] != 3 or len(data) % len(SEVERITIES):
-        raise DemHECError(f"{folder / corruption}.npy has shape {data.shape}; expected "
-                          "(5 * n, H, W, 3) with the five severities stacked")
+    if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8 or len(data) % len(SEVERITIES):
+        raise DemHECError(f"{folder / corruption}.npy has shape {data.shape} ({data.dtype}); expected "
+                          "uint8 (5 * n, H, W, 3) with the five severities stacked")
     n = len(data) // len(SEVERITIES)
     if len(labels) not in (n, len(data)):
         raise DemHECError(f"{labels_path} has {len(labels)} labels for {len(data)} images")
     rows = slice((severity - 1) * n, severity * n)
-    images = torch.from_numpy(np.array(data[rows], dtype=np.uint8))
-    targets = torch.from_numpy(np.array(labels[rows] if len(labels) == len(data) else labels,
-                                        dtype=np.int64))
+    return data[rows], labels[rows] if len(labels) == len(data) else labels
+
+
+def load_cifar_c(root: str | os.PathLike, corruption: str, severity: int,
+                 dataset: str = "cifar10") -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one severity of a released CIFAR-10-C / CIFAR-100-C corruption (paper Tables 1, 5).
+
+    ``root`` holds the extracted ``CIFAR-10-C`` (``CIFAR-100-C``) folder or is that folder. Each
+    ``<corruption>.npy`` stacks the test set at severities 1..5 (rows ``(s-1)*n:s*n``, n = 10000);
+    only that slice is read (memory map). Returns float images in [0, 1], N x 3 x 32 x 32, and
+    int64 labels.
+    """
+    data, labels = _cifar_c_rows(root, corruption, severity, dataset)
+    images = torch.from_numpy(np.array(data, dtype=np.uint8))
+    targets = torch.from_numpy(np.array(labels, dtype=np.int64))
     return images.permute(0, 3, 1, 2).float().div_(255).contiguous(), targets
+
+
+def released_available(suite: str, root: str | os.PathLike) -> bool:
+    """Whether the released files of ``suite`` are under ``root`` (extracted)."""
+    root = Path(root)
+    if RELEASED_SUITES[check_choice("released suite", suite, RELEASED_SUITES)] == "tinyimagenet":
+        return any((b / c).is_dir() for b in (root / TINY_IMAGENET_C_ARCHIVE.folder, root) for c in CORRUPTIONS)
+    archive = CIFAR_C_ARCHIVES[RELEASED_SUITES[suite]]
+    return any((b / "labels.npy").is_file() for b in (root / archive.folder, root))
+
+
+def released_split(suite: str, root: str | os.PathLike | None, corruption: str, severity: int, *,
+                   download: bool = False, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One (corruption, severity) set of a released suite (``cifar10-c``, ``cifar100-c``,
+    ``tinyimagenet-c``) under ``root``, downloaded (checksummed) first with ``download``: uint8
+    N x H x W x 3 images (a read-only memory map for the CIFAR files) and int64 labels
+    (Tiny-ImageNet-C: indices into ``classes``, the clean loader's class list)."""
+    dataset = RELEASED_SUITES[check_choice("suite", suite, RELEASED_SUITES)]
+    check_corruption(corruption, suite)
+    if root is None:
+        raise DemHECError(f"suite {suite!r} reads the released files: give the folder that holds them (data_root)")
+    if download and not released_available(suite, root):
+        if dataset == "tinyimagenet":
+            download_tiny_imagenet_c(root)
+        else:
+            download_cifar_c(root, dataset)
+    if dataset != "tinyimagenet":
+        images, labels = _cifar_c_rows(root, corruption, severity, dataset)
+        return images, np.array(labels, dtype=np.int64)  # a copy: labels are small, and writable
+    folder = load_tiny_imagenet_c(root, corruption, severity, classes)
+    images = np.stack([_read_uint8(path) for path, _ in folder.samples])
+    return images, np.asarray(folder.targets, dtype=np.int64)
+
+
+def _read_uint8(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def download_cifar_c(root: str | os.PathLike, dataset: str = "cifar10") -> Path:
@@ -121,9 +166,7 @@ class CorruptedImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            array = np.array(image.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255), label
+        return torch.from_numpy(_read_uint8(path)).permute(2, 0, 1).float().div_(255), label
 
 
 def load_tiny_imagenet_c(root: str | os.PathLike, corruption: str, severity: int,

@@ -11,7 +11,6 @@ from .._common import check_choice
 from ..results import get_or_compute
 from ..training import DemHECConfig
 from .pipeline import (
-    CORRUPTION_SEED,
     Experiment,
     base_model,
     corrupted_eval_kw,
@@ -23,6 +22,7 @@ from .pipeline import (
     provenance,
     result_spec,
     robustness_result,
+    scored_on,
 )
 
 
@@ -123,8 +123,7 @@ def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severi
     path = exp.cell_dir / f"paired_{tag}_{suite}_s{severity}{suffix}.json"
 
     run_cfg = replace(cfg, seed=exp.seed)
-    scored = {"run": run, "suite": suite, "corruptions": list(NOISE), "severity": severity,
-              "corruption_seed": CORRUPTION_SEED}
+    scored = {"run": run, **scored_on(suite, corruptions=list(NOISE), severity=severity)}
 
     def compute() -> dict:
         data = eval_data(exp)

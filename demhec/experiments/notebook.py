@@ -38,6 +38,19 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def auto_suite(profile: str, dataset: str, data_root: str | Path, download: bool) -> str:
+    """``suite="auto"``: in the ``paper`` profile the released files of ``dataset`` (CIFAR-10-C,
+    CIFAR-100-C, Tiny-ImageNet-C) when they are under ``data_root`` or ``download`` fetches them,
+    the numbers the paper reports being on those files; otherwise the generated suite that fits
+    the dataset's image size (``cifar-c`` for 32 px CIFAR, ``imagecorruptions`` for the rest)."""
+    from ..corruptions import RELEASED_SUITES, released_available
+
+    released = {d: s for s, d in RELEASED_SUITES.items()}
+    if profile == "paper" and dataset in released and (download or released_available(released[dataset], data_root)):
+        return released[dataset]
+    return "cifar-c" if dataset in ("cifar10", "cifar100") else "imagecorruptions"
+
+
 def notebook_setup(
     *,
     profile: str,
@@ -61,9 +74,9 @@ def notebook_setup(
     notebook behaves the same wherever its kernel starts. ``datasets`` restricts the datasets
     this notebook accepts."""
     from ..corruptions import (
+        ALL_SUITES,
         CORRUPTIONS,
         PAPER_CORRUPTIONS,
-        SUITES,
         check_corruption,
         check_severity,
     )
@@ -73,9 +86,11 @@ def notebook_setup(
             raise DemHECError(f"{name} must be True or False, got {flag!r}")
     check_choice("profile", profile, PROFILES)
     check_choice("dataset", dataset, datasets or DATASETS_BY_PROFILE)
-    check_choice("suite", suite, SUITES)
+    check_choice("suite", suite, ("auto", *ALL_SUITES))
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DemHECError(f"seed must be an integer >= 0, got {seed!r}")
+    if suite == "auto":
+        suite = auto_suite(profile, dataset, _resolve(data_root), download)
     if corruptions == "paper":
         corruptions = PAPER_CORRUPTIONS
     elif corruptions == "all":

@@ -372,7 +372,22 @@ def corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
     run = EvalRun(batch_size=exp.prof.eval_batch_size, device=exp.device,
                   channels_last=exp.channels_last, progress=exp.progress)
     return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
-                key=f"{exp.effective_dataset}-eval", **run.keywords())
+                key=f"{exp.effective_dataset}-eval", data_root=exp.data_root, download=exp.download,
+                **run.keywords())
+
+
+def scored_on(suite: str, **how: Any) -> dict[str, Any]:
+    """How a result's corrupted images are made, for its fingerprint: the suite, the corruption
+    seed, ``how`` (corruptions, severities, ...), and for a released suite the archive its files
+    come from (a corruption seed does not apply to them, but stays recorded alike)."""
+    from ..corruptions import CIFAR_C_ARCHIVES, RELEASED_SUITES, TINY_IMAGENET_C_ARCHIVE
+
+    out = {"suite": suite, **how, "corruption_seed": CORRUPTION_SEED}
+    if suite in RELEASED_SUITES:
+        dataset = RELEASED_SUITES[suite]
+        archive = TINY_IMAGENET_C_ARCHIVE if dataset == "tinyimagenet" else CIFAR_C_ARCHIVES[dataset]
+        out["released_files"] = {"url": archive.url, "md5": archive.md5}
+    return out
 
 
 def robustness_result(
@@ -406,8 +421,7 @@ def robustness_result(
         spec = model_spec(exp, phase)
     else:
         raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
-    scored = {"suite": suite, "corruptions": corruptions, "severities": severities,
-              "corruption_seed": CORRUPTION_SEED}
+    scored = scored_on(suite, corruptions=corruptions, severities=severities)
 
     def compute() -> dict:
         data = eval_data(exp)
@@ -468,10 +482,13 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
 def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
                    suite: str = "cifar-c", pooled: bool = False) -> dict:
     """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
-    from ..corruptions import corrupt_split
+    from ..corruptions import SUITES, corrupt_split
     from ..entropy import layer_entropy
     from ..evaluation import as_float_images
 
+    # Figures 3-4 corrupt a subset of the evaluation images, which the released files (the
+    # whole test set, corrupted) do not hold by index.
+    check_choice("suite of the entropy figures", suite, SUITES)
     path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
     spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", exp.demhec_config)
     scored = {"corruption": corruption, "severity": severity, "suite": suite, "pooled": pooled,
@@ -507,16 +524,21 @@ def experiment_config(exp: Experiment) -> dict:
 
 def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],
                         severities: Sequence[int], n_images: int = 7) -> tuple[np.ndarray, dict]:
-    """Clean evaluation images and their corrupted versions (Figure 2 inputs)."""
-    from ..corruptions import corrupt_split
+    """Clean evaluation images and their corrupted versions (Figure 2 inputs); a released
+    suite shows its own files' images at the same indices of the test set."""
+    from ..corruptions import RELEASED_SUITES, corrupt_split, released_split
 
     data = eval_data(exp)
     # One image per class where possible, so the figure shows varied content.
     idx = [int(np.flatnonzero(data.labels == c)[0]) for c in np.unique(data.labels)][:n_images]
     clean = data.images[idx]
-    corrupted = {(c, s): np.asarray(corrupt_split(clean, c, s, suite=suite, seed=CORRUPTION_SEED))
-                 for c in corruptions for s in severities}
-    return clean, corrupted
+
+    def corrupted(c: str, s: int) -> np.ndarray:
+        if suite in RELEASED_SUITES:
+            return released_split(suite, exp.data_root, c, s, download=exp.download, classes=data.classes)[0][idx]
+        return corrupt_split(clean, c, s, suite=suite, seed=CORRUPTION_SEED)
+
+    return clean, {(c, s): np.asarray(corrupted(c, s)) for c in corruptions for s in severities}
 
 
 def demhec_config(exp: Experiment, **overrides: Any) -> DemHECConfig:
