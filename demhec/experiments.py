@@ -48,6 +48,8 @@ __all__ = [
     "entropy_result",
     "eval_data",
     "get_profile",
+    "gpu_records",
+    "gpu_summary",
     "robustness_result",
 ]
 
@@ -73,6 +75,11 @@ class Profile:
     # Per-family changes to ``base`` / ``demhec``: {"vit": {"base": {...}, "demhec": {...}}},
     # the family being the backbone name's prefix.
     overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    home: str | None = None  # folder under results_dir (None: the profile's name)
+    eval_per_class: int = 500  # cifar10_jpeg: images of each class held out for evaluation
+    # A committed base state dict (relative to the repository root) used instead of training
+    # one, so that runs of another profile start from exactly the same weights.
+    base_weights: str | None = None
 
 
 # Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
@@ -130,6 +137,49 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
+# scripts/gpu_reproduction.py: the CPU reproduction's data and split at the paper's full A.3
+# schedule (20 epochs, DemHECConfig's defaults) on one GPU, from the CPU reproduction's committed
+# base ("gpu") and from a stronger base trained there with the zoo recipe ("gpu_strong", its
+# epochs fitted to a time budget through Experiment.base_epochs). The "_smoke" twins run the same
+# script on a CPU in about a minute (its test); their data is whatever archive the caller passes.
+_CPU_BASE = "results/cpu/checkpoints/resnet20_base.pt"
+_SMOKE_FINETUNE = DemHECConfig(epochs=1, batch_size=32, max_steps=3, warmup_epochs=0, steps=2)
+PROFILES.update({
+    "gpu": Profile(
+        name="gpu",
+        description="real CIFAR-10 train images (JPEG q75 mirror), the CPU base, A.3's full schedule; GPU",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=PROFILES["cpu"].base, demhec=DemHECConfig(),
+        pretrained=False, eval_batch_size=1000, entropy_images=500,
+        home="gpu/cpu_base", base_weights=_CPU_BASE,
+    ),
+    "gpu_strong": Profile(
+        name="gpu_strong",
+        description="real CIFAR-10 train images (JPEG q75 mirror), a zoo-recipe base trained on the GPU, "
+                    "A.3's full schedule; GPU",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=60, batch_size=128, lr=0.1), demhec=DemHECConfig(),
+        pretrained=False, eval_batch_size=1000, entropy_images=500,
+        home="gpu/strong_base",
+    ),
+    "gpu_smoke": Profile(
+        name="gpu_smoke",
+        description="the GPU script's plan on a CPU: a few hundred images, three steps (its test)",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=PROFILES["cpu"].base, demhec=_SMOKE_FINETUNE,
+        pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5,
+        home="gpu_smoke/cpu_base", base_weights=_CPU_BASE,
+    ),
+    "gpu_strong_smoke": Profile(
+        name="gpu_strong_smoke",
+        description="the GPU script's stronger base on a CPU: a few hundred images (its test)",
+        dataset="cifar10_jpeg", train_limit=None, eval_limit=None,
+        base=TrainConfig(epochs=1, batch_size=64, lr=0.05), demhec=_SMOKE_FINETUNE,
+        pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5,
+        home="gpu_smoke/strong_base",
+    ),
+})
+
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
 CORRUPTION_SEED = 0
@@ -159,6 +209,7 @@ class Experiment:
     progress: bool = False
     download: bool = False
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
+    base_epochs: int | None = None  # replaces the profile's base epochs (time-budgeted runs)
 
     def __post_init__(self) -> None:
         from .models import list_models
@@ -167,6 +218,8 @@ class Experiment:
         check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
         check_choice("backbone", self.backbone, list_models())
         check_range("seed", self.seed, 0, integer=True)
+        if self.base_epochs is not None:
+            check_range("base_epochs", self.base_epochs, 1, integer=True)
 
     @property
     def prof(self) -> Profile:
@@ -183,7 +236,7 @@ class Experiment:
 
     @property
     def root(self) -> Path:
-        return Path(self.results_dir) / self.profile
+        return Path(self.results_dir) / (self.prof.home or self.profile)
 
     @property
     def cell_dir(self) -> Path:
@@ -198,7 +251,8 @@ class Experiment:
     @property
     def base_config(self) -> TrainConfig:
         """The profile's base recipe for this backbone, with this experiment's seed."""
-        return replace(self.prof.base, seed=self.seed, **self._override("base"))
+        epochs = {} if self.base_epochs is None else {"epochs": self.base_epochs}
+        return replace(self.prof.base, seed=self.seed, **{**self._override("base"), **epochs})
 
     @property
     def demhec_config(self) -> DemHECConfig:
@@ -226,11 +280,12 @@ def _subset(arrays: Any, limit: int | None, seed: int) -> Any:
 
 def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
                download: bool = False, cache_dir: str | os.PathLike = "results/cache",
-               progress: bool = False) -> Any:
+               progress: bool = False, eval_per_class: int = 500) -> Any:
     """Any dataset the profiles use, by name, as :class:`~demhec.data.ImageArrays`.
 
     ``cifar10_jpeg`` is the CPU profile's split of the CIFAR-10 JPEG mirror: ``data_root`` is
-    the archive or its extracted folder (default: ``../shared/data`` beside the checkout).
+    the archive or its extracted folder (default: ``../shared/data`` beside the checkout), and
+    ``eval_per_class`` images of each class are held out for evaluation.
     """
     from .data import cifar10_jpeg_split, load_arrays
 
@@ -239,7 +294,8 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     if name == "cifar10_jpeg":
         source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
         train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
-                                             eval_per_class=500, split_seed=0, progress=progress)
+                                             eval_per_class=eval_per_class, split_seed=0,
+                                             progress=progress)
         arrays = train if split == "train" else held_out
         source_name = {"source": f"CIFAR-10 train images from a JPEG quality-75 mirror ({source.name})"}
         return dataclasses.replace(arrays, provenance={**arrays.provenance, **source_name})
@@ -255,7 +311,8 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
 
 def _load(exp: Experiment, split: str) -> Any:
     arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
-                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress)
+                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress,
+                        eval_per_class=exp.prof.eval_per_class)
     limit = exp.prof.train_limit if split == "train" else exp.prof.eval_limit
     return _subset(arrays, limit, seed=0)
 
@@ -318,6 +375,8 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     k = num_classes if num_classes is not None else len(train_data(exp).classes)
     if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
+    if exp.prof.base_weights:
+        return _model_from(REPO_ROOT / exp.prof.base_weights, exp, k)
 
     def fit(data: Any, resume: Path) -> nn.Module:
         model = _new_model(exp, k, pretrained=exp.prof.pretrained)
@@ -351,6 +410,22 @@ def _corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
     every result that reads them must see the same images."""
     return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
                 key=f"{exp.effective_dataset}-eval", batch_size=exp.prof.eval_batch_size, device=exp.device)
+
+
+def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
+                     corruptions: Sequence[str] | None = None,
+                     severities: Sequence[int] | None = None, workers: int | None = None) -> None:
+    """Generate the experiment's corrupted evaluation sets into the cache that
+    :func:`robustness_result` reads, ahead of the models that need them (several processes
+    then read one cache instead of each building it)."""
+    from .corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES, corruption_grid
+
+    kw = _corrupted_eval_kw(exp)
+    for _ in corruption_grid(eval_data(exp).images, corruptions or PAPER_CORRUPTIONS,
+                             severities or PAPER_SEVERITIES, suite=suite, seed=kw["seed"],
+                             cache_dir=kw["cache_dir"], key=kw["key"], workers=workers,
+                             progress=exp.progress):
+        pass
 
 
 def robustness_result(
@@ -462,9 +537,16 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
 
 
 def _exp_config(exp: Experiment) -> dict:
-    return {"profile": exp.profile, "dataset": exp.effective_dataset,
-            "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
-            "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+    out = {"profile": exp.profile, "dataset": exp.effective_dataset,
+           "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
+           "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+    if exp.base_epochs is not None:
+        out["base_epochs"] = exp.base_epochs
+    if exp.prof.base_weights:
+        weights = REPO_ROOT / exp.prof.base_weights
+        out["base_weights"] = {"path": exp.prof.base_weights,
+                               "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return out
 
 
 def result_table(record: dict) -> pd.DataFrame:
@@ -798,6 +880,13 @@ def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
     return demhec_config(exp, **overrides), "after" if run == "demhec" else f"after_{run}"
 
 
+def ablation_model(exp: Experiment, run: str) -> nn.Module:
+    """The model of one control/ablation ``run``, fine-tuned from the base model (cached like
+    :func:`ablation_result`'s, which then only evaluates it)."""
+    cfg, tag = _ablation_config(exp, run)
+    return demhec_model(exp, replace(cfg, seed=exp.seed), tag=tag.replace("after", "demhec", 1))
+
+
 def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",
                     severities: Sequence[int] | None = None) -> dict:
     """The robustness result of one control/ablation ``run`` (a key of :data:`ABLATIONS`)
@@ -934,3 +1023,60 @@ def suite_agreement(records: dict[str, dict], paper_dataset: str, paper_backbone
                              "mean_diff": float((table[s] - table.paper).mean())}
                             for s in records])
     return table, summary
+
+
+# --- the GPU run (scripts/gpu_reproduction.py) ---------------------------------------------------
+
+GPU_BASES = {"gpu": "CPU base", "gpu_strong": "strong base (trained on the GPU)"}
+# What the script fine-tunes from each base: the paper's config, its plain control, the InfoNCE
+# ablation and the CPU reproduction's best config; from the stronger base the first two.
+GPU_A_RUNS = ("demhec", "plain", "no_infonce", "late_frozen_tuned")
+GPU_B_RUNS = ("demhec", "plain")
+
+
+def gpu_records(results_dir: str | os.PathLike, smoke: bool = False) -> dict[str, tuple[dict, dict]]:
+    """The GPU script's robustness results (``cifar-c``) that exist, per profile: ``(before,
+    {(run, 0): after})``. Empty when the script has not been run (no GPU lent yet)."""
+    out = {}
+    for profile in GPU_BASES:
+        exp = Experiment(profile=profile + ("_smoke" if smoke else ""), dataset="cifar10",
+                         backbone="resnet20", results_dir=str(results_dir), allow_train=False)
+        before = exp.cell_dir / "before_cifar-c.json"
+        if not before.exists():
+            continue
+        runs = {}
+        for run in ABLATIONS:
+            path = exp.cell_dir / f"{'after' if run == 'demhec' else f'after_{run}'}_cifar-c.json"
+            if path.exists():
+                runs[(run, 0)] = read_result(path)
+        out[profile] = (read_result(before), runs)
+    return out
+
+
+def gpu_summary(records: dict[str, tuple[dict, dict]], cpu: tuple[dict, dict] | None = None) -> pd.DataFrame:
+    """The GPU runs (A.3's 20 epochs) as :func:`ablation_summary` rows, one block per base, with
+    the CPU reproduction's same runs (its short budget; ``cpu`` = (before, runs)) and the paper's
+    Table 1 ResNet-20 column (noise and all-corruption means at S5; the paper states no clean
+    accuracy for it) beside them."""
+    blocks = []
+    for profile, (before, runs) in records.items():
+        blocks.append(ablation_summary(before, runs).assign(source=f"GPU, A.3 schedule, {GPU_BASES[profile]}"))
+    if cpu is not None:
+        before, runs = cpu
+        blocks.append(ablation_summary(before, runs).assign(source="CPU, 150-step budget, CPU base"))
+    ref = paper_table("table1")
+    ref = ref[(ref.dataset == "cifar10") & (ref.backbone == "resnet20") & (ref.severity == 5)]
+    rows = []
+    for phase in ("before", "after"):
+        t = ref[ref.phase == phase]
+        rows.append({"run": "base" if phase == "before" else "demhec",
+                     "label": "base model" if phase == "before" else ABLATION_LABELS["demhec"],
+                     "seed": None, "clean": float("nan"),
+                     "noise_s5": float(t[t.corruption.isin(NOISE)].accuracy.mean()),
+                     "all_s5": float(t.accuracy.mean())})
+    paper = pd.DataFrame(rows)
+    for col in ("clean", "noise_s5", "all_s5"):
+        paper[f"d_{col}"] = paper[col] - paper[col].iloc[0]
+    blocks.append(paper.assign(source="paper, Table 1 (ResNet-20)"))
+    out = pd.concat(blocks, ignore_index=True)
+    return out[["source", "run", "label", "seed", "clean", "noise_s5", "all_s5", "d_clean", "d_noise_s5", "d_all_s5"]]
