@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD ?= build
 
-.PHONY: demo paper test lint unit unit-all notebooks-smoke clean
+.PHONY: demo paper test lint unit unit-all notebooks-smoke gpu-carry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(BUILD)/nbval
 
 test: lint unit notebooks-smoke
+
+gpu-carry: $(STAMP)  ## what scripts/gpu_reproduction.sh needs on the device (development machines only)
+	mkdir -p .gpu_carry
+	cp ../shared/data/cifar10-jpeg-train.tar.gz .gpu_carry/
+	$(PY) -m pip download --quiet --no-deps -d .gpu_carry imagecorruptions-imaug==1.1.5
+	git rev-parse HEAD > .gpu_carry/COMMIT
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache

@@ -352,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "entropy" and distributed.rank_and_world()[1] > 1:
             raise DemHECError("entropy runs in one process; launch it without torchrun")
         COMMANDS[args.command](args)
+        # Under torchrun, rank 0 still writes and prints when the others are done; leaving the
+        # group together keeps a rank from tearing gloo down while its peer is still in it.
+        distributed.barrier()
     except DemHECError as e:
         print(f"demhec {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -70,7 +70,8 @@ def git_commit() -> str:
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
         return sha + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        # A copy of the work tree without .git (a GPU machine's): the launcher names the commit.
+        return os.environ.get("DEMHEC_GIT_COMMIT", "unknown")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from torch import nn
+
 from .._common import check_choice
 from ..results import get_or_compute
 from ..training import DemHECConfig
@@ -99,6 +101,13 @@ def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
     if callable(overrides):
         overrides = overrides(exp.demhec_config)
     return demhec_config(exp, **overrides), "after" if run == "demhec" else f"after_{run}"
+
+
+def ablation_model(exp: Experiment, run: str) -> nn.Module:
+    """The model of one control/ablation ``run``, fine-tuned from the base model (cached like
+    :func:`ablation_result`'s, which then only evaluates it)."""
+    cfg, tag = _ablation_config(exp, run)
+    return demhec_model(exp, replace(cfg, seed=exp.seed), tag=tag.replace("after", "demhec", 1))
 
 
 def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",

@@ -60,6 +60,11 @@ class Profile:
     # Per-family changes to ``base`` / ``demhec``: {"vit": {"base": {...}, "demhec": {...}}},
     # the family being the backbone name's prefix.
     overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    home: str | None = None  # folder under results_dir (None: the profile's name)
+    eval_per_class: int = 500  # cifar10_jpeg: images of each class held out for evaluation
+    # A committed base state dict (relative to the repository root) used instead of training
+    # one, so that runs of another profile start from exactly the same weights.
+    base_weights: str | None = None
 
 
 # Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
@@ -103,6 +108,35 @@ PROFILES: dict[str, Profile] = {
 }
 # Positional fields above: name, description, dataset, train_limit, eval_limit, base, demhec.
 
+# scripts/gpu_reproduction.py: the CPU reproduction's data and split at the paper's full A.3
+# schedule (20 epochs, DemHECConfig's defaults) on one GPU, from the CPU reproduction's committed
+# base ("gpu") and from a stronger base trained there with the zoo recipe ("gpu_strong", its
+# epochs fitted to a time budget through Experiment.base_epochs). The "_smoke" twins run the same
+# script on a CPU in about a minute (its test) on whatever archive the caller passes.
+_CPU_BASE = "results/cpu/checkpoints/resnet20_base.pt"
+_SMOKE_FINETUNE = DemHECConfig(epochs=1, batch_size=32, max_steps=3, warmup_epochs=0, steps=2)
+_JPEG_GPU = "real CIFAR-10 train images (JPEG q75 mirror)"
+PROFILES.update({
+    "gpu": Profile(
+        "gpu", f"{_JPEG_GPU}, the CPU base, A.3's full schedule; GPU", "cifar10_jpeg", None, None,
+        PROFILES["cpu"].base, DemHECConfig(), pretrained=False, eval_batch_size=1000,
+        entropy_images=500, home="gpu/cpu_base", base_weights=_CPU_BASE),
+    "gpu_strong": Profile(
+        "gpu_strong", f"{_JPEG_GPU}, a zoo-recipe base trained on the GPU, A.3's full schedule; GPU",
+        "cifar10_jpeg", None, None, TrainConfig(epochs=60, batch_size=128, lr=0.1), DemHECConfig(),
+        pretrained=False, eval_batch_size=1000, entropy_images=500, home="gpu/strong_base"),
+    "gpu_smoke": Profile(
+        "gpu_smoke", "the GPU script's plan on a CPU: a few hundred images, three steps (its test)",
+        "cifar10_jpeg", None, None, PROFILES["cpu"].base, _SMOKE_FINETUNE, pretrained=False,
+        eval_batch_size=64, entropy_images=16, eval_per_class=5, home="gpu_smoke/cpu_base",
+        base_weights=_CPU_BASE),
+    "gpu_strong_smoke": Profile(
+        "gpu_strong_smoke", "the GPU script's stronger base on a CPU: a few hundred images (its test)",
+        "cifar10_jpeg", None, None, TrainConfig(epochs=1, batch_size=64, lr=0.05), _SMOKE_FINETUNE,
+        pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5,
+        home="gpu_smoke/strong_base"),
+})
+
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
 CORRUPTION_SEED = 0
@@ -134,6 +168,7 @@ class Experiment:
     progress: bool = False
     download: bool = False
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
+    base_epochs: int | None = None  # replaces the profile's base epochs (time-budgeted runs)
 
     def __post_init__(self) -> None:
         from ..models import list_models
@@ -142,6 +177,8 @@ class Experiment:
         check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
         check_choice("backbone", self.backbone, list_models())
         check_range("seed", self.seed, 0, integer=True)
+        if self.base_epochs is not None:
+            check_range("base_epochs", self.base_epochs, 1, integer=True)
 
     @property
     def prof(self) -> Profile:
@@ -158,7 +195,7 @@ class Experiment:
 
     @property
     def root(self) -> Path:
-        return Path(self.results_dir) / self.profile
+        return Path(self.results_dir) / (self.prof.home or self.profile)
 
     @property
     def cell_dir(self) -> Path:
@@ -175,7 +212,8 @@ class Experiment:
         """The profile's base recipe for this backbone. Its seed is :data:`BASE_SEED` whatever the
         experiment's seed: one base model per (profile, dataset, backbone) is shared by every
         fine-tuning seed, so that runs of different seeds differ by their fine-tune alone."""
-        return replace(self.prof.base, seed=BASE_SEED, **self._override("base"))
+        epochs = {} if self.base_epochs is None else {"epochs": self.base_epochs}
+        return replace(self.prof.base, seed=BASE_SEED, **{**self._override("base"), **epochs})
 
     @property
     def demhec_config(self) -> DemHECConfig:
@@ -203,11 +241,12 @@ def subset(arrays: Any, limit: int | None, seed: int) -> Any:
 
 def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
                download: bool = False, cache_dir: str | os.PathLike = "results/cache",
-               progress: bool = False) -> Any:
+               progress: bool = False, eval_per_class: int = 500) -> Any:
     """Any dataset the profiles use, by name, as :class:`~demhec.data.ImageArrays`.
 
     ``cifar10_jpeg`` is the CPU profile's split of the CIFAR-10 JPEG mirror: ``data_root`` is
-    the archive or its extracted folder (default: ``../shared/data`` beside the checkout).
+    the archive or its extracted folder (default: ``../shared/data`` beside the checkout), and
+    ``eval_per_class`` images of each class are held out for evaluation.
     """
     from ..data import cifar10_jpeg_split, load_arrays
 
@@ -216,7 +255,8 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     if name == "cifar10_jpeg":
         source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
         train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
-                                             eval_per_class=500, split_seed=0, progress=progress)
+                                             eval_per_class=eval_per_class, split_seed=0,
+                                             progress=progress)
         arrays = train if split == "train" else held_out
         source_name = {"source": f"CIFAR-10 train images from a JPEG quality-75 mirror ({source.name})"}
         return dataclasses.replace(arrays, provenance={**arrays.provenance, **source_name})
@@ -236,7 +276,8 @@ def _limit(exp: Experiment, split: str) -> int | None:
 
 def _load(exp: Experiment, split: str) -> Any:
     arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
-                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress)
+                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress,
+                        eval_per_class=exp.prof.eval_per_class)
     return subset(arrays, _limit(exp, split), seed=SUBSET_SEED)
 
 
@@ -244,8 +285,11 @@ def data_request(exp: Experiment, split: str) -> dict[str, Any]:
     """Which images a split of the experiment is, as a cache fingerprint records it: known
     without reading the data, so a cached result is checked (and the committed ones load) where
     the data is absent."""
-    return {"dataset": exp.effective_dataset, "split": split, "limit": _limit(exp, split),
-            "subset_seed": SUBSET_SEED}
+    out = {"dataset": exp.effective_dataset, "split": split, "limit": _limit(exp, split),
+           "subset_seed": SUBSET_SEED}
+    if exp.prof.eval_per_class != Profile.eval_per_class:  # recorded where it differs (smoke)
+        out["eval_per_class"] = exp.prof.eval_per_class
+    return out
 
 
 def train_data(exp: Experiment) -> Any:
@@ -290,7 +334,15 @@ def model_spec(exp: Experiment, kind: str, config: Any = None) -> dict[str, Any]
                             "config": exp.base_config if config is None else config}
     if kind == "demhec":
         spec["base"] = exp.base_config
+    if exp.prof.base_weights and kind in ("base", "demhec"):
+        spec["base_weights"] = base_weights(exp)
     return spec
+
+
+def base_weights(exp: Experiment) -> dict[str, str]:
+    """The committed base state dict a profile starts from, by path and content hash."""
+    path = REPO_ROOT / exp.prof.base_weights
+    return {"path": exp.prof.base_weights, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _fingerprint_path(path: Path) -> Path:
@@ -329,6 +381,8 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     k = num_classes if num_classes is not None else len(train_data(exp).classes)
     if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
+    if exp.prof.base_weights:
+        return _model_from(REPO_ROOT / exp.prof.base_weights, exp, k)
 
     def fit(data: Any, resume: Path) -> nn.Module:
         model = _new_model(exp, k, pretrained=exp.prof.pretrained)
@@ -374,6 +428,22 @@ def corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
     return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
                 key=f"{exp.effective_dataset}-eval", data_root=exp.data_root, download=exp.download,
                 **run.keywords())
+
+
+def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
+                     corruptions: Sequence[str] | None = None,
+                     severities: Sequence[int] | None = None, workers: int | None = None) -> None:
+    """Generate the experiment's corrupted evaluation sets into the cache that
+    :func:`robustness_result` reads, ahead of the models that need them (several processes
+    then read one cache instead of each building it)."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES, corruption_grid
+
+    kw = corrupted_eval_kw(exp)
+    for _ in corruption_grid(eval_data(exp).images, corruptions or PAPER_CORRUPTIONS,
+                             severities or PAPER_SEVERITIES, suite=suite, seed=kw["seed"],
+                             cache_dir=kw["cache_dir"], key=kw["key"], workers=workers,
+                             progress=exp.progress):
+        pass
 
 
 def scored_on(suite: str, **how: Any) -> dict[str, Any]:
@@ -517,9 +587,14 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
 
 
 def experiment_config(exp: Experiment) -> dict:
-    return {"profile": exp.profile, "dataset": exp.effective_dataset,
-            "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
-            "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+    out = {"profile": exp.profile, "dataset": exp.effective_dataset,
+           "requested_dataset": exp.dataset, "backbone": exp.effective_backbone,
+           "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
+    if exp.base_epochs is not None:
+        out["base_epochs"] = exp.base_epochs
+    if exp.prof.base_weights:
+        out["base_weights"] = base_weights(exp)
+    return out
 
 
 def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],

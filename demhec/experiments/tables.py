@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._common import DemHECError
 from ..results import compare_with_paper, paper_table, read_result
-from .ablations import ABLATION_LABELS, NOISE
+from .ablations import ABLATION_LABELS, ABLATIONS, NOISE
 
 
 def result_table(record: dict) -> pd.DataFrame:
@@ -238,3 +238,62 @@ def suite_agreement(records: dict[str, dict], paper_dataset: str, paper_backbone
                              "mean_diff": float((table[s] - table.paper).mean())}
                             for s in records])
     return table, summary
+
+
+# --- the GPU run (scripts/gpu_reproduction.py) ---------------------------------------------------
+
+GPU_BASES = {"gpu": "CPU base", "gpu_strong": "strong base (trained on the GPU)"}
+# What the script fine-tunes from each base: the paper's config, its plain control, the InfoNCE
+# ablation and the CPU reproduction's best config; from the stronger base the first two.
+GPU_A_RUNS = ("demhec", "plain", "no_infonce", "late_frozen_tuned")
+GPU_B_RUNS = ("demhec", "plain")
+
+
+def gpu_records(results_dir: str | os.PathLike, smoke: bool = False) -> dict[str, tuple[dict, dict]]:
+    """The GPU script's robustness results (``cifar-c``) that exist, per profile: ``(before,
+    {(run, 0): after})``. Empty when the script has not been run (no GPU lent yet)."""
+    out = {}
+    from .pipeline import Experiment
+
+    for profile in GPU_BASES:
+        exp = Experiment(profile=profile + ("_smoke" if smoke else ""), dataset="cifar10",
+                         backbone="resnet20", results_dir=str(results_dir), allow_train=False)
+        before = exp.cell_dir / "before_cifar-c.json"
+        if not before.exists():
+            continue
+        runs = {}
+        for run in ABLATIONS:
+            path = exp.cell_dir / f"{'after' if run == 'demhec' else f'after_{run}'}_cifar-c.json"
+            if path.exists():
+                runs[(run, 0)] = read_result(path)
+        out[profile] = (read_result(before), runs)
+    return out
+
+
+def gpu_summary(records: dict[str, tuple[dict, dict]], cpu: tuple[dict, dict] | None = None) -> pd.DataFrame:
+    """The GPU runs (A.3's 20 epochs) as :func:`ablation_summary` rows, one block per base, with
+    the CPU reproduction's same runs (its short budget; ``cpu`` = (before, runs)) and the paper's
+    Table 1 ResNet-20 column (noise and all-corruption means at S5; the paper states no clean
+    accuracy for it) beside them."""
+    blocks = []
+    for profile, (before, runs) in records.items():
+        blocks.append(ablation_summary(before, runs).assign(source=f"GPU, A.3 schedule, {GPU_BASES[profile]}"))
+    if cpu is not None:
+        before, runs = cpu
+        blocks.append(ablation_summary(before, runs).assign(source="CPU, 150-step budget, CPU base"))
+    ref = paper_table("table1")
+    ref = ref[(ref.dataset == "cifar10") & (ref.backbone == "resnet20") & (ref.severity == 5)]
+    rows = []
+    for phase in ("before", "after"):
+        t = ref[ref.phase == phase]
+        rows.append({"run": "base" if phase == "before" else "demhec",
+                     "label": "base model" if phase == "before" else ABLATION_LABELS["demhec"],
+                     "seed": None, "clean": float("nan"),
+                     "noise_s5": float(t[t.corruption.isin(NOISE)].accuracy.mean()),
+                     "all_s5": float(t.accuracy.mean())})
+    paper = pd.DataFrame(rows)
+    for col in ("clean", "noise_s5", "all_s5"):
+        paper[f"d_{col}"] = paper[col] - paper[col].iloc[0]
+    blocks.append(paper.assign(source="paper, Table 1 (ResNet-20)"))
+    out = pd.concat(blocks, ignore_index=True)
+    return out[["source", "run", "label", "seed", "clean", "noise_s5", "all_s5", "d_clean", "d_noise_s5", "d_all_s5"]]

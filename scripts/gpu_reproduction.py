@@ -1,0 +1,564 @@
+"""The paper's full fine-tuning schedule on one GPU, inside one call of the device tool.
+
+Every real-data number of the CPU reproduction comes from a 150- to 600-step budget; the paper
+fine-tunes for 20 epochs (A.3: batch 128, lr 0.05, 2 warm-up epochs, cosine: 7,020 steps on the
+45,000-image training split). This script runs that schedule on the CPU reproduction's data and
+split (profiles ``gpu`` and ``gpu_strong`` of :mod:`demhec.experiments`) as a set of processes that
+share one GPU, and packs whatever has finished into ``--out`` after every job, so a run stopped at
+its limit still returns all it finished:
+
+* ``bench``: ``benchmarks/step_cost.py`` (bf16, channels_last; T_he 1 and 5) and
+  ``benchmarks/epoch_time.py`` alone on the GPU first; ``bench_compile`` (``torch.compile``) last,
+  only if time is left.
+* ``data``: the JPEG archive decoded once; ``cache``: the 5,000 evaluation images under the seven
+  corruptions at S1/S3/S5 (``cifar-c`` suite) on CPU workers.
+* Phase A, from the CPU reproduction's committed base (``results/cpu/checkpoints/resnet20_base.pt``):
+  ``a_demhec`` (the paper's config), ``a_plain`` (the plain fine-tune), ``a_no_infonce``
+  (lambda_C = 0) and ``a_late_frozen_tuned`` (the CPU work's best config), all at once, each then
+  evaluated; ``a_before`` evaluates the base.
+* Phase B, alongside: ``b_base`` trains a ResNet-20 with the zoo recipe for as many epochs as fit
+  in its time budget (measured from its own first steps) and evaluates it; ``b_demhec`` and
+  ``b_plain`` then fine-tune it with the same A.3 schedule and are evaluated.
+
+Results land in ``<results-dir>/gpu/`` (``cpu_base/`` and ``strong_base/``, the layout of
+``results/cpu/``, plus ``run.json``: device, per-job wall times and steps done, the benchmark
+lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights.tar`` (state
+dicts) and ``gpu_resume_{a,b}.tar`` (resume checkpoints of unfinished runs).
+
+Plan against the device tool's limits (one command of at most 10 minutes, 15 minutes of device
+time in all, the machine's start included): the script stops its jobs at ``--budget`` seconds
+(default 520) and packs. A Dem-HEC step of ResNet-20 at batch 128 is about 180 GFLOP (17
+forward-equivalents, 2 T_he + 7), well under a millisecond of H200 arithmetic, so the step is
+bound by kernel launches: ``benchmarks/op_count.py`` counts 2,333 ATen operator calls in one
+Dem-HEC step (647 in a plain one), and at the 8-15 microseconds that eager PyTorch spends
+launching each, a step takes about 19-35 ms, the 7,020 steps of a run 2.2-4.1 minutes. The runs of
+a phase are separate processes, so their launches overlap on the 16 host cores. ``b_base`` gets
+what is left after a fine-tune's estimate (the ``bench`` job's measured lone Dem-HEC step, times
+1.5 for sharing the GPU, plus 30 s of evaluation), at most ``--base-budget`` seconds (240).
+
+On the device tool: ``make gpu-carry`` here (the archive, the ``imagecorruptions-imaug`` wheel and
+the commit into the ignored ``.gpu_carry/``), commit nothing after it, then one call with
+``carry: [".gpu_carry"]``, ``timeout_s: 600`` and the command ``bash scripts/gpu_reproduction.sh``
+(``python3 scripts/gpu_reproduction.py --carry .gpu_carry --out "$OUT"``). Back here, from the
+folder the files came back to::
+
+    .venv/bin/python scripts/gpu_reproduction.py --unpack FILES_AT   # into results/gpu/
+
+The device has torch (2.11), torchvision, timm, numpy, pandas, scipy, scikit-image and OpenCV
+but neither ``imagecorruptions`` (installed here from the carried wheel, ``--no-deps``) nor, as
+far as is known, ``numba``, which that package imports for glass blur alone: without it a
+stand-in module is put on the path whose ``njit`` functions refuse to run (glass blur is not
+among the seven corruptions evaluated); ``run.json`` records which. ``--smoke`` runs the whole
+plan on a CPU in about a minute (profiles ``gpu_smoke``/``gpu_strong_smoke``: a few hundred
+images, three steps a run); ``tests/test_gpu_reproduction.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Seconds kept after a job's training for its evaluation (21 cells of 5,000 images on the GPU).
+EVAL_RESERVE_S = 30
+# A fine-tune shares the GPU with the other runs; its measured lone step is scaled by this.
+SHARING_SLOWDOWN = 1.5
+
+log = logging.getLogger("gpu_reproduction")
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def prepare_imports(carry: Path | None, work: Path) -> dict[str, str]:
+    """Make ``imagecorruptions`` importable on a machine without it (and without numba), in this
+    process and in every child (through ``PYTHONPATH``); returns what was done, for run.json."""
+    done: dict[str, str] = {}
+    extra: list[str] = []
+    if importlib.util.find_spec("numba") is None:
+        shim = work / "shim"
+        (shim / "numba").mkdir(parents=True, exist_ok=True)
+        (shim / "numba" / "__init__.py").write_text(
+            '"""Stand-in for numba (absent here): imagecorruptions imports njit for glass blur only."""\n\n\n'
+            "def njit(*args, **kwargs):\n"
+            "    def refuse(*a, **k):\n"
+            "        raise RuntimeError('this corruption needs numba, which is not installed')\n\n"
+            "    if len(args) == 1 and callable(args[0]) and not kwargs:\n"
+            "        return refuse\n"
+            "    return lambda fn: refuse\n")
+        extra.append(str(shim))
+        done["numba"] = "absent: stand-in whose njit functions refuse (glass blur unavailable)"
+    else:
+        done["numba"] = "installed"
+    if importlib.util.find_spec("imagecorruptions") is None:
+        wheels = sorted(carry.glob("imagecorruptions_imaug-*.whl")) if carry else []
+        if not wheels:
+            raise SystemExit("imagecorruptions is not installed and no imagecorruptions_imaug wheel "
+                             f"is in --carry {carry}; see this script's doc")
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                              str(wheels[0])], capture_output=True, text=True)
+        if pip.returncode == 0:
+            done["imagecorruptions"] = f"installed from {wheels[0].name} (--no-deps)"
+        else:  # a wheel is a zip: import it from the path
+            extra.append(str(wheels[0].resolve()))
+            done["imagecorruptions"] = f"imported from {wheels[0].name} on the path (pip failed)"
+        importlib.invalidate_caches()
+    else:
+        done["imagecorruptions"] = "installed"
+    for p in reversed([*extra, str(ROOT)]):
+        sys.path.insert(0, p)
+    os.environ["PYTHONPATH"] = os.pathsep.join([*extra, str(ROOT), os.environ.get("PYTHONPATH", "")])
+    if carry and (carry / "COMMIT").is_file() and "DEMHEC_GIT_COMMIT" not in os.environ:
+        os.environ["DEMHEC_GIT_COMMIT"] = (carry / "COMMIT").read_text().strip()
+    return done
+
+
+def tune_torch(device: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+
+
+# --- the jobs (each runs in its own process: ``--job NAME``) ----------------------------------
+
+
+def experiment(args: argparse.Namespace, phase: str, base_epochs: int | None = None):
+    from demhec.experiments import Experiment
+
+    profile = {"a": "gpu", "b": "gpu_strong"}[phase] + ("_smoke" if args.smoke else "")
+    return Experiment(profile=profile, dataset="cifar10", backbone="resnet20", seed=0,
+                      results_dir=str(args.results_dir), data_root=str(args.data_root),
+                      device=args.device, base_epochs=base_epochs)
+
+
+def wait_for(status_dir: Path, name: str, deadline: float) -> bool:
+    """Wait until job ``name`` has ended; whether it succeeded."""
+    while time.time() < deadline:
+        for state, ok in (("done", True), ("failed", False)):
+            if (status_dir / f"{name}.{state}").exists():
+                return ok
+        time.sleep(0.5)
+    return False
+
+
+def run_bench(args: argparse.Namespace, compile_: bool) -> dict:
+    """The GPU check of benchmarks/ (step-cost ratio with bf16 and channels_last, one Dem-HEC
+    epoch's time; ``compile_``: the torch.compile step cost); their printed lines."""
+    dev = ["--device", args.device, "--channels-last"]
+    if compile_:
+        runs = [("step_cost.py", [*dev, "--amp", "--compile", "--steps", "30", "--the", "5", "--rounds", "1"])]
+    elif args.smoke:
+        runs = [("step_cost.py", [*dev, "--steps", "4", "--the", "1", "--rounds", "1", "--batch-size", "16"]),
+                ("epoch_time.py", ["--device", args.device, "--images", "64", "--batch-size", "16", "--no-amp"])]
+    else:
+        runs = [("step_cost.py", [*dev, "--amp", "--steps", "20", "--the", "1", "5", "--rounds", "2"]),
+                ("epoch_time.py", ["--device", args.device, "--images", "45000"])]
+    lines: dict[str, list[str]] = {}
+    for script, cmd in runs:
+        stdout = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *cmd], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
+        lines[f"{script} {' '.join(cmd)}"] = stdout.strip().splitlines()
+    out: dict = {"lines": lines}
+    for text in (line for printed in lines.values() for line in printed):
+        if m := re.match(r"T_he=\s*(\d+): median ratio ([\d.]+)", text):
+            out[f"ratio_the{m[1]}{'_compile' if compile_ else ''}"] = float(m[2])
+        if m := re.search(r"plain CE step ([\d.]+) ms", text):
+            out.setdefault("plain_step_ms" + ("_compile" if compile_ else ""), []).append(float(m[1]))
+        if m := re.search(r"T_he=\s*5: Dem-HEC step ([\d.]+) ms", text):
+            out.setdefault("demhec_step_ms" + ("_compile" if compile_ else ""), []).append(float(m[1]))
+        if m := re.match(r"one Dem-HEC epoch .*: ([\d.]+) s", text):
+            out["demhec_epoch_s"] = float(m[1])
+    return out
+
+
+def calibrated_base_epochs(exp, budget_s: float, args: argparse.Namespace) -> tuple[int, dict]:
+    """Epochs of the base recipe that fit in ``budget_s``, from the median time of this
+    process's own first plain steps (taken while the other runs share the GPU)."""
+    import numpy as np
+    import torch
+
+    from demhec import train
+    from demhec.experiments import train_data
+    from demhec.models import get_model
+
+    data = train_data(exp)
+    cfg = exp.base_config
+    steps = 8 if args.smoke else 60
+    stamps: list[float] = []
+    idx = np.arange(cfg.batch_size * steps) % len(data)  # a small split is repeated
+    probe = (data.images[idx], data.labels[idx])
+    model = get_model(exp.effective_backbone, num_classes=len(data.classes))
+    train(model, probe, cfg, device=exp.device, channels_last=exp.channels_last,
+          on_step=lambda s, p: stamps.append(time.perf_counter()))
+    if exp.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))[: max(1, len(stamps) // 2)]
+    step_s = gaps[len(gaps) // 2]  # median of the faster half: warm-up steps are the slow ones
+    per_epoch = step_s * (len(data) // cfg.batch_size)
+    cap = 2 if args.smoke else 200
+    epochs = int(max(1, min(cap, math.floor(budget_s / per_epoch))))
+    return epochs, {"probe_step_ms": round(1e3 * step_s, 3), "epoch_s_estimate": round(per_epoch, 2),
+                    "budget_s": round(budget_s, 1), "epochs": epochs}
+
+
+def run_job(args: argparse.Namespace) -> dict:
+    """One job of the plan, in this process; returns what run.json records of it."""
+    from demhec.experiments import (
+        ablation_model,
+        ablation_result,
+        base_model,
+        build_eval_cache,
+        eval_data,
+        robustness_result,
+        train_data,
+    )
+
+    name, status = args.job, Path(args.status_dir)
+    deadline = args.deadline
+    if name in ("bench", "bench_compile"):
+        return run_bench(args, compile_=name == "bench_compile")
+    if name == "data":
+        exp = experiment(args, "a")
+        return {"train": len(train_data(exp)), "eval": len(eval_data(exp))}
+    if name == "cache":
+        build_eval_cache(experiment(args, "a"), workers=args.cache_workers)
+        return {}
+    phase, run = name.split("_", 1)
+    if phase == "b" and run == "base":
+        probe_exp = experiment(args, "b")
+        epochs, info = calibrated_base_epochs(probe_exp, args.base_budget, args)
+        exp = experiment(args, "b", epochs)
+        base_model(exp)
+        wait_for(status, "cache", deadline)
+        rec = robustness_result(exp, "before")
+        return {**info, "base_epochs": epochs, "clean_accuracy": rec["metrics"]["clean_accuracy"]}
+    exp = experiment(args, phase, args.base_epochs)
+    if run == "before":
+        wait_for(status, "cache", deadline)
+        return {"clean_accuracy": robustness_result(exp, "before")["metrics"]["clean_accuracy"]}
+    t0 = time.perf_counter()
+    ablation_model(exp, run)
+    train_s = time.perf_counter() - t0
+    wait_for(status, "cache", deadline)
+    rec = ablation_result(exp, run)
+    steps = exp.demhec_config.epochs * (len(train_data(exp)) // exp.demhec_config.batch_size)
+    if exp.demhec_config.max_steps:
+        steps = min(steps, exp.demhec_config.max_steps)
+    return {"train_s": round(train_s, 1), "steps": steps, "step_ms": round(1e3 * train_s / steps, 2),
+            "clean_accuracy": rec["metrics"]["clean_accuracy"]}
+
+
+# --- the scheduler -----------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    name: str
+    needs: tuple[str, ...] = ()  # jobs that must have succeeded
+    after: tuple[str, ...] = ()  # jobs that must have ended (in any state)
+    gpu: bool = True
+    proc: subprocess.Popen | None = None
+    state: str = "pending"  # pending, running, done, failed, killed, skipped, not started
+    started: float | None = None
+    ended: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+def plan() -> list[Job]:
+    from demhec.experiments import GPU_A_RUNS, GPU_B_RUNS
+
+    gpu_start = ("bench",)  # the benchmark has the GPU to itself
+    jobs = [Job("bench"), Job("data", gpu=False), Job("cache", needs=("data",), gpu=False),
+            Job("a_before", needs=("data",), after=gpu_start)]
+    jobs += [Job(f"a_{run}", needs=("data",), after=gpu_start) for run in GPU_A_RUNS]
+    jobs += [Job("b_base", needs=("data",), after=gpu_start)]
+    jobs += [Job(f"b_{run}", needs=("b_base",)) for run in GPU_B_RUNS]
+    return jobs
+
+
+def _resume_step(path: Path) -> int | None:
+    import torch
+
+    try:  # our own checkpoint file; it holds numpy RNG state, which weights_only refuses
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    except Exception:  # noqa: BLE001 - a run killed while writing it leaves no usable step
+        return None
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, env_info: dict[str, str]) -> None:
+        self.args = args
+        self.t0 = time.time()
+        self.deadline = self.t0 + args.budget
+        self.jobs = {j.name: j for j in plan()}
+        self.env_info = env_info
+        self.gpu_root = Path(args.results_dir) / ("gpu_smoke" if args.smoke else "gpu")
+        self.status = self.gpu_root / "status"
+        self.logs = self.gpu_root / "logs"
+        for d in (self.status, self.logs):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.time() - self.t0:6.1f} s] {msg}", flush=True)
+
+    def child_argv(self, job: Job) -> list[str]:
+        a = self.args
+        argv = [sys.executable, str(Path(__file__).resolve()), "--job", job.name,
+                "--results-dir", str(a.results_dir), "--data-root", str(a.data_root),
+                "--device", a.device, "--status-dir", str(self.status),
+                "--deadline", str(self.deadline), "--cache-workers", str(a.cache_workers)]
+        if a.smoke:
+            argv.append("--smoke")
+        if job.name == "b_base":
+            left = self.deadline - time.time()
+            argv += ["--base-budget", f"{max(1.0, min(a.base_budget, left - self.finetune_estimate())):.1f}"]
+        if job.name.startswith("b_") and job.name != "b_base":
+            argv += ["--base-epochs", str(self.jobs["b_base"].info["base_epochs"])]
+        return argv
+
+    def finetune_estimate(self) -> float:
+        """Seconds a phase-B fine-tune and its evaluation will take, from the bench's lone
+        Dem-HEC step (A.3: 20 epochs of 351 steps), or a fifth of the budget without one."""
+        ms = self.jobs["bench"].info.get("demhec_step_ms")
+        if not ms:
+            return self.args.budget / 5
+        steps = 20 * (45000 // 128)
+        return SHARING_SLOWDOWN * steps * min(ms) / 1e3 + EVAL_RESERVE_S
+
+    def start(self, job: Job) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads))
+        # Its own process group (not session), so that stopping it reaches its benchmark
+        # subprocesses and corruption workers, and the device tool still ends them with us.
+        with open(self.logs / f"{job.name}.log", "w") as log_file:
+            job.proc = subprocess.Popen(self.child_argv(job), cwd=ROOT, env=env, stdout=log_file,
+                                        stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
+        job.state, job.started = "running", time.time()
+        self.say(f"start {job.name}")
+
+    def finish(self, job: Job, code: int) -> None:
+        job.ended = time.time()
+        job.state = "done" if code == 0 else "failed"
+        info = self.status / f"{job.name}.json"
+        if info.exists():
+            job.info = json.loads(info.read_text())
+        (self.status / f"{job.name}.{job.state}").touch()
+        extra = "" if code == 0 else f" (exit {code}; see logs/{job.name}.log)"
+        shown = {k: v for k, v in job.info.items() if k != "lines"}
+        self.say(f"{job.state} {job.name} in {job.ended - job.started:.0f} s{extra} {shown}")
+
+    def ready(self, job: Job) -> bool | None:
+        """True to start, False to wait, None when it can never start."""
+        if any(self.jobs[n].state in ("failed", "killed", "skipped", "not started") for n in job.needs):
+            return None
+        return (all(self.jobs[n].state == "done" for n in job.needs)
+                and all(self.jobs[n].state not in ("pending", "running") for n in job.after))
+
+    def run(self) -> None:
+        while time.time() < self.deadline:
+            for job in self.jobs.values():
+                if job.state == "running" and (code := job.proc.poll()) is not None:
+                    self.finish(job, code)
+                    self.pack()
+            for job in self.jobs.values():
+                if job.state == "pending":
+                    go = self.ready(job)
+                    if go is None:
+                        job.state = "skipped"
+                        self.say(f"skip {job.name} (a job it needs did not succeed)")
+                    elif go and self.running() < self.args.parallel:
+                        self.start(job)
+            if all(j.state not in ("pending", "running") for j in self.jobs.values()):
+                break
+            time.sleep(0.2)
+        if self.args.compile and self.deadline - time.time() > self.args.compile_time:
+            job = self.jobs.setdefault("bench_compile", Job("bench_compile"))
+            self.start(job)
+            while job.proc.poll() is None and time.time() < self.deadline:
+                time.sleep(0.5)
+            if job.proc.poll() is not None:
+                self.finish(job, job.proc.returncode)
+
+    def running(self) -> int:
+        return sum(j.state == "running" for j in self.jobs.values())
+
+    def stop_the_rest(self) -> None:
+        running = [j for j in self.jobs.values() if j.state == "running"]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for job in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.proc.pid, sig)
+            if sig == signal.SIGTERM and running:
+                time.sleep(2)
+        for job in self.jobs.values():
+            if job.state == "running":
+                job.proc.wait()
+                job.state, job.ended = "killed", time.time()
+                self.say(f"stopped {job.name} at the time limit")
+            elif job.state == "pending":
+                job.state = "not started"
+
+    def record(self) -> dict:
+        from demhec.experiments import GPU_A_RUNS, GPU_B_RUNS
+        from demhec.results import write_result
+
+        jobs = {}
+        for job in self.jobs.values():
+            entry = {"state": job.state, **job.info}
+            if job.started is not None:
+                entry["started_s"] = round(job.started - self.t0, 1)
+                entry["wall_s"] = round((job.ended or time.time()) - job.started, 1)
+            jobs[job.name] = entry
+        # Unfinished runs: the step of their last (epoch-end) checkpoint.
+        resume = {f"{c.parent.parent.name}/{c.name}": _resume_step(c)
+                  for c in sorted(self.gpu_root.glob("*/checkpoints/*.ckpt"))}
+        return write_result(
+            self.gpu_root / "run.json", kind="gpu_run", profile=self.gpu_root.name,
+            config={"budget_s": self.args.budget, "base_budget_s": self.args.base_budget,
+                    "parallel": self.args.parallel, "device": self.args.device,
+                    "a_runs": list(GPU_A_RUNS), "b_runs": list(GPU_B_RUNS),
+                    "sharing_slowdown": SHARING_SLOWDOWN, "environment": self.env_info},
+            metrics={"device_name": device_name(self.args.device), "elapsed_s": round(time.time() - self.t0, 1),
+                     "jobs": jobs, "resume_checkpoint_steps": resume},
+            data={"source": Path(self.args.data_root).name,
+                  "note": "CIFAR-10 training images from a JPEG quality-75 mirror, split 45,000/5,000 "
+                          "(seed 0); not the CIFAR-10 test set"},
+            seed=0)
+
+    def pack(self) -> None:
+        """Write what exists now into --out: each archive replaced atomically."""
+        self.record()
+        out = Path(self.args.out) if self.args.out else None
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        base = Path(self.args.results_dir)
+        groups = {"gpu_results.tar.gz": [*self.gpu_root.glob("**/*.json"), *self.logs.glob("*.log")],
+                  "gpu_weights.tar": sorted(self.gpu_root.glob("*/checkpoints/*.pt")),
+                  "gpu_resume_a.tar": sorted(self.gpu_root.glob("cpu_base/checkpoints/*.ckpt")),
+                  "gpu_resume_b.tar": sorted(self.gpu_root.glob("strong_base/checkpoints/*.ckpt"))}
+        for name, paths in groups.items():
+            paths = [p for p in paths if "status" not in p.parts]
+            if not paths:
+                continue
+            tmp = out / f".{name}.partial"
+            with tarfile.open(tmp, "w:gz" if name.endswith(".gz") else "w") as tar:
+                for p in sorted(set(paths)):
+                    tar.add(p, arcname=str(p.relative_to(base)))
+            os.replace(tmp, out / name)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def unpack(folder: Path, results_dir: Path) -> None:
+    """Extract the archives the device run returned into ``results_dir`` (``results/gpu/...``)."""
+    archives = sorted(folder.glob("gpu_*.tar*"))
+    if not archives:
+        raise SystemExit(f"no gpu_*.tar* archive in {folder}")
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
+                    raise SystemExit(f"{archive.name}: refusing the entry {member.name!r}")
+            tar.extractall(results_dir, filter="data")
+        print(f"extracted {archive.name} into {results_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--carry", type=Path, default=None,
+                   help="the carried folder: the JPEG archive, the imagecorruptions wheel, COMMIT")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="the CIFAR-10 JPEG archive (default: <carry>/cifar10-jpeg-train.tar.gz)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="where the archives go (the device's $OUT)")
+    p.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
+    p.add_argument("--budget", type=float, default=None, help="seconds before every job is stopped (520; smoke 600, a guard)")
+    p.add_argument("--base-budget", type=float, default=240.0, help="at most this many seconds for b_base's training")
+    p.add_argument("--parallel", type=int, default=None, help="jobs at once (default 9; smoke 2)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    p.add_argument("--cache-workers", type=int, default=None, help="processes building the corrupted sets")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the torch.compile step cost at the end if time is left (default: not in smoke)")
+    p.add_argument("--compile-time", type=float, default=150.0, help="seconds bench_compile needs")
+    p.add_argument("--smoke", action="store_true", help="the whole plan on a CPU in about a minute")
+    p.add_argument("--unpack", type=Path, default=None, help="extract returned archives into --results-dir")
+    # a child process's own arguments
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    p.add_argument("--status-dir", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--base-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.unpack:
+        return unpack(args.unpack, args.results_dir)
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    args.budget = args.budget or (600.0 if args.smoke else 520.0)
+    args.parallel = args.parallel or (2 if args.smoke else 9)
+    cores = os.cpu_count() or 2
+    args.threads = args.threads or max(1, cores // max(args.parallel, 1))
+    args.cache_workers = args.cache_workers or max(1, cores // 2)
+    args.compile = (not args.smoke) if args.compile is None else args.compile
+    if args.data_root is None:
+        args.data_root = (args.carry or Path("data")) / "cifar10-jpeg-train.tar.gz"
+    # Children start in the repository root, wherever this process was started.
+    args.data_root, args.results_dir = args.data_root.resolve(), args.results_dir.resolve()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.job:  # a child: the parent prepared the imports through PYTHONPATH
+        tune_torch(args.device, args.threads)
+        status = Path(args.status_dir)
+        info = run_job(args)
+        (status / f"{args.job}.json").write_text(json.dumps(info))
+        return None
+
+    if not Path(args.data_root).exists():
+        raise SystemExit(f"the CIFAR-10 JPEG archive {args.data_root} is missing; see this script's doc")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda, but torch sees no GPU; use --smoke on a CPU")
+    env_info = prepare_imports(args.carry, args.results_dir / ("gpu_smoke" if args.smoke else "gpu") / "tmp")
+    runner = Runner(args, env_info)
+    runner.say(f"plan: {', '.join(runner.jobs)}; budget {args.budget:.0f} s on {device_name(args.device)}; "
+               f"{args.parallel} at once, {args.threads} threads each; {env_info}")
+
+    def stopped(signum: int, frame: object) -> None:  # the device tool's limit: pack what exists
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        runner.run()
+    finally:
+        runner.stop_the_rest()
+        runner.pack()
+    states = {j.name: j.state for j in runner.jobs.values()}
+    runner.say(f"finished: {states}")
+    return None
+
+
+if __name__ == "__main__":
+    main()

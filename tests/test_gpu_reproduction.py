@@ -1,0 +1,167 @@
+"""scripts/gpu_reproduction.py in its smoke mode: the whole plan on a CPU (issue 17)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from demhec import experiments as ex
+from demhec.data import CIFAR10_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_reproduction.py"
+# The smoke profiles hold out 5 images a class for evaluation (the real split: 500).
+PER_CLASS = 30
+
+
+def _archive(path: Path) -> Path:
+    """A miniature of the CIFAR-10 JPEG mirror (train/<class>/NNNN.jpg) whose classes differ in
+    colour, so the models have something to learn."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for c, name in enumerate(CIFAR10_CLASSES):
+            for i in range(PER_CLASS):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([20 * c, 200 - 20 * c, 100])
+                buf = io.BytesIO()
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+                info = tarfile.TarInfo(f"train/{name}/{i:04d}.jpg")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gpu")
+    archive = _archive(tmp / "cifar10-jpeg-train.tar.gz")
+    out, results = tmp / "out", tmp / "results"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-root", str(archive),
+                           "--results-dir", str(results), "--out", str(out)],
+                          cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, out, results, proc.stdout
+
+
+def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
+    tmp, out, results, stdout = smoke_run
+    run = json.loads((results / "gpu_smoke" / "run.json").read_text())
+    jobs = run["metrics"]["jobs"]
+    expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ("demhec", "plain", "no_infonce",
+                "late_frozen_tuned")), "b_base", "b_demhec", "b_plain"}
+    assert set(jobs) == expected
+    assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
+    assert all(j["wall_s"] > 0 for j in jobs.values())
+    assert run["versions"]["torch"] and run["git_commit"] and run["data"]["source"] == "cifar10-jpeg-train.tar.gz"
+    # The benchmark's own printed ratios were parsed.
+    assert jobs["bench"]["ratio_the1"] > 0 and jobs["bench"]["demhec_epoch_s"] > 0
+    # b_base's epochs come from its own measured steps, and its fine-tunes start from it.
+    assert 1 <= jobs["b_base"]["base_epochs"] <= 2
+    a = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
+    b = results / "gpu_smoke" / "strong_base" / "cifar10_jpeg" / "resnet20"
+    names = {"before_cifar-c.json", "after_cifar-c.json", "after_plain_cifar-c.json",
+             "after_no_infonce_cifar-c.json", "after_late_frozen_tuned_cifar-c.json"}
+    assert {p.name for p in a.glob("*.json")} == names
+    assert {p.name for p in b.glob("*.json")} == {"before_cifar-c.json", "after_cifar-c.json",
+                                                  "after_plain_cifar-c.json"}
+    before_b = json.loads((b / "before_cifar-c.json").read_text())
+    assert before_b["config"]["model"]["epochs"] == jobs["b_base"]["base_epochs"]
+    assert before_b["config"]["experiment"]["base_epochs"] == jobs["b_base"]["base_epochs"]
+    after_b = json.loads((b / "after_plain_cifar-c.json").read_text())
+    assert after_b["config"]["experiment"]["base_epochs"] == jobs["b_base"]["base_epochs"]
+    # Phase A starts from the committed CPU base, named with its hash.
+    before_a = json.loads((a / "before_cifar-c.json").read_text())
+    assert before_a["config"]["experiment"]["base_weights"]["path"] == "results/cpu/checkpoints/resnet20_base.pt"
+    late = json.loads((a / "after_late_frozen_tuned_cifar-c.json").read_text())
+    assert late["config"]["model"]["freeze"] == "after:2"
+    assert late["config"]["model"]["lr"] == pytest.approx(ex.PROFILES["gpu_smoke"].demhec.lr / 5)
+    table = pd.DataFrame(late["metrics"]["table"])
+    assert set(table.severity) == {0, 1, 3, 5} and len(table) == 1 + 7 * 3
+    assert jobs["a_late_frozen_tuned"]["clean_accuracy"] == late["metrics"]["clean_accuracy"]
+    assert "done b_plain" in stdout
+
+
+def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):
+    _, out, results, _ = smoke_run
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_results.tar.gz", "gpu_weights.tar"]
+    with tarfile.open(out / "gpu_results.tar.gz") as tar:
+        names = set(tar.getnames())
+    written = {str(p.relative_to(results)) for p in (results / "gpu_smoke").glob("**/*.json")
+               if "status" not in p.parts}
+    assert written <= names and "gpu_smoke/run.json" in names
+    assert any(n.startswith("gpu_smoke/logs/") for n in names)
+    with tarfile.open(out / "gpu_weights.tar") as tar:
+        weights = set(tar.getnames())
+    assert {"gpu_smoke/cpu_base/checkpoints/resnet20_demhec.pt",
+            "gpu_smoke/strong_base/checkpoints/resnet20_base.pt"} <= weights
+    subprocess.run([sys.executable, str(SCRIPT), "--unpack", str(out), "--results-dir", str(tmp_path)],
+                   check=True, capture_output=True)
+    back = tmp_path / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20" / "after_cifar-c.json"
+    assert back.read_bytes() == (results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
+                                 / "after_cifar-c.json").read_bytes()
+    # A state dict that came back loads into the registry model.
+    from demhec.models import get_model
+
+    get_model("resnet20", num_classes=10,
+              pretrained=str(tmp_path / "gpu_smoke" / "strong_base" / "checkpoints" / "resnet20_base.pt"))
+
+
+def test_without_numba_a_stand_in_refuses_instead_of_running(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    info = script.prepare_imports(None, tmp_path)
+    assert info["numba"].startswith("absent") and info["imagecorruptions"] == "installed"
+    code = ("import numba\n@numba.njit()\ndef f(x):\n    return x\n"
+            "try:\n    f(1)\nexcept RuntimeError as e:\n    print('refused:', e)\n")
+    run = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(tmp_path / "shim")},
+                         capture_output=True, text=True)
+    assert run.stdout.startswith("refused: this corruption needs numba")
+
+
+def test_a_missing_archive_fails_with_one_line(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-root", str(tmp_path / "none.tar.gz"),
+                          "--results-dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode != 0 and "none.tar.gz is missing" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
+    _, _, results, _ = smoke_run
+    records = ex.gpu_records(results, smoke=True)
+    assert set(records) == {"gpu", "gpu_strong"}
+    summary = ex.gpu_summary(records)
+    a = summary[summary.source.str.contains("CPU base")]
+    assert list(a.run) == ["base", *ex.GPU_A_RUNS]
+    cell = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
+    after = json.loads((cell / "after_late_frozen_tuned_cifar-c.json").read_text())
+    before = json.loads((cell / "before_cifar-c.json").read_text())
+    row = a[a.run == "late_frozen_tuned"].iloc[0]
+    assert row.clean == after["metrics"]["clean_accuracy"]
+    assert row.d_clean == pytest.approx(after["metrics"]["clean_accuracy"] - before["metrics"]["clean_accuracy"])
+    b = summary[summary.source.str.contains("strong base")]
+    assert list(b.run) == ["base", *ex.GPU_B_RUNS]
+    # The paper's rows are Table 1's ResNet-20 means at S5, computed here from the CSV.
+    paper = pd.read_csv(ROOT / "results" / "paper" / "table1.csv")
+    paper = paper[(paper.backbone == "resnet20") & (paper.dataset == "cifar10") & (paper.severity == 5)]
+    noise = paper[paper.corruption.isin(["gaussian_noise", "shot_noise", "impulse_noise"])]
+    p_rows = summary[summary.source.str.startswith("paper")].set_index("run")
+    assert p_rows.loc["demhec", "noise_s5"] == pytest.approx(noise[noise.phase == "after"].accuracy.mean())
+    assert p_rows.loc["demhec", "d_all_s5"] == pytest.approx(paper[paper.phase == "after"].accuracy.mean()
+                                                             - paper[paper.phase == "before"].accuracy.mean())
+    assert ex.gpu_records(tmp_path, smoke=True) == {}
