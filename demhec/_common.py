@@ -9,7 +9,10 @@ leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,8 +28,15 @@ def check_choice(kind: str, value: Any, choices: Iterable[Any]) -> Any:
     choices = list(choices)
     if value not in choices:
         valid = ", ".join(str(c) for c in choices)
-        raise DemHECError(f"unknown {kind} {value!r}; valid {kind}s: {valid}")
+        raise DemHECError(f"unknown {kind} {value!r}; valid {_plural(kind)}: {valid}")
     return value
+
+
+def _plural(noun: str) -> str:
+    # "severity" -> "severities", "BatchNorm mode" -> "BatchNorm modes", "loss" -> "losses"
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + ("es" if re.search(r"(s|x|ch|sh)$", noun) else "s")
 
 
 def check_range(
@@ -38,10 +48,10 @@ def check_range(
     integer: bool = False,
     low_open: bool = False,
 ) -> Any:
-    """Check that a number lies in [low, high] (or (low, high] with ``low_open``)."""
+    """Check that a finite number lies in [low, high] (or (low, high] with ``low_open``)."""
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
-        want = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        want = "an integer" if integer else "a finite number"
         raise DemHECError(f"{name} must be {want}, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         bound = f"> {low}" if low_open else f">= {low}"
@@ -51,25 +61,67 @@ def check_range(
     return value
 
 
+def check_device(device: Any) -> str:
+    """``device`` as a string, if this machine has it: "cpu", "cuda", "cuda:N" (N below the
+    number of visible GPUs) or "mps"; otherwise one line saying what is wrong."""
+    import torch
+
+    text = str(device)
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if not m or (m[1] != "cuda" and m[2] is not None):
+        raise DemHECError(f"unknown device {text!r}; valid devices: cpu, cuda, cuda:N, mps")
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            raise DemHECError(f"device {text!r} was requested, but this PyTorch sees no CUDA GPU; "
+                              "use --device cpu")
+        if m[2] is not None and int(m[2]) >= torch.cuda.device_count():
+            raise DemHECError(f"device {text!r} was requested, but only {torch.cuda.device_count()} "
+                              "GPU(s) are visible (cuda:0 ...)")
+    if m[1] == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DemHECError("device 'mps' was requested, but this PyTorch has no MPS backend here; use --device cpu")
+    return text
+
+
+def _free_space_error(path: Path, err: OSError, needed: int | None = None) -> DemHECError:
+    free = f"{os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize / 1e6:.1f} MB free"
+    size = f"; at least {needed / 1e6:.1f} MB are needed" if needed else ""
+    return DemHECError(f"no space left to write {path} ({free}{size}); free some space or "
+                       f"choose another folder ({err.strerror})")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` and rename it over ``path`` only on success."""
+    """Open a temporary file beside ``path`` and rename it over ``path`` only on success; a full
+    disk ends in one :class:`DemHECError` naming the path, with nothing left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    written = 0
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _free_space_error(path, e) from None
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            written = f.tell()
             os.fsync(f.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
+            written = written or os.stat(tmp).st_size
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _free_space_error(path, e, written or None) from None
+        # torch.save reports a full disk as a RuntimeError from its zip writer
+        if isinstance(e, RuntimeError) and ("No space left" in str(e) or "file write failed" in str(e)):
+            raise _free_space_error(path, OSError(errno.ENOSPC, "No space left on device"), written or None) from None
         raise
 
 

@@ -339,10 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import distributed
 
     try:
-        from ._common import check_choice
+        from ._common import check_choice, check_device
         from .experiments import DATASETS_BY_PROFILE
         from .models import list_models
 
+        check_device(args.device)
         check_choice("dataset", args.dataset, DATASETS_BY_PROFILE)
         check_choice("backbone", args.backbone, list_models())
         if args.limit is not None and args.limit < 1:

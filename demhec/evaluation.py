@@ -165,6 +165,10 @@ def evaluate(
             and images.shape[-1] == 3):
         raise DemHECError("evaluate needs uint8 images of shape N x H x W x 3 (see demhec.data)")
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(images) == 0:
+        raise DemHECError("evaluate got no images (an empty dataset)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DemHECError(f"evaluate got {len(images)} images but {len(labels)} labels")
     kw = dict(batch_size=batch_size, device=device, channels_last=channels_last)
 
     cells = [(c, s) for c in corruptions for s in severities]
@@ -173,7 +177,13 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells) + 1, desc="evaluate", unit="cell", dynamic_ncols=True)
-    rows = [_row("clean", 0, predict(model, images, **kw), labels)]
+    clean = predict(model, images, **kw)
+    outside = labels[(labels < 0) | (labels >= clean.shape[1])]
+    if len(outside):
+        raise DemHECError(f"{len(outside)} labels outside the model's {clean.shape[1]} classes "
+                          f"({', '.join(str(int(v)) for v in outside.unique()[:5])}); is this the "
+                          "dataset the model was trained on?")
+    rows = [_row("clean", 0, clean, labels)]
     if bar is not None:
         bar.update(1)
     if suite not in RELEASED_SUITES and rank_and_world()[1] > 1 and cache_dir is not None:

@@ -43,9 +43,13 @@ def high_entropy_samples(
     mode, ``requires_grad`` flags and parameter ``.grad`` are as the caller left them.
     Returns a detached tensor in pixel units, like ``x``.
 
+    ``x`` is float in [0, 1] or uint8 (converted by dividing by 255); anything else outside
+    [0, 1], or NaN, is refused rather than clamped.
+
     ``noise`` (uniform draws in [0, 1) shaped like ``x``) replaces the random start's draws from
     ``generator``; data-parallel fine-tuning passes each rank its slice of the global batch's.
     """
+    x = _pixel_units(x)
     check_range("eps", eps, 0.0, 1.0)
     check_range("step_size", step_size, 0.0, 1.0)
     check_range("steps", steps, 1, integer=True)
@@ -82,3 +86,19 @@ def high_entropy_samples(
         for p, f in zip(params, flags):
             p.requires_grad_(f)
     return x_adv.detach()
+
+
+def _pixel_units(x: Tensor) -> Tensor:
+    """``x`` as float pixels in [0, 1]: uint8 is converted explicitly; values outside [0, 1]
+    (0..255 floats, say) or NaN would be clamped into nonsense by the projection, so refuse."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255
+    if not x.is_floating_point():
+        raise DemHECError(f"images must be float in [0, 1] or uint8, got dtype {x.dtype}")
+    if bool(torch.isnan(x).any()):
+        raise DemHECError("images contain NaN")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        hint = "; divide 0..255 images by 255" if hi > 1.5 else ""
+        raise DemHECError(f"images must be in [0, 1] (pixel units), got values from {lo:g} to {hi:g}{hint}")
+    return x

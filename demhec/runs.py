@@ -33,6 +33,9 @@ class TrainRun:
     sync_bn: bool = False  # under torchrun: synchronise BatchNorm statistics across ranks (CUDA)
     compile: bool | str = False  # torch.compile the forward (True, or a backend name)
 
+    def __post_init__(self) -> None:
+        _check_run(self)
+
     def keywords(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -47,5 +50,15 @@ class EvalRun:
     workers: int | None = None  # processes generating corrupted images (None: one per CPU)
     progress: bool = False  # show a progress bar
 
+    def __post_init__(self) -> None:
+        _check_run(self)
+
     def keywords(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_run(run: TrainRun | EvalRun) -> None:
+    from ._common import check_device
+
+    if run.device is not None:
+        check_device(run.device)

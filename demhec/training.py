@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["DemHECConfig", "TrainConfig", "finetune", "freeze_parameters", "train"]
 
 OPTIMIZERS = ("sgd", "adamw")
+# No recipe here comes near it (SGD at 0.1, AdamW at 3e-3); above it a run only diverges.
+MAX_LR = 10.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class DemHECConfig:
 def _check_common(cfg: Any) -> None:
     check_range("epochs", cfg.epochs, 1, integer=True)
     check_range("batch_size", cfg.batch_size, 1, integer=True)
-    check_range("lr", cfg.lr, 0.0, low_open=True)
+    check_range("lr", cfg.lr, 0.0, MAX_LR, low_open=True)
     check_range("momentum", cfg.momentum, 0.0, 1.0)
     check_range("weight_decay", cfg.weight_decay, 0.0)
     check_range("warmup_epochs", cfg.warmup_epochs, 0.0)
@@ -320,6 +322,18 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
 
 
+def _non_finite(model: nn.Module) -> list[str]:
+    """Names of the weights and buffers (BatchNorm statistics) holding NaN or inf."""
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _diverged(kind: str, step: int, what: str, parts: dict[str, float], cfg: Any,
+              last_good: str) -> DemHECError:
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+    return DemHECError(f"{kind} diverged at step {step}: {what} (losses: {terms}); {last_good}; "
+                       f"lower the learning rate (lr={cfg.lr:g}) or check the data")
+
+
 def _fingerprint(kind: str, cfg: Any) -> dict:
     # The world size changes which images make a step, so a resume must keep it.
     return {"kind": kind, **dataclasses.asdict(cfg), "world_size": rank_and_world()[1]}
@@ -383,7 +397,24 @@ def run_steps(
         step = state["step"]
         log.info("resumed %s from %s at step %d/%d", kind, ckpt.name, step, total)
 
-    def save() -> None:
+    saved_at: list[int] = [step] if state is not None else []
+
+    def last_good() -> str:
+        if ckpt is None:
+            return "no checkpoint was being written"
+        if not saved_at:
+            return f"no checkpoint was written (nothing at {ckpt.name})"
+        return f"the last good checkpoint is {ckpt.name} (step {saved_at[-1]}), kept"
+
+    def check_weights(parts: dict[str, float]) -> None:
+        bad = _non_finite(model)
+        if bad:
+            raise _diverged(kind, step, f"non-finite weights or statistics in {len(bad)} tensors "
+                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})", parts, cfg, last_good())
+
+    def save(parts: dict[str, float]) -> None:
+        # Weights that diverged never replace a good checkpoint.
+        check_weights(parts)
         if ckpt is None or not is_main():
             return
         state = {
@@ -394,12 +425,14 @@ def run_steps(
         }
         with atomic_write(ckpt) as f:
             torch.save(state, f)
+        saved_at.append(step)
 
     bar = None
     if progress and is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=step, desc=kind, unit="step", dynamic_ncols=True)
+    parts: dict[str, float] = {}
     try:
         while step < total:
             epoch, skip = divmod(step, spe)
@@ -412,10 +445,14 @@ def run_steps(
                 # Logged values are means over ranks; every rank stops on the same step.
                 parts = mean_over_ranks(parts, device)
                 if not math.isfinite(parts["loss"]):
-                    where = f"; the last good checkpoint is {ckpt.name}" if ckpt else ""
-                    raise DemHECError(f"non-finite {kind} loss ({parts['loss']}) at step {step}{where}")
+                    raise _diverged(kind, step, f"non-finite loss ({parts['loss']})", parts, cfg, last_good())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # Checked before the update, so non-finite gradients never reach the weights
+                # (DDP has averaged them: every rank stops at the same step).
+                grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+                if grads and not math.isfinite(torch.stack(grads).norm().item()):
+                    raise _diverged(kind, step, "non-finite gradients", parts, cfg, last_good())
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -425,14 +462,16 @@ def run_steps(
                 if on_step is not None:
                     on_step(step, parts)
                 if checkpoint_every and step % checkpoint_every == 0:
-                    save()
+                    save(parts)
                 if step >= total:
                     break
             if step % spe == 0 or step >= total:
-                save()
+                save(parts)
     finally:
         if bar is not None:
             bar.close()
+    # A finished run whose weights diverged is an error, not a result.
+    check_weights(parts)
     model.eval()
     return model
 

@@ -124,7 +124,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
             after_two.update({k: v.clone() for k, v in model.state_dict().items()})
             model.poisoned = True
 
-    with pytest.raises(DemHECError, match=r"non-finite train loss \(nan\) at step 2; the last good checkpoint is c\.ckpt"):
+    with pytest.raises(DemHECError, match=r"train diverged at step 2: non-finite loss \(nan\).*"
+                                          r"the last good checkpoint is c\.ckpt \(step 2\)"):
         train(model, (x, y), TrainConfig(epochs=1, batch_size=8), checkpoint=ckpt, checkpoint_every=1,
               on_step=poison_after_step_two)
     kept = torch.load(ckpt, weights_only=False)
