@@ -13,10 +13,15 @@ code 2; no traceback, no partial output file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import inspect
+import json
 import logging
+import os
 import re
+import signal
 import sys
 import tokenize
 from collections.abc import Sequence
@@ -214,6 +219,54 @@ def _args_dict(args: argparse.Namespace) -> dict:
     return out
 
 
+# Settings that change where and how fast a run goes, not what it writes.
+_RUN_ONLY = {"device", "workers", "checkpoint_every", "verbose", "no_progress", "world_size", "download"}
+
+
+def _refuse_other_result(args: argparse.Namespace, path: Path) -> None:
+    """Stop before any work when ``path`` holds the result of a run with other settings: a new
+    run must not replace it silently."""
+    if not path.exists() or not _is_main():
+        return
+    try:
+        old = json.loads(path.read_text())["config"]["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not one of ours, or damaged: the run replaces it
+    new = json.loads(json.dumps(_args_dict(args), default=str))
+    diff = sorted(k for k in set(old) | set(new) if k not in _RUN_ONLY and old.get(k) != new.get(k))
+    if diff:
+        raise DemHECError(f"{path} holds the result of a run with other settings (differs in {diff}); "
+                          "delete it or choose another --out")
+
+
+@contextlib.contextmanager
+def _output_lock(args: argparse.Namespace):
+    """One run at a time writes a command's outputs in ``--out``: a second one refuses, naming
+    the holder (rank 0 alone writes under torchrun, so it alone locks)."""
+    if not _is_main() or args.command == "entropy":
+        yield
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f".{args.command}-{args.dataset}-{args.backbone}.lock")
+    with open(out / name, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DemHECError(f"another run is writing demhec {args.command} outputs for {args.dataset}/"
+                              f"{args.backbone} in {out} ({holder}); wait for it or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: demhec {' '.join(sys.argv[1:])}"[:300])
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _is_main() -> bool:
     from .distributed import is_main
 
@@ -250,6 +303,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     tr, ev = _data(args, "train"), _data(args, "test")
     model = _model(args, len(tr.classes), None)
     stem = _stem(args, "base")
+    _refuse_other_result(args, stem.with_suffix(".json"))
     train(model, tr, cfg, **_train_run(args, stem))
     _finish(args, stem, "cli/train", cfg, model, tr, ev)
 
@@ -264,6 +318,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     tr, ev = _data(args, "train"), _data(args, "test")
     model = _model(args, len(tr.classes), weights)
     stem = _stem(args, "demhec")
+    _refuse_other_result(args, stem.with_suffix(".json"))
     finetune(model, tr, cfg, **_train_run(args, stem))
     _finish(args, stem, "cli/finetune", cfg, model, tr, ev, {"base_weights": Path(weights).name})
 
@@ -284,6 +339,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
     ev = _data(args, "test")
     model = _model(args, len(ev.classes), weights)
+    _refuse_other_result(args, Path(args.out) / f"{Path(weights).stem}_{args.suite}.json")
     run = _from_args(EvalRun, args, device=args.device, progress=not args.no_progress)
     table = evaluate(model, ev, corruptions, severities, args.suite, seed=args.seed,
                      cache_dir=Path(args.out) / "cache", key=f"{args.dataset}-test", data_root=args.data_root,
@@ -338,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from . import distributed
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so worker pools and temporary files are cleaned up on the way out
+
+    previous = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
     try:
         from ._common import check_choice, check_device
         from .experiments import DATASETS_BY_PROFILE
@@ -352,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device = distributed.setup(args.device)
         if args.command == "entropy" and distributed.rank_and_world()[1] > 1:
             raise DemHECError("entropy runs in one process; launch it without torchrun")
-        COMMANDS[args.command](args)
+        with _output_lock(args):
+            COMMANDS[args.command](args)
         # Under torchrun, rank 0 still writes and prints when the others are done; leaving the
         # group together keeps a rank from tearing gloo down while its peer is still in it.
         distributed.barrier()
@@ -364,7 +425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         distributed.teardown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -169,8 +169,12 @@ class _TensorDataset(Dataset):
 
 def _load_rgb(path: str | os.PathLike) -> Image.Image:
     # Tiny-ImageNet and ImageNet contain grayscale and CMYK JPEGs; everything becomes RGB.
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a damaged image file
+        raise DemHECError(f"cannot read image {path}: {exc}".splitlines()[0] + "; delete or "
+                          "replace the file") from exc
 
 
 def _to_uint8_hwc(image: Image.Image) -> np.ndarray:

@@ -299,10 +299,32 @@ def get_model(
 def _load_local(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DemHECError(f"pretrained checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise DemHECError(f"cannot read checkpoint {path}: the file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
-        raise DemHECError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+        # torch's own advice for such files (weights_only=False) would run code from the file.
+        raise DemHECError(f"cannot read checkpoint {path}: not a PyTorch state dict file "
+                          f"({_load_failure(path, exc)})") from exc
+    if not isinstance(state, Mapping):
+        raise DemHECError(f"cannot read checkpoint {path}: it holds a {type(state).__name__}, not a "
+                          "state dict")
+    return state
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """The likely cause of an unreadable weights file, in words (never torch's advice)."""
+    head = path.read_bytes()[:4]
+    if head.startswith(b"PK"):
+        return "a damaged or truncated torch.save archive"
+    if head[:1] == b"\x80":
+        return "a pickle of objects other than tensors, which is not loaded for safety"
+    try:
+        path.read_bytes()[:512].decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"unrecognised bytes ({type(exc).__name__})"
 
 
 def _download(url: str, progress: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -334,6 +335,16 @@ def _diverged(kind: str, step: int, what: str, parts: dict[str, float], cfg: Any
                        f"lower the learning rate (lr={cfg.lr:g}) or check the data")
 
 
+def _digest(tensors: Any) -> str:
+    """A content hash of tensors (their shapes, dtypes and bytes, whatever their memory format)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _fingerprint(kind: str, cfg: Any) -> dict:
     # The world size changes which images make a step, so a resume must keep it.
     return {"kind": kind, **dataclasses.asdict(cfg), "world_size": rank_and_world()[1]}
@@ -381,8 +392,15 @@ def run_steps(
     )
     frozen_norms = _norm_layers(model) if eval_norms else _frozen_norm_layers(model)
     fingerprint = _fingerprint(kind, cfg)
-    step = 0
     ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None:
+        # A resume must continue the same run: the same images, and for a fine-tune the same
+        # starting weights and teacher (a base trained from scratch is replaced by the checkpoint).
+        fingerprint["data"] = _digest([batches.images, batches.labels])
+        if kind == "finetune":
+            fingerprint["start_weights"] = _digest(model.state_dict().values())
+            fingerprint["teacher"] = _digest((extra_state or {})["teacher"].values())
+    step = 0
     state = _load_checkpoint(ckpt, fingerprint) if ckpt is not None and ckpt.exists() and is_main() else None
     if rank_and_world()[1] > 1:
         # Rank 0 reads the checkpoint and sends it, so every rank resumes at the same step even
@@ -486,7 +504,7 @@ def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
     if state["fingerprint"] != fingerprint:
         diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
         raise DemHECError(
-            f"checkpoint {path} was written by a run with a different config (differs in {diff}); "
+            f"checkpoint {path} was written by a run with a different config or data (differs in {diff}); "
             "delete it or choose another checkpoint path"
         )
     return state

@@ -91,7 +91,7 @@ def test_cli_under_torchrun_writes_once_and_evaluates_like_one_process(tmp_path)
     proc = _torchrun(["-m", "demhec", "finetune", *common, "--out", str(ddp), "--epochs", "1",
                       "--batch-size", "16", "--max-steps", "2", "--steps", "1"], cwd=ROOT)
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone saves and reports
-    files = sorted(p.name for p in ddp.iterdir() if p.is_file())
+    files = sorted(p.name for p in ddp.iterdir() if p.is_file() and not p.name.startswith("."))  # not the lock
     assert files == ["digits_resnet20_base.json", "digits_resnet20_base.pt",
                      "digits_resnet20_demhec.json", "digits_resnet20_demhec.pt"]
     rec = json.loads((ddp / "digits_resnet20_demhec.json").read_text())

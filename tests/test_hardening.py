@@ -4,15 +4,22 @@ corruption cache, full disks and bad inputs through the Python API and the comma
 from __future__ import annotations
 
 import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from demhec import DemHECConfig, TrainConfig, evaluate, high_entropy_samples, train
+from demhec import DemHECConfig, TrainConfig, evaluate, finetune, high_entropy_samples, train
 from demhec._common import DemHECError, atomic_write, check_choice, check_device
 from demhec.cli import main
 from tests.conftest import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(n=32, seed=0):
@@ -185,3 +192,185 @@ def test_high_entropy_samples_converts_uint8_and_refuses_what_it_cannot_use():
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(DemHECError, match="NaN"):
         high_entropy_samples(model, bad, eps=4 / 255, steps=1)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "the file is empty"),
+    (b"just some text\n", "not a PyTorch state dict file .a text file"),
+    (bytes(range(256)) * 4, "not a PyTorch state dict file .unrecognised bytes"),
+])
+def test_unreadable_weights_files_say_why_and_never_suggest_unsafe_loading(tmp_path, content, match):
+    from demhec.models import get_model
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(DemHECError, match=match) as info:
+        get_model("resnet20", num_classes=10, pretrained=str(path))
+    assert "weights_only" not in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_weights_of_another_architecture_are_named(tmp_path):
+    from demhec.models import get_model
+
+    path = tmp_path / "r32.pt"
+    torch.save(get_model("resnet32", num_classes=10).state_dict(), path)
+    with pytest.raises(DemHECError, match="does not fit resnet20"):
+        get_model("resnet20", num_classes=10, pretrained=str(path))
+
+
+def test_a_damaged_image_in_an_imagefolder_is_named(tmp_path):
+    from PIL import Image
+
+    from demhec.data import load_arrays
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    (tmp_path / "train" / "b" / "1.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DemHECError, match=r"cannot read image .*b/1\.png"):
+        load_arrays("imagefolder", "train", tmp_path)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupted_finetune(tmp_path, data, model):
+    """A fine-tune stopped after its second step (as a kill would), leaving its checkpoint."""
+    ckpt = tmp_path / "f.ckpt"
+
+    def stop(step, parts):
+        if step == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        finetune(model, data, DemHECConfig(epochs=1, batch_size=8, steps=1, warmup_epochs=0),
+                 checkpoint=ckpt, checkpoint_every=1, on_step=stop)
+    return ckpt
+
+
+def _base(seed=0):
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+# Other starting weights make another default teacher (a copy of them) too.
+@pytest.mark.parametrize("change,field", [("data", "'data'"), ("weights", "'start_weights', 'teacher'"),
+                                          ("teacher", "'teacher'")])
+def test_resume_refuses_other_data_weights_or_teacher(tmp_path, change, field):
+    data = _data()
+    ckpt = _interrupted_finetune(tmp_path, data, _base())
+    cfg = DemHECConfig(epochs=1, batch_size=8, steps=1, warmup_epochs=0)
+    kw = {}
+    if change == "data":
+        data = (data[0][:24], data[1][:24])  # a --limit 24 instead of 32
+    if change == "teacher":
+        kw["teacher"] = _base(seed=5)
+    with pytest.raises(DemHECError, match=rf"different config or data \(differs in \[{field}\]\)"):
+        finetune(_base(seed=1) if change == "weights" else _base(), data, cfg, checkpoint=ckpt, **kw)
+
+
+def test_resume_of_the_same_run_is_accepted(tmp_path):
+    data = _data()
+    ckpt = _interrupted_finetune(tmp_path, data, _base())
+    steps = []
+    finetune(_base(), data, DemHECConfig(epochs=1, batch_size=8, steps=1, warmup_epochs=0), checkpoint=ckpt,
+             checkpoint_every=1, on_step=lambda step, _: steps.append(step))
+    assert steps == [2, 3, 4]  # the checkpoint of step 1 (the stop came before step 2's)
+
+
+# --- the command line: outputs, locks -------------------------------------------------------------
+
+CLI = ["--dataset", "digits", "--limit", "48", "--no-progress"]
+
+
+def test_a_result_of_other_settings_is_not_silently_replaced(tmp_path, capsys):
+    assert main(["train", *CLI, "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "digits_resnet20_base.json").read_bytes()
+    capsys.readouterr()
+    code = main(["train", *CLI, "--epochs", "1", "--batch-size", "16", "--lr", "0.2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "other settings (differs in ['lr'])" in err[0]
+    assert (tmp_path / "digits_resnet20_base.json").read_bytes() == before
+    # The same command again is no other setting: it runs.
+    assert main(["train", *CLI, "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path)]) == 0
+
+
+def test_a_second_run_into_the_same_outputs_refuses_naming_the_holder(tmp_path, capsys):
+    import fcntl
+
+    tmp_path.mkdir(exist_ok=True)
+    lock = tmp_path / ".finetune-digits-resnet20.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242: demhec finetune --eps 8/255")
+        held.flush()
+        code = main(["finetune", *CLI, "--eps", "4/255", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pid 4242: demhec finetune --eps 8/255" in err[0]
+    assert not list(tmp_path.glob("*.json"))
+
+
+# --- the corruption cache ----------------------------------------------------------------------------
+
+
+def _grid(images, cache_dir, workers=1):
+    from demhec.corruptions import corruption_grid
+
+    return {(c, s): np.asarray(x) for c, s, x in corruption_grid(
+        images, ["gaussian_noise"], [1], suite="imagecorruptions", cache_dir=cache_dir, key="k",
+        workers=workers)}
+
+
+@pytest.mark.parametrize("sidecar", ["[]", "null", "{", '"text"'])
+def test_a_malformed_sidecar_is_damage_and_is_rebuilt(tmp_path, sidecar, caplog):
+    images, _ = _eval_arrays(8)
+    images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)  # 32 x 32, imagecorruptions' minimum
+    first = _grid(images, tmp_path)
+    (meta,) = tmp_path.glob("imagecorruptions/k/*.json")
+    meta.write_text(sidecar)
+    again = _grid(images, tmp_path)
+    assert np.array_equal(first[("gaussian_noise", 1)], again[("gaussian_noise", 1)])
+    assert "invalid" in caplog.text and json.loads(meta.read_text())["corruption"] == "gaussian_noise"
+
+
+def test_a_read_only_cache_that_must_be_rebuilt_says_so(tmp_path, monkeypatch):
+    import tempfile
+
+    images, _ = _eval_arrays(8)
+    images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)
+
+    def refuse(*a, **k):  # what a read-only folder answers (root, running the tests, is not refused)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(DemHECError, match=r"must be \(re\)built but .* is not writable"):
+        _grid(images, tmp_path)
+
+
+def test_stale_temporary_files_of_dead_builders_are_removed(tmp_path):
+    images, _ = _eval_arrays(8)
+    images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)
+    folder = tmp_path / "imagecorruptions" / "k"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = folder / f".gaussian_noise_s1.{dead.pid}.abc.tmp.npy"
+    live = folder / f".gaussian_noise_s1.{os.getpid()}.abc.tmp.npy"  # a builder still at work
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    _grid(images, tmp_path)
+    assert not stale.exists() and live.exists()
+
+
+def test_building_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    images, _ = _eval_arrays(8)
+    images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(DemHECError, match=r"no space left to write .*gaussian_noise_s1\.npy: [0-9.]+ MB needed, 0\.0 MB free"):
+        _grid(images, tmp_path)
+    assert not list((tmp_path / "imagecorruptions" / "k").glob(".*tmp*"))

@@ -12,6 +12,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -191,6 +192,8 @@ def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.nd
         return None
     try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"its sidecar {meta_path.name} holds {type(meta).__name__}, not a record")
         stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
         if stale:
             logger.info("corruption cache %s was built with other settings %s; regenerating",
@@ -205,17 +208,50 @@ def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.nd
             raise ValueError(f"array {array.shape}/{array.dtype} != recorded "
                              f"{meta['shape']}/{meta['dtype']}")
         return array
-    except (OSError, ValueError, KeyError, TypeError, SyntaxError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SyntaxError) as err:
         logger.warning("corruption cache %s is invalid (%s); regenerating it", path, err)
         return None
 
 
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temporary files of builders that were killed: their process is gone (``.<stem>.<pid>.*``)."""
+    for tmp in path.parent.glob(f".{path.stem}.*.tmp.npy"):
+        pid = tmp.name[len(path.stem) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                logger.info("removed %s, left by an interrupted build", tmp.name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _build_cached(images: np.ndarray, path: Path, meta_path: Path, expected: dict[str, Any],
                   pool: _LazyPool, progress: bool) -> np.ndarray:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(path)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.",
+                                        suffix=".tmp.npy")
+    except PermissionError:
+        raise DemHECError(f"the corruption cache {path} must be (re)built but {path.parent} is not "
+                          "writable; make it writable or pass another cache_dir") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    # A memory map on a full disk (or tmpfs) dies with SIGBUS at the first write: check first.
+    needed = images.nbytes + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        tmp.unlink()
+        raise DemHECError(f"no space left to write {path}: {needed / 1e6:.1f} MB needed, "
+                          f"{free / 1e6:.1f} MB free; free some space or pass another cache_dir")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
         _fill(out, images, expected["corruption"], expected["severity"], expected["suite"],
