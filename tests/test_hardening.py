@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,43 @@ def test_building_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DemHECError, match=r"no space left to write .*gaussian_noise_s1\.npy: [0-9.]+ MB needed, 0\.0 MB free"):
         _grid(images, tmp_path)
     assert not list((tmp_path / "imagecorruptions" / "k").glob(".*tmp*"))
+
+
+ORPHAN_SCRIPT = """
+import os, time
+from demhec.corruptions import engine
+
+if __name__ == "__main__":
+    pool = engine._LazyPool(2)
+    executor = pool.executor()
+    pids = set()
+    while len(pids) < 2:  # both workers started (their initializer has run)
+        pids |= {f.result() for f in [executor.submit(os.getpid) for _ in range(4)]}
+    busy = [executor.submit(time.sleep, 120) for _ in range(2)]
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_corruption_workers_die_with_a_killed_parent(tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if _running(p)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -13,6 +14,8 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -106,8 +109,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
+    # Die with the parent, even one killed by SIGKILL, instead of holding memory as an orphan.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A parent that died while this worker was still importing (seconds on a busy machine)
+    # sent no signal: its pid is no longer ours.
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
 
 
 class _LazyPool:
