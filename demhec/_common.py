@@ -114,15 +114,22 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as e:
+        # torch.save reports a full disk as a RuntimeError of its zip writer ("unexpected pos",
+        # "file write failed"): judge by the disk, before the partial file is removed.
+        full = isinstance(e, RuntimeError) and _nearly_full(path.parent)
         with contextlib.suppress(FileNotFoundError):
             written = written or os.stat(tmp).st_size
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _free_space_error(path, e, written or None) from None
-        # torch.save reports a full disk as a RuntimeError from its zip writer
-        if isinstance(e, RuntimeError) and ("No space left" in str(e) or "file write failed" in str(e)):
+        if full:
             raise _free_space_error(path, OSError(errno.ENOSPC, "No space left on device"), written or None) from None
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 @contextlib.contextmanager

@@ -415,3 +415,22 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def test_torch_save_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """torch.save's zip writer reports a full disk as a RuntimeError ("unexpected pos ...")."""
+    import demhec._common as common
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 987840 vs 987736")
+
+    monkeypatch.setattr(common, "_nearly_full", lambda folder: True)
+    with pytest.raises(DemHECError, match=r"no space left to write .*w\.pt"):
+        with atomic_write(tmp_path / "w.pt") as f:
+            failing_save({}, f)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(common, "_nearly_full", lambda folder: False)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # not a full disk: torch's own error
+        with atomic_write(tmp_path / "w.pt") as f:
+            failing_save({}, f)
