@@ -435,3 +435,18 @@ def test_released_suite_result_records_the_files_it_read(smoke_cell, tmp_path):
     assert rec["fingerprint"]["released_files.md5"] == "56bf5dcef84df0e2308c6dcbcbbd8499"
     assert rec["fingerprint"]["suite"] == "cifar10-c"
     assert ex.robustness_result(exp, "before", "cifar10-c", ["gaussian_noise"], [5]) == rec
+
+
+def test_check_shown_catches_a_table_that_is_not_its_results():
+    cells = {(c, s): 50.0 + s for c in ex.NOISE for s in (1, 5)}
+    before, after = _robustness_record(0, 80.0, cells), _robustness_record(0, 81.0, {k: v + 1 for k, v in cells.items()})
+    long = ex.before_after_table(before, after).rename(columns={"accuracy": "ours"})
+    ex.check_shown(long, {"before": before, "after": after})
+    with pytest.raises(DemHECError, match="after equals before"):
+        ex.check_shown(ex.before_after_table(before, before).rename(columns={"accuracy": "ours"}),
+                       {"before": before, "after": before})
+    shifted = long.assign(ours=long.ours + (long.phase == "after"))
+    with pytest.raises(DemHECError, match="after rows shown differ"):
+        ex.check_shown(shifted, {"before": before, "after": after})
+    with pytest.raises(DemHECError, match="no number"):
+        ex.check_shown(long.assign(ours=long.ours.where(long.severity != 5)), {"before": before, "after": after})

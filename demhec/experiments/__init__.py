@@ -44,6 +44,7 @@ from .pipeline import (
 from .tables import (
     ablation_summary,
     before_after_table,
+    check_shown,
     clean_accuracy_with_paper,
     collect_clean_accuracy,
     entropy_summary,
@@ -77,6 +78,7 @@ __all__ = [
     "baseline_model",
     "before_after_table",
     "check_baselines",
+    "check_shown",
     "clean_accuracy_with_paper",
     "collect_clean_accuracy",
     "config_tag",

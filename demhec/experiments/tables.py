@@ -84,6 +84,27 @@ def entropy_summary(record: dict) -> pd.DataFrame:
     return df
 
 
+def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours") -> None:
+    """What a notebook shows is what its results hold: every ``value`` of a long before/after
+    table (:func:`before_after_table`) is a number and equals its cell in the record of its
+    phase (``records``: phase -> result), and fine-tuning changed something (the "after"
+    record's accuracies and calibration errors are not the "before" one's). Raises :class:`DemHECError` saying what does not hold."""
+    if long[value].isna().any():
+        bad = long[long[value].isna()][["corruption", "severity", "phase"]].to_dict("records")
+        raise DemHECError(f"the table shows no number for {bad}")
+    for phase, record in records.items():
+        held = result_table(record).set_index(["corruption", "severity"])["accuracy"]
+        shown = long[long.phase == phase].set_index(["corruption", "severity"])[value]
+        if not shown.index.isin(held.index).all() or (held.reindex(shown.index) - shown).abs().max() > 1e-9:
+            raise DemHECError(f"the {phase} rows shown differ from the result file's cells")
+    if {"before", "after"} <= set(records):
+        # Calibration too: a short fine-tune can leave every accuracy of a small set as it was,
+        # but not the confidences of a model that changed.
+        cols = [c for c in ("accuracy", "ece") if c in result_table(records["before"])]
+        if result_table(records["before"])[cols].equals(result_table(records["after"])[cols]):
+            raise DemHECError("after equals before in every cell: the fine-tuned model was not used")
+
+
 def gain_table(before: dict, after: dict) -> pd.DataFrame:
     """Accuracy gain of ``after`` over ``before`` per corruption and severity, in points."""
     b = result_table(before).set_index(["corruption", "severity"])["accuracy"]
