@@ -450,3 +450,18 @@ def test_check_shown_catches_a_table_that_is_not_its_results():
         ex.check_shown(shifted, {"before": before, "after": after})
     with pytest.raises(DemHECError, match="no number"):
         ex.check_shown(long.assign(ours=long.ours.where(long.severity != 5)), {"before": before, "after": after})
+
+
+def test_check_summary_and_families_catch_rows_that_are_not_their_results():
+    cells = {(c, s): 50.0 + s for c in (*ex.NOISE, "snow") for s in (1, 5)}
+    rec = _robustness_record(0, 80.0, cells)
+    for r in rec["metrics"]["table"]:
+        r["family"] = "clean" if r["corruption"] == "clean" else ("noise" if r["corruption"] in ex.NOISE else "weather")
+    table = ex.summary_vs_paper({"ours": rec}, "table4")
+    ex.check_summary(table, {"ours": rec})
+    with pytest.raises(DemHECError, match="row 'ours' shown differs"):
+        ex.check_summary(table.assign(snow=table.snow + 1), {"ours": rec})
+    families = ex.family_table({"dem_hec": rec}, paper_backbone="resnet18")
+    ex.check_families(families, {"dem_hec": rec})
+    with pytest.raises(DemHECError, match="family means shown for 'dem_hec' differ"):
+        ex.check_families(families.assign(ours=families.ours * 2), {"dem_hec": rec})

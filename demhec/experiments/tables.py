@@ -105,6 +105,29 @@ def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours
             raise DemHECError("after equals before in every cell: the fine-tuned model was not used")
 
 
+def check_summary(table: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Tables 4 and 6 as shown (:func:`summary_vs_paper`): each of our rows holds its record's
+    clean accuracy and severity means, every one a number. Raises :class:`DemHECError`."""
+    shown = table.set_index("model")
+    for label, record in records.items():
+        want = severity_means(record)
+        got = shown.loc[label, want.index].astype(float)
+        if got.isna().any() or (got - want).abs().max() > 1e-9:
+            raise DemHECError(f"the row {label!r} shown differs from its result file")
+
+
+def check_families(table: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Table 3 as shown (:func:`family_table`): each method's family means are its record's,
+    every one a number. Raises :class:`DemHECError`."""
+    from ..evaluation import family_means
+
+    for method, record in records.items():
+        want = family_means(result_table(record))
+        got = table[table.method == method].set_index("family")["ours"].reindex(want.index)
+        if got.isna().any() or (got - want).abs().max() > 1e-9:
+            raise DemHECError(f"the family means shown for {method!r} differ from its result file")
+
+
 def gain_table(before: dict, after: dict) -> pd.DataFrame:
     """Accuracy gain of ``after`` over ``before`` per corruption and severity, in points."""
     b = result_table(before).set_index(["corruption", "severity"])["accuracy"]
