@@ -229,38 +229,35 @@ def paired_gain(
     corruptions: Sequence[str],
     severity: int,
     suite: str = "cifar-c",
-    *,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    key: str | None = None,
-    data_root: str | os.PathLike | None = None,
-    download: bool = False,
-    **run: Any,
+    **kw: Any,
 ) -> dict[str, dict[str, float]]:
     """How much ``model_b`` changes the accuracy of ``model_a`` (points, with standard errors
     from :func:`paired_difference`), on the clean images and on the mean over ``corruptions`` at
     ``severity``: the uncertainty that the finite evaluation set puts on a before/after gain,
     which the spread over training seeds does not show (every seed sees the same images).
-    Corrupted images come from the same suites, generator, cache and released files as
-    :func:`evaluate`; ``run``: the keywords of :class:`~demhec.runs.EvalRun`."""
+    ``kw``: where the corrupted images come from, as for :func:`evaluate` (``seed``,
+    ``cache_dir``, ``key``, ``data_root``, ``download``), and the keywords of
+    :class:`~demhec.runs.EvalRun`."""
+    import dataclasses
+
     from .corruptions import corrupted_sets
     from .runs import EvalRun
 
-    options = EvalRun(**run)
+    run_keys = {f.name for f in dataclasses.fields(EvalRun)}
+    options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
+    where = {k: v for k, v in kw.items() if k not in run_keys}
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    kw = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
+    how = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
 
     def correct(model: nn.Module, x: Any, y: Any) -> Tensor:
         y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-        return (predict(model, x, **kw).argmax(1) == y).to(torch.float64)
+        return (predict(model, x, **how).argmax(1) == y).to(torch.float64)
 
     out = {"clean": paired_difference(correct(model_a, images, labels), correct(model_b, images, labels))}
     cells = [(correct(model_a, x, y), correct(model_b, x, y))
-             for _, _, x, y in corrupted_sets(images, labels, corruptions, [severity], suite, seed=seed,
-                                              cache_dir=cache_dir, key=key, workers=options.workers,
-                                              progress=options.progress, data_root=data_root,
-                                              download=download, classes=getattr(data, "classes", None))]
+             for _, _, x, y in corrupted_sets(images, labels, corruptions, [severity], suite, workers=options.workers,
+                                              progress=options.progress, classes=getattr(data, "classes", None),
+                                              **where)]
     out["corrupted"] = paired_difference(torch.stack([a for a, _ in cells], 1), torch.stack([b for _, b in cells], 1))
     return out
 

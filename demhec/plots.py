@@ -94,13 +94,8 @@ _SAVE_METADATA: Mapping[str, Mapping[str, Any]] = {
 _STYLE = "whitegrid"
 
 # Loss terms of eq. 12 as logged by demhec.training.finetune, with their display names.
-_LOSS_TERMS: Mapping[str, str] = {
-    "loss": "total (eq. 12)",
-    "ce_clean": "CE clean",
-    "ce_he": "CE high-entropy",
-    "info_nce": "InfoNCE",
-    "kd": "KD",
-}
+_LOSS_TERMS: Mapping[str, str] = {"loss": "total (eq. 12)", "ce_clean": "CE clean", "ce_he": "CE high-entropy",
+                                   "info_nce": "InfoNCE", "kd": "KD"}
 
 _F = TypeVar("_F", bound=Callable[..., Figure])
 

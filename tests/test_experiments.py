@@ -111,7 +111,7 @@ BAD_PARAMS = [
     (dict(profile="fast"), "profile.*smoke"),
     (dict(dataset="cifar11"), "dataset.*cifar10"),
     (dict(backbone="resnet57"), "backbone.*resnet56"),
-    (dict(suite="cifar10-c"), "suite.*imagecorruptions"),
+    (dict(suite="cifar10c"), "suite.*imagecorruptions, cifar10-c, cifar100-c, tinyimagenet-c"),
     (dict(corruptions="gaussian"), "corruption.*gaussian_noise"),
     (dict(severities=[0]), "severity"),
     (dict(severities=[6]), "severity"),
@@ -435,3 +435,65 @@ def test_released_suite_result_records_the_files_it_read(smoke_cell, tmp_path):
     assert rec["fingerprint"]["released_files.md5"] == "56bf5dcef84df0e2308c6dcbcbbd8499"
     assert rec["fingerprint"]["suite"] == "cifar10-c"
     assert ex.robustness_result(exp, "before", "cifar10-c", ["gaussian_noise"], [5]) == rec
+
+
+def test_check_shown_catches_a_table_that_is_not_its_results(caplog):
+    cells = {(c, s): 50.0 + s for c in ex.NOISE for s in (1, 5)}
+    before, after = _robustness_record(0, 80.0, cells), _robustness_record(0, 81.0, {k: v + 1 for k, v in cells.items()})
+    long = ex.before_after_table(before, after).rename(columns={"accuracy": "ours"})
+    ex.check_shown(long, {"before": before, "after": after})
+    with caplog.at_level("WARNING", logger="demhec.experiments.tables"):
+        ex.check_shown(ex.before_after_table(before, before).rename(columns={"accuracy": "ours"}),
+                       {"before": before, "after": before})
+    assert "after equals before in every cell" in caplog.text
+    shifted = long.assign(ours=long.ours + (long.phase == "after"))
+    with pytest.raises(DemHECError, match="after rows shown differ"):
+        ex.check_shown(shifted, {"before": before, "after": after})
+    with pytest.raises(DemHECError, match="no number"):
+        ex.check_shown(long.assign(ours=long.ours.where(long.severity != 5)), {"before": before, "after": after})
+
+
+def test_check_summary_and_families_catch_rows_that_are_not_their_results():
+    cells = {(c, s): 50.0 + s for c in (*ex.NOISE, "snow") for s in (1, 5)}
+    rec = _robustness_record(0, 80.0, cells)
+    for r in rec["metrics"]["table"]:
+        r["family"] = "clean" if r["corruption"] == "clean" else ("noise" if r["corruption"] in ex.NOISE else "weather")
+    table = ex.summary_vs_paper({"ours": rec}, "table4")
+    ex.check_summary(table, {"ours": rec})
+    with pytest.raises(DemHECError, match="row 'ours' shown differs"):
+        ex.check_summary(table.assign(snow=table.snow + 1), {"ours": rec})
+    families = ex.family_table({"dem_hec": rec}, paper_backbone="resnet18")
+    ex.check_families(families, {"dem_hec": rec})
+    with pytest.raises(DemHECError, match="family means shown for 'dem_hec' differ"):
+        ex.check_families(families.assign(ours=families.ours * 2), {"dem_hec": rec})
+
+
+def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
+    """scripts/fingerprint_results.py on the committed results with their fingerprints removed
+    gives them back exactly (the committed ones are what the pipeline asks for: the notebook-09
+    test above loads them without training)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("fingerprint_results", ROOT / "scripts" / "fingerprint_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shutil.copytree(ROOT / "results" / "demo", tmp_path / "demo")
+    shutil.copytree(ROOT / "results" / "cpu" / "cifar10_jpeg", tmp_path / "cpu")
+    committed = {}
+    for path in sorted(tmp_path.rglob("*.json")):
+        if "tables" in path.parts:
+            continue
+        record = json.loads(path.read_text())
+        committed[path] = record.pop("fingerprint")
+        path.write_text(json.dumps(record))
+    assert len(committed) > 40
+    assert script.main([str(tmp_path)]) == 0
+    for path, fp in committed.items():
+        assert json.loads(path.read_text())["fingerprint"] == fp, path.name
+    assert script.main([str(tmp_path)]) == 0  # a second run leaves them as they are
+    record = json.loads(path.read_text())
+    del record["fingerprint"]
+    record["config"]["model"]["no_such_field"] = 1
+    path.write_text(json.dumps(record))
+    assert script.main([str(path)]) == 2

@@ -12,8 +12,10 @@ A *profile* fixes the scale of every experiment:
 
 The pipeline is cached at two levels: model checkpoints under
 ``<results_dir>/<profile>/checkpoints/`` and one JSON result per table cell under
-``<results_dir>/<profile>/<dataset>/<backbone>/``. Everything is computed only when
-``allow_train`` is set; otherwise a missing file is named in the error.
+``<results_dir>/<profile>/<dataset>/<backbone>/``. Each carries a fingerprint of what made it
+(:func:`model_spec`, :func:`result_spec`) and is reused only for the same request. Everything is
+computed only when ``allow_train`` is set; otherwise a missing file is named in the error, and a
+file made for another request names the fields that differ.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ import pandas as pd
 from .._common import DemHECError
 from ..results import compare_with_paper, paper_table, read_result
 from .ablations import ABLATION_LABELS, ABLATIONS, NOISE
+
+log = logging.getLogger(__name__)
 
 
 def result_table(record: dict) -> pd.DataFrame:
@@ -82,6 +85,52 @@ def entropy_summary(record: dict) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["gap"] = df["corrupted"] - df["clean"]
     return df
+
+
+def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours") -> None:
+    """What a notebook shows is what its results hold: every ``value`` of a long before/after
+    table (:func:`before_after_table`) is a number and equals its cell in the record of its
+    phase (``records``: phase -> result); warns when the "after" record's accuracies and
+    calibration errors are all the "before" one's. Raises :class:`DemHECError` saying what does not hold."""
+    if long[value].isna().any():
+        bad = long[long[value].isna()][["corruption", "severity", "phase"]].to_dict("records")
+        raise DemHECError(f"the table shows no number for {bad}")
+    for phase, record in records.items():
+        held = result_table(record).set_index(["corruption", "severity"])["accuracy"]
+        shown = long[long.phase == phase].set_index(["corruption", "severity"])[value]
+        if not shown.index.isin(held.index).all() or (held.reindex(shown.index) - shown).abs().max() > 1e-9:
+            raise DemHECError(f"the {phase} rows shown differ from the result file's cells")
+    if {"before", "after"} <= set(records):
+        # Calibration too: a short fine-tune can leave every accuracy of a small set as it was,
+        # but not the confidences of a model that changed.
+        cols = [c for c in ("accuracy", "ece") if c in result_table(records["before"])]
+        if result_table(records["before"])[cols].equals(result_table(records["after"])[cols]):
+            # A warning, not an error: a model that saturates (a 2-step smoke base of a deep
+            # ResNet) scores the same after a fine-tune that did change its weights.
+            log.warning("after equals before in every cell: was the fine-tuned model used?")
+
+
+def check_summary(table: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Tables 4 and 6 as shown (:func:`summary_vs_paper`): each of our rows holds its record's
+    clean accuracy and severity means, every one a number. Raises :class:`DemHECError`."""
+    shown = table.set_index("model")
+    for label, record in records.items():
+        want = severity_means(record)
+        got = shown.loc[label, want.index].astype(float)
+        if got.isna().any() or (got - want).abs().max() > 1e-9:
+            raise DemHECError(f"the row {label!r} shown differs from its result file")
+
+
+def check_families(table: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Table 3 as shown (:func:`family_table`): each method's family means are its record's,
+    every one a number. Raises :class:`DemHECError`."""
+    from ..evaluation import family_means
+
+    for method, record in records.items():
+        want = family_means(result_table(record))
+        got = table[table.method == method].set_index("family")["ours"].reindex(want.index)
+        if got.isna().any() or (got - want).abs().max() > 1e-9:
+            raise DemHECError(f"the family means shown for {method!r} differ from its result file")
 
 
 def gain_table(before: dict, after: dict) -> pd.DataFrame:
