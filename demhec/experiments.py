@@ -161,11 +161,11 @@ class Experiment:
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
 
     def __post_init__(self) -> None:
-        from .models import list_models
+        from .models import check_backbone
 
         get_profile(self.profile)
         check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
-        check_choice("backbone", self.backbone, list_models())
+        check_backbone(self.backbone)
         check_range("seed", self.seed, 0, integer=True)
 
     @property
