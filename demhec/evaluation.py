@@ -132,6 +132,8 @@ def evaluate(
     channels_last: bool = False,
     workers: int | None = None,
     progress: bool = False,
+    adapt: str | None = None,
+    adapt_config: Any = None,
 ) -> pd.DataFrame:
     """Eq. 1 on clean data and on every (corruption, severity) cell.
 
@@ -140,6 +142,12 @@ def evaluate(
     ``cache_dir`` (see :func:`demhec.corruptions.corrupt_split`), or, with ``official_root``,
     read from the official CIFAR-10-C / CIFAR-100-C files (then ``data`` supplies the clean
     test set only). Defaults: the paper's seven corruptions at severities 1, 3, 5.
+
+    ``adapt``: None (the model as it is), ``"bn"`` (BatchNorm statistics adaptation,
+    Schneider et al., 2020) or ``"tent"`` (TENT, Wang et al., 2021), with settings from
+    ``adapt_config`` (a :class:`~demhec.adaptation.AdaptConfig`; its method is set from
+    ``adapt``). The adaptation starts afresh from ``model`` on every set, clean included, and
+    leaves ``model`` unchanged; see :mod:`demhec.adaptation`.
     """
     from .corruptions import (
         PAPER_CORRUPTIONS,
@@ -164,6 +172,10 @@ def evaluate(
         raise DemHECError("evaluate needs uint8 images of shape N x H x W x 3 (see demhec.data)")
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     kw = dict(batch_size=batch_size, device=device, channels_last=channels_last)
+    score = predict
+    if adapt is not None:
+        score = _adaptive_scorer(adapt, adapt_config)
+        kw.pop("batch_size")  # the adaptation's batch is part of its config
 
     cells = [(c, s) for c in corruptions for s in severities]
     bar = None
@@ -171,7 +183,7 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells) + 1, desc="evaluate", unit="cell", dynamic_ncols=True)
-    rows = [_row("clean", 0, predict(model, images, **kw), labels)]
+    rows = [_row("clean", 0, score(model, images, **kw), labels)]
     if bar is not None:
         bar.update(1)
     if official_root is not None:
@@ -195,12 +207,23 @@ def evaluate(
                                             workers=workers):
                 yield c, s, xc, labels
     for c, s, x, y in grid():
-        rows.append(_row(c, s, predict(model, x, **kw), y))
+        rows.append(_row(c, s, score(model, x, **kw), y))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     return pd.DataFrame(rows)
+
+
+def _adaptive_scorer(adapt: str, adapt_config: Any) -> Any:
+    """``predict``'s stand-in that adapts a copy of the model to each set it scores."""
+    import dataclasses
+
+    from .adaptation import ADAPT_METHODS, AdaptConfig, adaptive_predict
+
+    check_choice("adapt", adapt, ADAPT_METHODS)
+    cfg = dataclasses.replace(adapt_config or AdaptConfig(), method=adapt)
+    return lambda model, x, **kw: adaptive_predict(model, x, cfg, **kw)
 
 
 def paired_difference(correct_a: Tensor, correct_b: Tensor) -> dict[str, float]:

@@ -19,9 +19,11 @@ The pipeline is cached at two levels: model checkpoints under
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -362,9 +364,12 @@ def robustness_result(
     *,
     config: DemHECConfig | None = None,
     tag: str | None = None,
+    adapt: str | None = None,
 ) -> dict:
     """The JSON result of evaluating the ``phase`` model ("before" = base, "after" = Dem-HEC,
-    or "baseline:<method>") on clean data and on every corruption cell."""
+    or "baseline:<method>") on clean data and on every corruption cell; with ``adapt`` ("bn",
+    "tent"), adapted at test time (:mod:`demhec.adaptation`, its default settings) and timed
+    against a plain evaluation of the same model on the same cached sets."""
     from .corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
     from .evaluation import evaluate
 
@@ -373,6 +378,7 @@ def robustness_result(
     if phase == "after" and tag is None:
         tag = config_tag(exp, config)
     name = tag or phase.replace(":", "_")
+    name += f"_{adapt}" if adapt else ""
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
 
@@ -383,23 +389,45 @@ def robustness_result(
             model, cfg = base_model(exp, k), exp.base_config
         elif phase == "after":
             cfg = replace(config, seed=exp.seed) if config else exp.demhec_config
-            model = demhec_model(exp, cfg, tag=name.replace("after", "demhec", 1), num_classes=k)
+            model = demhec_model(exp, cfg, tag=name.removesuffix(f"_{adapt}").replace("after", "demhec", 1),
+                                 num_classes=k)
         elif phase.startswith("baseline:"):
             model, cfg = baseline_model(exp, phase.split(":", 1)[1], k), exp.base_config
         else:
             raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
-        table = evaluate(model, data, corruptions, severities, suite, progress=exp.progress,
-                         **_corrupted_eval_kw(exp))
-        return dict(kind=f"robustness/{phase}", profile=exp.profile,
+        run = functools.partial(evaluate, model, data, corruptions, severities, suite,
+                                progress=exp.progress, **_corrupted_eval_kw(exp))
+        extra_config, extra_metrics = {}, {}
+        if adapt is not None:
+            from .adaptation import AdaptConfig
+            from .corruptions import corruption_grid
+
+            kw = _corrupted_eval_kw(exp)
+            for _ in corruption_grid(data.images, corruptions, severities, suite=suite, seed=kw["seed"],
+                                     cache_dir=kw["cache_dir"], key=kw["key"]):
+                pass  # make the cache first, so that neither timing includes generating it
+            t0 = time.perf_counter()
+            run()
+            plain = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            table = run(adapt=adapt)
+            adapted = time.perf_counter() - t0
+            extra_config = {"adapt": dataclasses.replace(AdaptConfig(), method=adapt),
+                            "torch_threads": torch.get_num_threads()}
+            extra_metrics = {"seconds_plain": plain, "seconds_adapted": adapted,
+                             "relative_cost": adapted / plain}
+        else:
+            table = run()
+        return dict(kind=f"robustness/{phase}" + (f"+{adapt}" if adapt else ""), profile=exp.profile,
                     config={"experiment": _exp_config(exp), "model": cfg, "suite": suite,
                             "corruptions": corruptions, "severities": severities,
-                            "corruption_seed": CORRUPTION_SEED},
+                            "corruption_seed": CORRUPTION_SEED, **extra_config},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
-                             "table": table},
+                             "table": table, **extra_metrics},
                     data=_provenance(data), seed=exp.seed)
 
     return get_or_compute(path, compute, allow_train=exp.allow_train, recompute=exp.recompute,
-                          what=f"{phase} on {suite}")
+                          what=f"{phase}{' + ' + adapt if adapt else ''} on {suite}")
 
 
 def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
