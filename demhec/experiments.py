@@ -102,7 +102,8 @@ PROFILES: dict[str, Profile] = {
         base=TrainConfig(epochs=1, batch_size=32, lr=0.05),
         demhec=DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
         pretrained=False, eval_batch_size=64, entropy_images=16,
-        substitutes=_CPU_STAND_INS,
+        # notebook 10's default backbone, by the smallest timm ResNet (timm's own test model)
+        substitutes={**_CPU_STAND_INS, "timm:resnet10t": "timm:test_resnet"},
     ),
     "demo": Profile(
         name="demo",
@@ -137,7 +138,7 @@ PROFILES: dict[str, Profile] = {
 CORRUPTION_SEED = 0
 
 DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
-                       "cifar10_jpeg")
+                       "cifar10_jpeg", "imagefolder")
 
 
 def get_profile(name: str) -> Profile:
@@ -161,6 +162,7 @@ class Experiment:
     progress: bool = False
     download: bool = False
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
+    weights: str = ""  # a state dict to use as the base model (notebook 10); "" = the profile's
 
     def __post_init__(self) -> None:
         from .models import check_backbone
@@ -188,8 +190,15 @@ class Experiment:
         return Path(self.results_dir) / self.profile
 
     @property
+    def model_key(self) -> str:
+        """The backbone as a file-name part ("timm:resnet18" -> "timm-resnet18"), with the
+        stem of ``weights`` when those replace the profile's base model."""
+        key = self.effective_backbone.replace(":", "-")
+        return f"{key}-{Path(self.weights).stem}" if self.weights else key
+
+    @property
     def cell_dir(self) -> Path:
-        return self.root / self.effective_dataset / self.effective_backbone
+        return self.root / self.effective_dataset / self.model_key
 
     def _override(self, which: str) -> dict[str, Any]:
         for family, changes in self.prof.overrides.items():
@@ -211,7 +220,7 @@ class Experiment:
         """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt``; the dataset is left out when
         the profile fixes it (``results/cpu/checkpoints/resnet20_base.pt``)."""
         prefix = "" if self.prof.dataset else f"{self.effective_dataset}_"
-        return self.root / "checkpoints" / f"{prefix}{self.effective_backbone}_{name}.pt"
+        return self.root / "checkpoints" / f"{prefix}{self.model_key}_{name}.pt"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -318,6 +327,8 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     from .models import CIFAR_WEIGHT_URLS
 
     k = num_classes if num_classes is not None else len(train_data(exp).classes)
+    if exp.weights:
+        return _model_from(Path(exp.weights), exp, k)
     if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
 
