@@ -49,6 +49,7 @@ __all__ = [
     "AdaptConfig",
     "adapted_model",
     "adaptive_predict",
+    "has_batch_norm",
     "prior_batch_norm",
 ]
 
@@ -81,6 +82,12 @@ class AdaptConfig:
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether both methods apply to ``model`` (they adapt BatchNorm layers only; a ViT's
+    LayerNorms normalise each image by itself and have no test-set statistics to re-estimate)."""
+    return bool(_batch_norms(model))
 
 
 def prior_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, prior: float) -> Tensor:
