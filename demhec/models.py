@@ -19,12 +19,13 @@ state dicts load with ``strict=True`` into ``Classifier.net``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -310,10 +311,8 @@ def check_backbone(name: str) -> str:
 
 def _builder(name: str) -> _Builder:
     check_backbone(name)
-    if name.startswith("timm:"):
-        return lambda **kw: _timm_any(name, **kw)
-    if name.startswith("torchvision:"):
-        return lambda **kw: _torchvision_any(name, **kw)
+    if name.startswith(EXTERNAL_PREFIXES):
+        return functools.partial(_external, name)
     return _REGISTRY[name]
 
 
@@ -736,51 +735,18 @@ def _penultimate(net: nn.Module, head: str) -> str:
     return last
 
 
-def _external_classifier(
-    arch: str,
-    net: nn.Module,
-    *,
-    num_classes: int,
-    head: str,
-    blocks: Sequence[str],
-    stages: Sequence[str] | None,
-    norm: Normalisation,
-    input_size: int,
-    min_input_size: int,
-) -> Classifier:
-    """Wrap ``net``: stages = (stem and blocks ..., penultimate, head) unless given."""
-    if stages is None:
-        stages = (*blocks, _penultimate(net, head), head)
-    else:
-        stages = tuple(s.removeprefix("net.") for s in stages)
-        if len(stages) < 3:
-            raise DemHECError(f"{arch}: stages needs at least a stem, one stage and the head, got {stages}")
-    return Classifier(
-        net,
-        arch=arch,
-        num_classes=num_classes,
-        head_name=f"net.{head}",
-        stages=tuple(f"net.{s}" for s in stages),
-        input_size=input_size,
-        min_input_size=min_input_size,
-        norm=norm,
-    )
+class _Found(NamedTuple):
+    """What a timm / torchvision builder finds in a network for :class:`Classifier`."""
+
+    net: nn.Module
+    head: str
+    blocks: list[str]  # stem and stages, shallow to deep (empty when ``stages`` is given)
+    norm: Normalisation
+    input_size: int
+    min_input_size: int
 
 
-def _head_error(arch: str, what: str) -> DemHECError:
-    return DemHECError(
-        f"{arch}: {what}; pass head='<name of its final nn.Linear>' (a name from "
-        "named_modules() of the bare network)"
-    )
-
-
-def _override_norm(norm: Normalisation, mean: Sequence[float] | None,
-                   std: Sequence[float] | None) -> Normalisation:
-    return Normalisation(tuple(mean) if mean is not None else norm.mean,
-                         tuple(std) if std is not None else norm.std)
-
-
-def _timm_any(
+def _external(
     arch: str,
     num_classes: int,
     pretrained: bool,
@@ -792,6 +758,40 @@ def _timm_any(
     std: Sequence[float] | None = None,
     **kw: Any,
 ) -> Classifier:
+    """Build ``"timm:<name>"`` / ``"torchvision:<name>"`` and wrap it: stages = (stem and
+    stages ..., penultimate, head) as found, unless ``stages`` is given; ``head``, ``mean`` and
+    ``std`` override what was found. ``kw`` goes to timm's / torchvision's constructor."""
+    find = _timm_found if arch.startswith("timm:") else _torchvision_found
+    found = find(arch, num_classes, pretrained, progress, head, stages is None, kw)
+    if stages is None:
+        stages = (*found.blocks, _penultimate(found.net, found.head), found.head)
+    else:
+        stages = tuple(s.removeprefix("net.") for s in stages)
+        if len(stages) < 3:
+            raise DemHECError(f"{arch}: stages needs at least a stem, one stage and the head, got {stages}")
+    norm = Normalisation(tuple(mean) if mean is not None else found.norm.mean,
+                         tuple(std) if std is not None else found.norm.std)
+    return Classifier(
+        found.net,
+        arch=arch,
+        num_classes=num_classes,
+        head_name=f"net.{found.head}",
+        stages=tuple(f"net.{s}" for s in stages),
+        input_size=found.input_size,
+        min_input_size=found.min_input_size,
+        norm=norm,
+    )
+
+
+def _head_error(arch: str, what: str) -> DemHECError:
+    return DemHECError(
+        f"{arch}: {what}; pass head='<name of its final nn.Linear>' (a name from "
+        "named_modules() of the bare network)"
+    )
+
+
+def _timm_found(arch: str, num_classes: int, pretrained: bool, progress: bool, head: str | None,
+                find_stages: bool, kw: dict[str, Any]) -> _Found:
     """Any timm classifier. Normalisation and native size from its ``pretrained_cfg``; the
     head from ``get_classifier()``; the stages from ``feature_info`` (the modules whose
     outputs timm's ``features_only`` mode returns), preceded by the first top-level module
@@ -813,19 +813,16 @@ def _timm_any(
         head = _module_name(net, module) if isinstance(module, nn.Module) else None
         if head is None or not isinstance(module, nn.Linear):
             raise _head_error(arch, f"get_classifier() gives {type(module).__name__}, not a Linear head")
-    if stages is None:
+    blocks: list[str] = []
+    if find_stages:
         info = getattr(net, "feature_info", None)
-        modules = [f["module"] for f in info] if info else []
-        if not modules:
+        blocks = [f["module"] for f in info] if info else []
+        if not blocks:
             raise DemHECError(f"{arch}: timm gives no feature_info; pass stages=(stem, stage, ..., head)")
         # A stem at stride <= 2 is the first feature of timm's CNNs (act1, bn1); ConvNeXt and
         # ViTs start at their first stage, so their first top-level module is the stem.
-        if info[0].get("reduction", 0) > 2 or len(modules) == 1:
-            stem = next(n for n, _ in net.named_children())
-            modules = [stem, *modules]
-        blocks = modules
-    else:
-        blocks = []
+        if info[0].get("reduction", 0) > 2 or len(blocks) == 1:
+            blocks = [next(n for n, _ in net.named_children()), *blocks]
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     norm = Normalisation(tuple(cfg.get("mean", NORMALISATION["imagenet"].mean)),
                          tuple(cfg.get("std", NORMALISATION["imagenet"].std)))
@@ -835,9 +832,7 @@ def _timm_any(
         size = int(patch.img_size[0])
     # Patch embeddings with a fixed grid take only their own size; CNNs pool adaptively.
     fixed = patch is not None and getattr(patch, "strict_img_size", False)
-    return _external_classifier(arch, net, num_classes=num_classes, head=head, blocks=blocks,
-                                stages=stages, norm=_override_norm(norm, mean, std),
-                                input_size=size, min_input_size=size if fixed else _MIN_SIZE_CIFAR)
+    return _Found(net, head, blocks, norm, size, size if fixed else _MIN_SIZE_CIFAR)
 
 
 def _torchvision_blocks(net: nn.Module) -> list[str] | None:
@@ -866,18 +861,8 @@ def _torchvision_blocks(net: nn.Module) -> list[str] | None:
     return None
 
 
-def _torchvision_any(
-    arch: str,
-    num_classes: int,
-    pretrained: bool,
-    progress: bool,
-    *,
-    head: str | None = None,
-    stages: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    **kw: Any,
-) -> Classifier:
+def _torchvision_found(arch: str, num_classes: int, pretrained: bool, progress: bool, head: str | None,
+                       find_stages: bool, kw: dict[str, Any]) -> _Found:
     """Any torchvision classifier. Normalisation and native size from its DEFAULT weights'
     ``transforms()`` (known without downloading them); the head is its last ``nn.Linear``,
     replaced by a ``num_classes``-way one; the stages from torchvision's known layouts."""
@@ -906,7 +891,7 @@ def _torchvision_any(
         raise _head_error(arch, f"{head!r} is {type(module).__name__}, not an nn.Linear")
     parent, _, child = head.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, child, _replace_linear(module, num_classes))
-    blocks = _torchvision_blocks(net) if stages is None else []
+    blocks = _torchvision_blocks(net) if find_stages else []
     if blocks is None:
         raise DemHECError(f"{arch}: its stages are not a known torchvision layout; pass "
                           "stages=('<stem>', '<stage 1>', ..., '<head>') from named_modules()")
@@ -916,7 +901,4 @@ def _torchvision_any(
         norm = Normalisation(tuple(t.mean), tuple(t.std))
         size = int(t.crop_size[0])
     image_size = getattr(net, "image_size", None)  # torchvision's ViT takes one size only
-    return _external_classifier(arch, net, num_classes=num_classes, head=head, blocks=blocks,
-                                stages=stages, norm=_override_norm(norm, mean, std),
-                                input_size=int(image_size or size),
-                                min_input_size=int(image_size or _MIN_SIZE_CIFAR))
+    return _Found(net, head, blocks, norm, int(image_size or size), int(image_size or _MIN_SIZE_CIFAR))
