@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import DemHECError, check_choice, check_range
@@ -95,16 +96,14 @@ def prior_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, prior: floa
     ``bn`` mixed with the batch's, weights N/(N+n) and n/(N+n), then apply ``bn``'s affine
     transform. Gradients flow through the batch statistics, as in a training-mode BatchNorm
     (TENT differentiates through them too)."""
+    if prior == 0:  # the batch's statistics alone: PyTorch's fused training-mode kernel
+        return F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+    if bn.running_mean is None or bn.running_var is None:
+        raise DemHECError("prior > 0 needs BatchNorm layers with running statistics")
     dims = [0, *range(2, x.dim())]
-    n = x.shape[0]
-    mean = x.mean(dims)
-    var = x.var(dims, unbiased=False)  # what BatchNorm normalises a batch with
-    if prior > 0:
-        if bn.running_mean is None or bn.running_var is None:
-            raise DemHECError("prior > 0 needs BatchNorm layers with running statistics")
-        w = prior / (prior + n)
-        mean = w * bn.running_mean + (1 - w) * mean
-        var = w * bn.running_var + (1 - w) * var
+    w = prior / (prior + x.shape[0])
+    mean = w * bn.running_mean + (1 - w) * x.mean(dims)
+    var = w * bn.running_var + (1 - w) * x.var(dims, unbiased=False)  # BatchNorm's batch variance
     shape = (1, -1) + (1,) * (x.dim() - 2)
     y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
     if bn.affine:
