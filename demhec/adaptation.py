@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ADAPT_METHODS",
     "AdaptConfig",
+    "adaptation_cost",
     "adapted_model",
     "adaptive_predict",
     "has_batch_norm",
@@ -189,4 +191,33 @@ def adaptive_predict(
     out = torch.empty((len(images), parts[0][1].shape[1]))
     for idx, logits in parts:
         out[torch.as_tensor(idx)] = logits
+    return out
+
+
+def adaptation_cost(
+    model: nn.Module,
+    images: Any,
+    configs: dict[str, AdaptConfig | None],
+    *,
+    rounds: int = 2,
+    batch_size: int = 200,
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, float]]:
+    """What scoring ``images`` costs plainly (config None) and with each adaptation: seconds of
+    process CPU time and of wall time, the minimum over ``rounds`` rounds run in turn (so that a
+    change in the machine's load hits every method alike). On a shared CPU the process time of a
+    single-threaded run is the stable measure; wall time also counts waiting for the cores."""
+    from .evaluation import predict
+
+    check_range("rounds", rounds, 1, integer=True)
+    out: dict[str, dict[str, float]] = {name: {"cpu_s": float("inf"), "wall_s": float("inf")} for name in configs}
+    for _ in range(rounds):
+        for name, cfg in configs.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            if cfg is None:
+                predict(model, images, batch_size=batch_size, device=device)
+            else:
+                adaptive_predict(model, images, cfg, device=device)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            out[name] = {"cpu_s": min(out[name]["cpu_s"], cpu), "wall_s": min(out[name]["wall_s"], wall)}
     return out
