@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # experiments is imported lazily: it is the heavier module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NOISE_CORRUPTIONS", "per_corruption_table", "robustness_summary", "your_model_setup"]
+__all__ = ["NOISE_CORRUPTIONS", "cost_table", "per_corruption_table", "robustness_summary", "your_model_setup"]
 
 # The paper's noise family, the corruptions Dem-HEC targets most (the CPU reproduction's target).
 NOISE_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise")
@@ -126,3 +126,18 @@ def your_model_setup(*, profile: str, backbone: str, data_root: str, weights: st
         ctx = dataclasses.replace(ctx, exp=dataclasses.replace(ctx.exp, weights=str(path)))
     log.info("your model: %s on %s", ctx.exp.effective_backbone, ctx.exp.effective_dataset)
     return ctx
+
+
+def cost_table(record: Mapping) -> pd.DataFrame:
+    """The cost measurement of ``benchmarks/tta_cost.py`` (:func:`demhec.adaptation.adaptation_cost`
+    per model and image set) as one row per (model, set, method): seconds of process CPU time
+    and of wall time, and each as a multiple of the plain evaluation's."""
+    rows = []
+    for key, methods in record["metrics"].items():
+        phase, _, images = key.partition("/")
+        plain = methods["plain"]
+        for method, m in methods.items():
+            rows.append({"model": phase, "set": images, "method": method, "cpu_s": m["cpu_s"],
+                         "wall_s": m["wall_s"], "cpu_ratio": m["cpu_s"] / plain["cpu_s"],
+                         "wall_ratio": m["wall_s"] / plain["wall_s"]})
+    return pd.DataFrame(rows)

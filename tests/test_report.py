@@ -54,3 +54,12 @@ def test_your_model_setup_validates_its_parameters(tmp_path):
         your_model_setup(profile="demo", backbone="resnet20", data_root="", weights=str(tmp_path / "no.pt"))
     with pytest.raises(DemHECError, match="valid backbones"):
         your_model_setup(profile="demo", backbone="resnet57", data_root="", weights="")
+
+
+def test_cost_table_ratios_to_the_plain_evaluation():
+    from demhec.report import cost_table
+
+    rec = {"metrics": {"before/clean": {"plain": {"cpu_s": 2.0, "wall_s": 4.0}, "tent": {"cpu_s": 6.0, "wall_s": 6.0}}}}
+    t = cost_table(rec).set_index("method")
+    assert t.loc["tent", "cpu_ratio"] == 3 and t.loc["tent", "wall_ratio"] == 1.5 and t.loc["plain", "cpu_ratio"] == 1
+    assert (t["model"] == "before").all() and (t["set"] == "clean").all()
