@@ -179,9 +179,10 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
                 *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS),
                 *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS),
                 *(f"paired_{tag}_cifar-c_s5{sfx}.json" for tag in ("after", "after_late_frozen_tuned")
-                  for sfx in ("", "_seed1"))}
+                  for sfx in ("", "_seed1")),
+                *(f"{phase}_{adapt}_cifar-c.json" for phase in ("before", "after") for adapt in ("bn", "tent"))}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4 + 4
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
