@@ -8,6 +8,7 @@ and evaluation.
 from __future__ import annotations
 
 from ._common import DemHECError, parse_number
+from .adaptation import AdaptConfig
 from .entropy import layer_entropy, prediction_entropy
 from .evaluation import (
     as_float_images,
@@ -25,6 +26,7 @@ from .training import DemHECConfig, TrainConfig, finetune, freeze_parameters, tr
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptConfig",
     "DemHECConfig",
     "DemHECError",
     "as_float_images",

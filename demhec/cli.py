@@ -44,7 +44,7 @@ _CLI_DEFAULTS = {"checkpoint_every": 100}
 def _common(p: argparse.ArgumentParser, weights: bool = False) -> None:
     p.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, tinyimagenet, "
                    "imagenette, cifar10_jpeg")
-    p.add_argument("--backbone", default="resnet20", help="a name from demhec.models.list_models()")
+    p.add_argument("--backbone", default="resnet20", help="a name from demhec.models.list_models(), timm:<name> or torchvision:<name>")
     p.add_argument("--data-root", default="data", help="where datasets live (default: data)")
     p.add_argument("--download", action="store_true", help="download missing datasets")
     p.add_argument("--out", default="results/cli", help="output folder for checkpoints and JSON")
@@ -186,7 +186,8 @@ def _data(args: argparse.Namespace, split: str):
 
 
 def _stem(args: argparse.Namespace, name: str) -> Path:
-    return Path(args.out) / f"{args.dataset}_{args.backbone}_{name}"
+    # "timm:resnet18" -> "timm-resnet18": a colon is not a portable file-name character.
+    return Path(args.out) / f"{args.dataset}_{args.backbone.replace(':', '-')}_{name}"
 
 
 def _model(args: argparse.Namespace, num_classes: int, weights: str | None):
@@ -401,11 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from ._common import check_choice, check_device
         from .experiments import DATASETS_BY_PROFILE
-        from .models import list_models
+        from .models import check_backbone
 
         check_device(args.device)
         check_choice("dataset", args.dataset, DATASETS_BY_PROFILE)
-        check_choice("backbone", args.backbone, list_models())
+        check_backbone(args.backbone)
         if args.limit is not None and args.limit < 1:
             raise DemHECError(f"--limit must be >= 1, got {args.limit}")
         # Under torchrun: join the process group and take this rank's device.

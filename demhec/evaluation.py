@@ -132,6 +132,8 @@ def evaluate(
     channels_last: bool = False,
     workers: int | None = None,
     progress: bool = False,
+    adapt: str | None = None,
+    adapt_config: Any = None,
 ) -> pd.DataFrame:
     """Eq. 1 on clean data and on every (corruption, severity) cell.
 
@@ -141,6 +143,12 @@ def evaluate(
     for a released suite ("cifar10-c", "cifar100-c", "tinyimagenet-c"), read from the released
     files under ``data_root`` (memory-mapped; downloaded with ``download``), and then ``data``
     supplies the clean test set only. Defaults: the paper's seven corruptions at severities 1, 3, 5.
+
+    ``adapt``: None (the model as it is), ``"bn"`` (BatchNorm statistics adaptation,
+    Schneider et al., 2020) or ``"tent"`` (TENT, Wang et al., 2021), with settings from
+    ``adapt_config`` (a :class:`~demhec.adaptation.AdaptConfig`; its method is set from
+    ``adapt``). The adaptation starts afresh from ``model`` on every set, clean included, and
+    leaves ``model`` unchanged; see :mod:`demhec.adaptation`.
     """
     from .corruptions import (
         ALL_SUITES,
@@ -170,6 +178,10 @@ def evaluate(
     if labels.ndim != 1 or len(labels) != len(images):
         raise DemHECError(f"evaluate got {len(images)} images but {len(labels)} labels")
     kw = dict(batch_size=batch_size, device=device, channels_last=channels_last)
+    score = predict
+    if adapt is not None:
+        score = _adaptive_scorer(adapt, adapt_config)
+        kw.pop("batch_size")  # the adaptation's batch is part of its config
 
     cells = [(c, s) for c in corruptions for s in severities]
     bar = None
@@ -177,7 +189,7 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells) + 1, desc="evaluate", unit="cell", dynamic_ncols=True)
-    clean = predict(model, images, **kw)
+    clean = score(model, images, **kw)
     outside = labels[(labels < 0) | (labels >= clean.shape[1])]
     if len(outside):
         raise DemHECError(f"{len(outside)} labels outside the model's {clean.shape[1]} classes "
@@ -198,12 +210,23 @@ def evaluate(
     for c, s, x, y in corrupted_sets(images, labels, corruptions, severities, suite, seed=seed,
                                      cache_dir=cache_dir, key=key, workers=workers, data_root=data_root,
                                      download=download, classes=getattr(data, "classes", None)):
-        rows.append(_row(c, s, predict(model, x, **kw), torch.as_tensor(np.asarray(y), dtype=torch.long)))
+        rows.append(_row(c, s, score(model, x, **kw), torch.as_tensor(np.asarray(y), dtype=torch.long)))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     return pd.DataFrame(rows)
+
+
+def _adaptive_scorer(adapt: str, adapt_config: Any) -> Any:
+    """``predict``'s stand-in that adapts a copy of the model to each set it scores."""
+    import dataclasses
+
+    from .adaptation import ADAPT_METHODS, AdaptConfig, adaptive_predict
+
+    check_choice("adapt", adapt, ADAPT_METHODS)
+    cfg = dataclasses.replace(adapt_config or AdaptConfig(), method=adapt)
+    return lambda model, x, **kw: adaptive_predict(model, x, cfg, **kw)
 
 
 def paired_difference(correct_a: Tensor, correct_b: Tensor) -> dict[str, float]:

@@ -19,12 +19,13 @@ state dicts load with ``strict=True`` into ``Classifier.net``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ __all__ = [
     "Classifier",
     "Normalisation",
     "RepVGGBlock",
+    "check_backbone",
     "get_model",
     "list_models",
     "register_model",
@@ -279,21 +281,39 @@ def get_model(
 ) -> Classifier:
     """Build backbone ``name`` with a ``num_classes``-way head, wrapped in :class:`Classifier`.
 
+    ``name`` is a registry name, ``"timm:<any timm model>"`` or ``"torchvision:<any
+    torchvision classifier>"``; the latter two find their normalisation, head and stages
+    themselves, and take ``head=``, ``stages=``, ``mean=``, ``std=`` to override them.
     ``pretrained``: False (random init), True (published weights: CIFAR zoo, torchvision
     ImageNet or timm) or the path of a local state dict in zoo or wrapper layout. ``kw`` goes
     to the builder: ``dataset`` ("cifar10"/"cifar100") for CIFAR models, timm arguments
-    (e.g. ``img_size``) for ViTs.
+    (e.g. ``img_size``) for ViTs and ``timm:`` models, torchvision ones for ``torchvision:``.
     """
-    check_choice("backbone", name, list_models())
+    builder = _builder(name)
     check_range("num_classes", num_classes, 1, integer=True)
     if isinstance(pretrained, (str, os.PathLike)):
-        model = _REGISTRY[name](num_classes=num_classes, pretrained=False, progress=progress, **kw)
+        model = builder(num_classes=num_classes, pretrained=False, progress=progress, **kw)
         model.load_state_dict_any(_load_local(Path(pretrained)))
         logger.info("loaded %s weights from %s", name, pretrained)
         return model
     if not isinstance(pretrained, bool):
         raise DemHECError(f"pretrained must be True, False or a path, got {pretrained!r}")
-    return _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, progress=progress, **kw)
+    return builder(num_classes=num_classes, pretrained=pretrained, progress=progress, **kw)
+
+
+def check_backbone(name: str) -> str:
+    """``name`` if :func:`get_model` accepts it (a registry name or a ``timm:`` /
+    ``torchvision:`` name, not built here); otherwise a one-line error listing the valid ones."""
+    if isinstance(name, str) and name.startswith(EXTERNAL_PREFIXES) and name.partition(":")[2]:
+        return name
+    return check_choice("backbone", name, [*list_models(), "timm:<name>", "torchvision:<name>"])
+
+
+def _builder(name: str) -> _Builder:
+    check_backbone(name)
+    if name.startswith(EXTERNAL_PREFIXES):
+        return functools.partial(_external, name)
+    return _REGISTRY[name]
 
 
 def _load_local(path: Path) -> dict[str, Any]:
@@ -703,3 +723,204 @@ def _vit_test(num_classes: int, pretrained: bool, progress: bool) -> Classifier:
         raise DemHECError("vit_test has no pretrained weights")
     net = VisionTransformer(num_classes=num_classes, **VIT_TEST_CONFIG)
     return _vit_classifier("vit_test", net, num_classes, NORMALISATION["imagenet"])
+
+
+# --------------------------------------------------------------------------------------
+# Any timm or torchvision classifier by name: "timm:<name>", "torchvision:<name>"
+# --------------------------------------------------------------------------------------
+
+# get_model routes names with these prefixes here instead of to the registry.
+EXTERNAL_PREFIXES = ("timm:", "torchvision:")
+
+# Leaves that pass their input through (or only drop some of it at training time): the
+# penultimate stage is the last module before the head that is none of these.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+
+
+def _module_name(net: nn.Module, module: nn.Module) -> str | None:
+    return next((n for n, m in net.named_modules() if m is module), None)
+
+
+def _penultimate(net: nn.Module, head: str) -> str:
+    """The last leaf module registered before ``head`` that does real work: its output is
+    (up to pass-through layers) the head's input, the penultimate feature of section 4.1.
+    Registration order is execution order for the timm and torchvision classifiers, as
+    :func:`demhec.training.freeze_parameters` already assumes."""
+    last = None
+    for name, m in net.named_modules():
+        if name == head:
+            break
+        if name and not any(True for _ in m.children()) and not isinstance(m, _PASS_THROUGH):
+            last = name
+    if last is None:
+        raise DemHECError(f"no module runs before the head {head!r}; pass stages=(...)")
+    return last
+
+
+class _Found(NamedTuple):
+    """What a timm / torchvision builder finds in a network for :class:`Classifier`."""
+
+    net: nn.Module
+    head: str
+    blocks: list[str]  # stem and stages, shallow to deep (empty when ``stages`` is given)
+    norm: Normalisation
+    input_size: int
+    min_input_size: int
+
+
+def _external(
+    arch: str,
+    num_classes: int,
+    pretrained: bool,
+    progress: bool,
+    *,
+    head: str | None = None,
+    stages: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kw: Any,
+) -> Classifier:
+    """Build ``"timm:<name>"`` / ``"torchvision:<name>"`` and wrap it: stages = (stem and
+    stages ..., penultimate, head) as found, unless ``stages`` is given; ``head``, ``mean`` and
+    ``std`` override what was found. ``kw`` goes to timm's / torchvision's constructor."""
+    find = _timm_found if arch.startswith("timm:") else _torchvision_found
+    found = find(arch, num_classes, pretrained, progress, head, stages is None, kw)
+    if stages is None:
+        stages = (*found.blocks, _penultimate(found.net, found.head), found.head)
+    else:
+        stages = tuple(s.removeprefix("net.") for s in stages)
+        if len(stages) < 3:
+            raise DemHECError(f"{arch}: stages needs at least a stem, one stage and the head, got {stages}")
+    norm = Normalisation(tuple(mean) if mean is not None else found.norm.mean,
+                         tuple(std) if std is not None else found.norm.std)
+    return Classifier(
+        found.net,
+        arch=arch,
+        num_classes=num_classes,
+        head_name=f"net.{found.head}",
+        stages=tuple(f"net.{s}" for s in stages),
+        input_size=found.input_size,
+        min_input_size=found.min_input_size,
+        norm=norm,
+    )
+
+
+def _head_error(arch: str, what: str) -> DemHECError:
+    return DemHECError(
+        f"{arch}: {what}; pass head='<name of its final nn.Linear>' (a name from "
+        "named_modules() of the bare network)"
+    )
+
+
+def _timm_found(arch: str, num_classes: int, pretrained: bool, progress: bool, head: str | None,
+                find_stages: bool, kw: dict[str, Any]) -> _Found:
+    """Any timm classifier. Normalisation and native size from its ``pretrained_cfg``; the
+    head from ``get_classifier()``; the stages from ``feature_info`` (the modules whose
+    outputs timm's ``features_only`` mode returns), preceded by the first top-level module
+    (the stem) when timm's first feature is already a downsampling stage."""
+    import timm
+
+    name = arch.removeprefix("timm:")
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise DemHECError(f"unknown timm model {name!r} (see timm.list_models()){hint}")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kw)
+    except OSError as exc:  # offline / missing on the Hugging Face hub
+        msg = f"cannot load timm pretrained weights for {name} (needs network access): {exc}"
+        raise DemHECError(msg.splitlines()[0]) from exc
+    if head is None:
+        module = net.get_classifier() if hasattr(net, "get_classifier") else None
+        head = _module_name(net, module) if isinstance(module, nn.Module) else None
+        if head is None or not isinstance(module, nn.Linear):
+            raise _head_error(arch, f"get_classifier() gives {type(module).__name__}, not a Linear head")
+    blocks: list[str] = []
+    if find_stages:
+        info = getattr(net, "feature_info", None)
+        blocks = [f["module"] for f in info] if info else []
+        if not blocks:
+            raise DemHECError(f"{arch}: timm gives no feature_info; pass stages=(stem, stage, ..., head)")
+        # A stem at stride <= 2 is the first feature of timm's CNNs (act1, bn1); ConvNeXt and
+        # ViTs start at their first stage, so their first top-level module is the stem.
+        if info[0].get("reduction", 0) > 2 or len(blocks) == 1:
+            blocks = [next(n for n, _ in net.named_children()), *blocks]
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    norm = Normalisation(tuple(cfg.get("mean", NORMALISATION["imagenet"].mean)),
+                         tuple(cfg.get("std", NORMALISATION["imagenet"].std)))
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    patch = getattr(net, "patch_embed", None)
+    if patch is not None and getattr(patch, "img_size", None) is not None:
+        size = int(patch.img_size[0])
+    # Patch embeddings with a fixed grid take only their own size; CNNs pool adaptively.
+    fixed = patch is not None and getattr(patch, "strict_img_size", False)
+    return _Found(net, head, blocks, norm, size, size if fixed else _MIN_SIZE_CIFAR)
+
+
+def _torchvision_blocks(net: nn.Module) -> list[str] | None:
+    """Stem and stages of torchvision's classification families (their ``forward`` order)."""
+    children = dict(net.named_children())
+    if all(f"layer{i}" in children for i in range(1, 5)):  # ResNet, ResNeXt, Wide ResNet
+        return ["maxpool", *(f"layer{i}" for i in range(1, 5))]
+    if "trunk_output" in children:  # RegNet
+        return ["stem", *(f"trunk_output.{n}" for n, _ in net.trunk_output.named_children())]
+    if "stage2" in children:  # ShuffleNetV2
+        return ["maxpool", "stage2", "stage3", "stage4"]
+    if "encoder" in children and "conv_proj" in children:  # ViT
+        layers = [f"encoder.layers.{n}" for n, _ in net.encoder.layers.named_children()]
+        return ["conv_proj", *layers]
+    features = children.get("features")
+    if isinstance(features, nn.Sequential):
+        named = list(features.named_children())
+        pools = [n for n, m in named if isinstance(m, nn.MaxPool2d)]
+        dense = [n for n, _ in named if n.startswith("denseblock")]
+        if dense:  # DenseNet: the stem ends at pool0
+            return ["features.pool0", *(f"features.{n}" for n in dense)]
+        if len(pools) >= 2:  # VGG, AlexNet: the max-pools close the conv stages
+            return [f"features.{n}" for n in pools]
+        # MobileNet, EfficientNet, ConvNeXt, Swin: features[0] is the stem
+        return [f"features.{n}" for n, _ in named]
+    return None
+
+
+def _torchvision_found(arch: str, num_classes: int, pretrained: bool, progress: bool, head: str | None,
+                       find_stages: bool, kw: dict[str, Any]) -> _Found:
+    """Any torchvision classifier. Normalisation and native size from its DEFAULT weights'
+    ``transforms()`` (known without downloading them); the head is its last ``nn.Linear``,
+    replaced by a ``num_classes``-way one; the stages from torchvision's known layouts."""
+    import torchvision.models as tvm
+
+    name = arch.removeprefix("torchvision:")
+    check_choice("torchvision classifier", name, tvm.list_models(module=tvm))
+    try:
+        weights_enum = tvm.get_model_weights(name)
+    except (KeyError, ValueError):
+        weights_enum = None
+    if pretrained and weights_enum is None:
+        raise DemHECError(f"torchvision has no pretrained weights for {name}")
+    weights = weights_enum.DEFAULT if weights_enum is not None else None
+    try:
+        net = tvm.get_model(name, weights=weights if pretrained else None, progress=progress, **kw)
+    except (OSError, RuntimeError) as exc:  # no network (URLError) or a hash mismatch
+        raise DemHECError(f"cannot download ImageNet weights for {name}: {exc}".splitlines()[0]) from exc
+    if head is None:
+        linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise _head_error(arch, "it has no nn.Linear layer")
+        head = linears[-1]
+    module = dict(net.named_modules()).get(head)
+    if not isinstance(module, nn.Linear):
+        raise _head_error(arch, f"{head!r} is {type(module).__name__}, not an nn.Linear")
+    parent, _, child = head.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, _replace_linear(module, num_classes))
+    blocks = _torchvision_blocks(net) if find_stages else []
+    if blocks is None:
+        raise DemHECError(f"{arch}: its stages are not a known torchvision layout; pass "
+                          "stages=('<stem>', '<stage 1>', ..., '<head>') from named_modules()")
+    norm, size = NORMALISATION["imagenet"], 224
+    if weights is not None:
+        t = weights.transforms()
+        norm = Normalisation(tuple(t.mean), tuple(t.std))
+        size = int(t.crop_size[0])
+    image_size = getattr(net, "image_size", None)  # torchvision's ViT takes one size only
+    return _Found(net, head, blocks, norm, int(image_size or size), int(image_size or _MIN_SIZE_CIFAR))

@@ -13,6 +13,7 @@ import argparse
 import logging
 import time
 
+from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
     ABLATIONS,
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--recompute", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tta-only", action="store_true",
+                   help="run only the test-time adaptation stage (needs the committed checkpoints)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[stage] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     first = exp(seeds[0])
+    if args.tta_only:
+        return tta_stage(first, stage)
     stage("base model", base_model, first)
     for suite in SUITES:
         stage(f"base model on {suite}", robustness_result, first, "before", suite)
@@ -67,6 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     for run in ABLATIONS:
         if run not in (*MAIN_RUNS, *LATE_RUNS):
             stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=(5,))
+    tta_stage(first, stage)
+
+
+def tta_stage(first: Experiment, stage) -> None:
+    """Test-time adaptation baselines (issue 20): no training, the base and Dem-HEC checkpoints
+    adapted to each evaluation set; each JSON also times a plain evaluation of the same model."""
+    for phase in ("before", "after"):
+        for adapt in ADAPT_METHODS:
+            stage(f"{phase} + {adapt} on {SUITES[0]}", robustness_result, first, phase, SUITES[0], adapt=adapt)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from demhec.results import fingerprint
 from demhec.training import DemHECConfig, TrainConfig
 
 
+PIPELINE_KINDS = ("robustness/", "paired/", "entropy/")
+
+
 def _complete(cls, recorded: dict):
     values = dataclasses.asdict(cls())
     extra = sorted(set(recorded) - set(values))
@@ -41,13 +44,13 @@ def record_fingerprint(path: Path, record: dict) -> dict:
     """The fingerprint the pipeline asks for when it requests what ``record`` holds."""
     c, e = record["config"], record["config"]["experiment"]
     exp = P.Experiment(profile=e["profile"], dataset=e["requested_dataset"], backbone=e["requested_backbone"],
-                       seed=e["seed"], allow_train=False)
+                       seed=e["seed"], allow_train=False, base_epochs=e.get("base_epochs"))
     kind = record["kind"]
-    phase = kind.split("/", 1)[1]
+    phase, _, adapt = kind.split("/", 1)[1].partition("+")  # "before+bn": adapted at test time
     how = {"corruption_seed": c.get("corruption_seed", e["seed"])}
     if how["corruption_seed"] != P.CORRUPTION_SEED:
         raise DemHECError(f"{path}: corrupted with seed {how['corruption_seed']}, not {P.CORRUPTION_SEED}")
-    if kind == "robustness/after" or kind == "paired/after":
+    if kind.startswith("robustness/after") or kind == "paired/after":
         model = P.model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]))
     elif kind.startswith("robustness/"):
         if fingerprint({"x": _complete(TrainConfig, c["model"])}) != fingerprint({"x": exp.base_config}):
@@ -65,15 +68,19 @@ def record_fingerprint(path: Path, record: dict) -> dict:
             raise DemHECError(f"{path}: paired over {c['corruptions']}, not {list(NOISE)}")
         return P.result_spec(exp, kind, model, run=c["run"], **P.scored_on(
             c["suite"], corruptions=c["corruptions"], severity=c["severity"]))
-    return P.result_spec(exp, kind, model, **P.scored_on(c["suite"], corruptions=c["corruptions"],
-                                                         severities=c["severities"]))
+    scored = P.scored_on(c["suite"], corruptions=c["corruptions"], severities=c["severities"])
+    if adapt:
+        from demhec.adaptation import AdaptConfig
+
+        scored["adapt"] = _complete(AdaptConfig, c["adapt"])
+    return P.result_spec(exp, kind, model, **scored)
 
 
 def stamp(path: Path) -> bool:
     """Add the fingerprint to the result at ``path``; False when it already has one."""
     record = json.loads(path.read_text())
-    if "fingerprint" in record:
-        return False
+    if "fingerprint" in record or not record.get("kind", "").startswith(PIPELINE_KINDS):
+        return False  # stamped already, or not a pipeline cache (a benchmark's record, say)
     fp = record_fingerprint(path, record)
     out: dict = {}
     for key, value in record.items():

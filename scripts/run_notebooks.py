@@ -15,7 +15,9 @@ import papermill as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 # Notebooks tied to some profiles; every other notebook runs in all of them.
-NOTEBOOK_PROFILES = {"09_cpu_reproduction.ipynb": ("cpu", "smoke")}
+NOTEBOOK_PROFILES = {"09_cpu_reproduction.ipynb": ("cpu", "smoke"),
+                     # your own model on your ImageFolder in cpu/paper: run it by hand with data_root
+                     "10_your_model.ipynb": ("smoke", "demo")}
 
 
 def main(argv: list[str] | None = None) -> int:

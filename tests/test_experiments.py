@@ -209,9 +209,10 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
                 *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS),
                 *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS),
                 *(f"paired_{tag}_cifar-c_s5{sfx}.json" for tag in ("after", "after_late_frozen_tuned")
-                  for sfx in ("", "_seed1"))}
+                  for sfx in ("", "_seed1")),
+                *(f"{phase}_{adapt}_cifar-c.json" for phase in ("before", "after") for adapt in ("bn", "tent"))}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4 + 4
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
     smoke = ex.PROFILES["smoke"].demhec
@@ -265,7 +266,7 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     made = tmp_path / "results" / "cpu" / "tables"
     for committed in sorted((CPU_RESULTS / "tables").glob("*.csv")):
         assert (made / committed.name).read_text() == committed.read_text(), committed.name
-    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 5
+    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6  # with the test-time adaptation figure
     for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

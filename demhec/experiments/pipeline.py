@@ -21,10 +21,12 @@ file made for another request names the fields that differ.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,7 +93,9 @@ PROFILES: dict[str, Profile] = {
         "smoke", "a few digits images and two optimisation steps (tests)", "digits", 64, 24,
         TrainConfig(epochs=1, batch_size=32, lr=0.05),
         DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
-        pretrained=False, eval_batch_size=64, entropy_images=16, substitutes=_CPU_STAND_INS),
+        pretrained=False, eval_batch_size=64, entropy_images=16,
+        # notebook 10's default backbone, by the smallest timm ResNet (timm's own test model)
+        substitutes={**_CPU_STAND_INS, "timm:resnet10t": "timm:test_resnet"}),
     "demo": Profile(
         "demo", "the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
         "digits", None, None, TrainConfig(epochs=8, batch_size=64, lr=0.05),
@@ -146,7 +150,7 @@ BASE_SEED = 0  # the seed of every base model (see Experiment.base_config)
 SUBSET_SEED = 0  # which images a profile's train_limit / eval_limit keeps
 
 DATASETS_BY_PROFILE = ("cifar10", "cifar100", "tinyimagenet", "imagenette", "digits",
-                       "cifar10_jpeg")
+                       "cifar10_jpeg", "imagefolder")
 
 
 def get_profile(name: str) -> Profile:
@@ -171,13 +175,14 @@ class Experiment:
     download: bool = False
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
     base_epochs: int | None = None  # replaces the profile's base epochs (time-budgeted runs)
+    weights: str = ""  # a state dict to use as the base model (notebook 10); "" = the profile's
 
     def __post_init__(self) -> None:
-        from ..models import list_models
+        from ..models import check_backbone
 
         get_profile(self.profile)
         check_choice("dataset", self.dataset, DATASETS_BY_PROFILE)
-        check_choice("backbone", self.backbone, list_models())
+        check_backbone(self.backbone)
         check_range("seed", self.seed, 0, integer=True)
         if self.base_epochs is not None:
             check_range("base_epochs", self.base_epochs, 1, integer=True)
@@ -200,8 +205,15 @@ class Experiment:
         return Path(self.results_dir) / (self.prof.home or self.profile)
 
     @property
+    def model_key(self) -> str:
+        """The backbone as a file-name part ("timm:resnet18" -> "timm-resnet18"), with the
+        stem of ``weights`` when those replace the profile's base model."""
+        key = self.effective_backbone.replace(":", "-")
+        return f"{key}-{Path(self.weights).stem}" if self.weights else key
+
+    @property
     def cell_dir(self) -> Path:
-        return self.root / self.effective_dataset / self.effective_backbone
+        return self.root / self.effective_dataset / self.model_key
 
     def _override(self, which: str) -> dict[str, Any]:
         for family, changes in self.prof.overrides.items():
@@ -226,7 +238,7 @@ class Experiment:
         """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt``; the dataset is left out when
         the profile fixes it (``results/cpu/checkpoints/resnet20_base.pt``)."""
         prefix = "" if self.prof.dataset else f"{self.effective_dataset}_"
-        return self.root / "checkpoints" / f"{prefix}{self.effective_backbone}_{name}.pt"
+        return self.root / "checkpoints" / f"{prefix}{self.model_key}_{name}.pt"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -338,6 +350,9 @@ def model_spec(exp: Experiment, kind: str, config: Any = None) -> dict[str, Any]
         spec["base"] = exp.base_config
     if exp.prof.base_weights and kind in ("base", "demhec"):
         spec["base_weights"] = base_weights(exp)
+    if exp.weights and kind in ("base", "demhec"):
+        spec["weights"] = {"path": Path(exp.weights).name,
+                           "sha256": hashlib.sha256(Path(exp.weights).read_bytes()).hexdigest()}
     return spec
 
 
@@ -381,6 +396,8 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
     from ..models import CIFAR_WEIGHT_URLS
 
     k = num_classes if num_classes is not None else len(train_data(exp).classes)
+    if exp.weights:
+        return _model_from(Path(exp.weights), exp, k)
     if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
     if exp.prof.base_weights:
@@ -471,9 +488,12 @@ def robustness_result(
     *,
     config: DemHECConfig | None = None,
     tag: str | None = None,
+    adapt: str | None = None,
 ) -> dict:
     """The JSON result of evaluating the ``phase`` model ("before" = base, "after" = Dem-HEC,
-    or "baseline:<method>") on clean data and on every corruption cell."""
+    or "baseline:<method>") on clean data and on every corruption cell; with ``adapt`` ("bn",
+    "tent"), adapted at test time (:mod:`demhec.adaptation`, its default settings) and timed
+    against a plain evaluation of the same model on the same cached sets."""
     from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
     from ..evaluation import evaluate
 
@@ -483,7 +503,7 @@ def robustness_result(
         tag = config_tag(exp, config)
     name = tag or phase.replace(":", "_")
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
-    path = exp.cell_dir / f"{name}_{suite}{suffix}.json"
+    path = exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{suffix}.json"
 
     if phase == "before":
         spec = model_spec(exp, "base")
@@ -494,6 +514,10 @@ def robustness_result(
     else:
         raise DemHECError(f"unknown phase {phase!r}; valid: before, after, baseline:<method>")
     scored = scored_on(suite, corruptions=corruptions, severities=severities)
+    if adapt is not None:
+        from ..adaptation import AdaptConfig
+
+        scored["adapt"] = dataclasses.replace(AdaptConfig(), method=adapt)
 
     def compute() -> dict:
         data = eval_data(exp)
@@ -504,15 +528,32 @@ def robustness_result(
             model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
         else:
             model = baseline_model(exp, phase.split(":", 1)[1], k)
-        table = evaluate(model, data, corruptions, severities, suite, **corrupted_eval_kw(exp))
-        return dict(kind=f"robustness/{phase}", profile=exp.profile,
-                    config={"experiment": experiment_config(exp), "model": spec["config"], **scored},
+        run = functools.partial(evaluate, model, data, corruptions, severities, suite, **corrupted_eval_kw(exp))
+        extra_config, extra_metrics = {}, {}
+        if adapt is not None:
+            build_eval_cache(exp, suite, corruptions, severities)  # so neither timing includes it
+            t0 = time.perf_counter()
+            run()
+            plain = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            table = run(adapt=adapt)
+            adapted = time.perf_counter() - t0
+            extra_config = {"torch_threads": torch.get_num_threads()}
+            extra_metrics = {"seconds_plain": plain, "seconds_adapted": adapted,
+                             "relative_cost": adapted / plain}
+        else:
+            table = run()
+        return dict(kind=f"robustness/{phase}" + (f"+{adapt}" if adapt else ""), profile=exp.profile,
+                    config={"experiment": experiment_config(exp), "model": spec["config"], **scored,
+                            **extra_config},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
-                             "table": table},
+                             "table": table, **extra_metrics},
                     data=provenance(data), seed=exp.seed)
 
-    return get_or_compute(path, compute, fingerprint=result_spec(exp, f"robustness/{phase}", spec, **scored),
-                          allow_train=exp.allow_train, recompute=exp.recompute, what=f"{phase} on {suite}")
+    kind = f"robustness/{phase}" + (f"+{adapt}" if adapt else "")
+    return get_or_compute(path, compute, fingerprint=result_spec(exp, kind, spec, **scored),
+                          allow_train=exp.allow_train, recompute=exp.recompute,
+                          what=f"{phase}{' + ' + adapt if adapt else ''} on {suite}")
 
 
 def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
