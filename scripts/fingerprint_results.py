@@ -25,7 +25,6 @@ from demhec.experiments.ablations import NOISE
 from demhec.results import fingerprint
 from demhec.training import DemHECConfig, TrainConfig
 
-
 PIPELINE_KINDS = ("robustness/", "paired/", "entropy/")
 
 
