@@ -557,49 +557,28 @@ def _cifar_classifier(
     return model
 
 
-def _resnet_cifar_builder(arch: str) -> _Builder:
+def _cifar_builder(arch: str, net: Callable[[int], nn.Module], head_name: str,
+                   stages: tuple[str, ...], layout: str) -> _Builder:
+    """A registry builder of the CIFAR zoo's ``arch``; ``net(num_classes)`` makes the network."""
     def build(
         num_classes: int, pretrained: bool, progress: bool, dataset: str | None = None
     ) -> Classifier:
-        return _cifar_classifier(
-            arch,
-            CifarResNet(RESNET_CIFAR_BLOCKS[arch], num_classes),
-            num_classes=num_classes,
-            pretrained=pretrained,
-            progress=progress,
-            dataset=dataset,
-            head_name="net.fc",
-            stages=("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.avgpool", "net.fc"),
-        )
+        return _cifar_classifier(arch, net(num_classes), num_classes=num_classes,
+                                 pretrained=pretrained, progress=progress, dataset=dataset,
+                                 head_name=head_name, stages=stages)
 
-    build.__doc__ = f"CIFAR {arch} (chenyaofo/pytorch-cifar-models layout)."
-    return build
-
-
-def _repvgg_cifar_builder(arch: str) -> _Builder:
-    def build(
-        num_classes: int, pretrained: bool, progress: bool, dataset: str | None = None
-    ) -> Classifier:
-        stages = [f"net.stage{i}" for i in range(5)]
-        return _cifar_classifier(
-            arch,
-            CifarRepVGG(REPVGG_WIDTHS[arch], num_classes),
-            num_classes=num_classes,
-            pretrained=pretrained,
-            progress=progress,
-            dataset=dataset,
-            head_name="net.linear",
-            stages=(*stages, "net.gap", "net.linear"),
-        )
-
-    build.__doc__ = f"CIFAR {arch} (chenyaofo/pytorch-cifar-models layout, training form)."
+    build.__doc__ = f"CIFAR {arch} (chenyaofo/pytorch-cifar-models layout{layout})."
     return build
 
 
 for _arch in RESNET_CIFAR_BLOCKS:
-    register_model(_arch)(_resnet_cifar_builder(_arch))
+    register_model(_arch)(_cifar_builder(
+        _arch, functools.partial(CifarResNet, RESNET_CIFAR_BLOCKS[_arch]), "net.fc",
+        ("net.relu", "net.layer1", "net.layer2", "net.layer3", "net.avgpool", "net.fc"), ""))
 for _arch in REPVGG_WIDTHS:
-    register_model(_arch)(_repvgg_cifar_builder(_arch))
+    register_model(_arch)(_cifar_builder(
+        _arch, functools.partial(CifarRepVGG, REPVGG_WIDTHS[_arch]), "net.linear",
+        (*(f"net.stage{i}" for i in range(5)), "net.gap", "net.linear"), ", training form"))
 
 
 # --------------------------------------------------------------------------------------
