@@ -498,3 +498,22 @@ def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
     record["config"]["model"]["no_such_field"] = 1
     path.write_text(json.dumps(record))
     assert script.main([str(path)]) == 2
+
+
+def test_entropy_and_clean_accuracy_checks_catch_a_wrong_row():
+    rec = {"metrics": {"clean": {"l1": [1.0, 2.0], "l2": [0.5]}, "corrupted": {"l1": [3.0], "l2": [1.5, 2.5]}}}
+    summary = ex.entropy_summary(rec).assign(phase="after")
+    ex.check_entropy_shown(summary, {"after": rec})
+    wrong = summary.copy()
+    wrong.loc[wrong.layer == "l2", "corrupted"] = 2.5  # l2's corrupted mean is 2.0
+    with pytest.raises(DemHECError, match="after corrupted entropies shown differ"):
+        ex.check_entropy_shown(wrong, {"after": rec})
+    records = {p: {"config": {"experiment": {"dataset": "digits", "backbone": "resnet20"}},
+                   "metrics": {"clean_accuracy": acc}} for p, acc in (("before", 90.0), ("after", 91.5))}
+    table = pd.DataFrame({"dataset": ["digits"] * 2, "backbone": ["resnet20"] * 2,
+                          "phase": ["before", "after"], "accuracy": [90.0, 91.5]})
+    ex.check_clean_shown(table, records)
+    with pytest.raises(DemHECError, match="after clean accuracy shown for resnet20 differs"):
+        ex.check_clean_shown(table.assign(accuracy=[90.0, 90.0]), records)
+    with pytest.raises(DemHECError, match="without a number"):
+        ex.check_clean_shown(table.assign(accuracy=[90.0, float("nan")]), records)

@@ -110,6 +110,30 @@ def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours
             log.warning("after equals before in every cell: was the fine-tuned model used?")
 
 
+def check_entropy_shown(summary: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Figures 3-4 as shown (:func:`entropy_summary` rows with a ``phase``): each phase's layer
+    means are its record's, every one finite. Raises :class:`DemHECError`."""
+    for phase, record in records.items():
+        shown = summary[summary.phase == phase].set_index("layer")
+        for which in ("clean", "corrupted"):
+            want = pd.Series({layer: float(np.mean(v)) for layer, v in record["metrics"][which].items()})
+            got = shown[which].reindex(want.index).astype(float)
+            if not np.isfinite(got).all() or (got - want).abs().max() > 1e-9:
+                raise DemHECError(f"the {phase} {which} entropies shown differ from the result file")
+
+
+def check_clean_shown(table: pd.DataFrame, records: dict[str, dict]) -> None:
+    """Figure 5 as shown (:func:`clean_accuracy_with_paper`): every accuracy is a number and the
+    rows of ``records`` (phase -> result) hold their clean accuracy. Raises :class:`DemHECError`."""
+    if table.accuracy.isna().any():
+        raise DemHECError("the clean-accuracy table shows a row without a number")
+    for phase, record in records.items():
+        e = record["config"]["experiment"]
+        row = table[(table.dataset == e["dataset"]) & (table.backbone == e["backbone"]) & (table.phase == phase)]
+        if len(row) != 1 or abs(float(row.accuracy.iloc[0]) - record["metrics"]["clean_accuracy"]) > 1e-9:
+            raise DemHECError(f"the {phase} clean accuracy shown for {e['backbone']} differs from its result file")
+
+
 def check_summary(table: pd.DataFrame, records: dict[str, dict]) -> None:
     """Tables 4 and 6 as shown (:func:`summary_vs_paper`): each of our rows holds its record's
     clean accuracy and severity means, every one a number. Raises :class:`DemHECError`."""
