@@ -517,3 +517,17 @@ def test_entropy_and_clean_accuracy_checks_catch_a_wrong_row():
         ex.check_clean_shown(table.assign(accuracy=[90.0, 90.0]), records)
     with pytest.raises(DemHECError, match="without a number"):
         ex.check_clean_shown(table.assign(accuracy=[90.0, float("nan")]), records)
+
+
+def test_ablation_check_catches_a_wrong_row():
+    def rec(clean, noise):
+        cells = [{"corruption": "clean", "severity": 0, "accuracy": clean}]
+        cells += [{"corruption": c, "severity": 5, "accuracy": noise} for c in ex.NOISE]
+        return {"seed": 0, "metrics": {"clean_accuracy": clean, "table": cells}}
+
+    base, runs = rec(85.0, 50.0), {("demhec", 0): rec(80.0, 60.0), ("plain", 0): rec(84.0, 49.0)}
+    summary = ex.ablation_summary(base, runs)
+    ex.check_ablation_shown(summary, base, runs)
+    swapped = {("demhec", 0): runs[("plain", 0)], ("plain", 0): runs[("demhec", 0)]}
+    with pytest.raises(DemHECError, match="row of 'demhec' seed 0 shown differs"):
+        ex.check_ablation_shown(summary, base, swapped)

@@ -134,6 +134,25 @@ def check_clean_shown(table: pd.DataFrame, records: dict[str, dict]) -> None:
             raise DemHECError(f"the {phase} clean accuracy shown for {e['backbone']} differs from its result file")
 
 
+def check_ablation_shown(summary: pd.DataFrame, base: dict, runs: dict[tuple[str, int], dict]) -> None:
+    """An :func:`ablation_summary` as shown: each (run, seed) row's clean accuracy is its record's,
+    its noise S5 mean the mean of the record's three noise cells at S5, the changes are from the
+    base record, and nothing is missing. Raises :class:`DemHECError`."""
+    def noise_s5(record: dict) -> float:
+        t = result_table(record)
+        return float(t[t.corruption.isin(NOISE) & (t.severity == 5)].accuracy.mean())
+
+    if summary[["clean", "noise_s5", "d_clean", "d_noise_s5"]].isna().any().any():
+        raise DemHECError("the summary shows a row without a number")
+    for (run, seed), record in runs.items():
+        row = summary[(summary.run == run) & (summary.seed == seed)]
+        want = {"clean": record["metrics"]["clean_accuracy"], "noise_s5": noise_s5(record),
+                "d_clean": record["metrics"]["clean_accuracy"] - base["metrics"]["clean_accuracy"],
+                "d_noise_s5": noise_s5(record) - noise_s5(base)}
+        if len(row) != 1 or any(abs(float(row[k].iloc[0]) - v) > 1e-9 for k, v in want.items()):
+            raise DemHECError(f"the row of {run!r} seed {seed} shown differs from its result file")
+
+
 def check_summary(table: pd.DataFrame, records: dict[str, dict]) -> None:
     """Tables 4 and 6 as shown (:func:`summary_vs_paper`): each of our rows holds its record's
     clean accuracy and severity means, every one a number. Raises :class:`DemHECError`."""
