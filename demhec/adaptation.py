@@ -165,7 +165,7 @@ def adaptive_predict(
     predictions come from the forward pass that its update step then uses (Wang et al.)."""
     from .distributed import rank_and_world
     from .entropy import softmax_entropy
-    from .evaluation import _to_float_batch
+    from .evaluation import as_float_images
 
     if rank_and_world()[1] > 1:
         raise DemHECError("test-time adaptation runs in one process; evaluate it outside torchrun")
@@ -173,7 +173,7 @@ def adaptive_predict(
     net, opt = adapted_model(model, config)
     parts: list[tuple[np.ndarray, Tensor]] = []
     for idx in _stream(len(images), config):
-        x = _to_float_batch(images[idx] if isinstance(images, np.ndarray) else images[torch.as_tensor(idx)], dev)
+        x = as_float_images(images[idx] if isinstance(images, np.ndarray) else images[torch.as_tensor(idx)], dev)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if opt is None:

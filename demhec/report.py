@@ -107,7 +107,7 @@ def your_model_setup(*, profile: str, backbone: str, data_root: str, weights: st
     :func:`demhec.experiments.notebook_setup`; ``smoke`` keeps only the highest severity."""
     import dataclasses
 
-    from .experiments import _resolve, notebook_setup
+    from .experiments import notebook_setup, resolve_path
 
     if not isinstance(data_root, str) or not isinstance(weights, str):
         raise DemHECError("data_root and weights must be strings (\"\" for none)")
@@ -120,7 +120,7 @@ def your_model_setup(*, profile: str, backbone: str, data_root: str, weights: st
     if profile == "smoke":  # the tests check the pipeline: one severity is enough
         ctx = dataclasses.replace(ctx, severities=(max(ctx.severities),))
     if weights:
-        path = _resolve(weights)
+        path = resolve_path(weights)
         if not path.is_file():
             raise DemHECError(f"weights file {path} does not exist")
         ctx = dataclasses.replace(ctx, exp=dataclasses.replace(ctx.exp, weights=str(path)))

@@ -21,7 +21,7 @@ from .ablations import (
     ablation_result,
     paired_gain_result,
 )
-from .notebook import NotebookContext, check_baselines, notebook_setup
+from .notebook import NotebookContext, check_baselines, notebook_setup, resolve_path
 from .pipeline import (
     CORRUPTION_SEED,
     DATASETS_BY_PROFILE,
@@ -119,6 +119,7 @@ __all__ = [
     "notebook_setup",
     "paired_gain_result",
     "paired_summary",
+    "resolve_path",
     "result_table",
     "robustness_result",
     "seed_gain",

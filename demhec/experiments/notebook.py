@@ -33,7 +33,8 @@ class NotebookContext:
         return "; ".join(parts)
 
 
-def _resolve(path: str) -> Path:
+def resolve_path(path: str) -> Path:
+    """A notebook parameter's path: relative paths are relative to the repository root."""
     p = Path(path)
     return p if p.is_absolute() else REPO_ROOT / p
 
@@ -90,7 +91,7 @@ def notebook_setup(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DemHECError(f"seed must be an integer >= 0, got {seed!r}")
     if suite == "auto":
-        suite = auto_suite(profile, dataset, _resolve(data_root), download)
+        suite = auto_suite(profile, dataset, resolve_path(data_root), download)
     if corruptions == "paper":
         corruptions = PAPER_CORRUPTIONS
     elif corruptions == "all":
@@ -105,11 +106,11 @@ def notebook_setup(
         check_severity(s)
     if not isinstance(device, str) or not (device == "cpu" or device.startswith(("cuda", "mps"))):
         raise DemHECError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    results = _resolve(results_dir)
+    results = resolve_path(results_dir)
     exp = Experiment(profile=profile, dataset=dataset, backbone=backbone, seed=seed,
-                     results_dir=str(results), data_root=str(_resolve(data_root)),
+                     results_dir=str(results), data_root=str(resolve_path(data_root)),
                      device=device, allow_train=allow_train, recompute=recompute, download=download)
-    figures = _resolve(figures_dir) / profile
+    figures = resolve_path(figures_dir) / profile
     tables = results / profile / "tables"
     if allow_train or recompute:
         check_writable(results)
