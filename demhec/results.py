@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -208,9 +209,10 @@ def check_writable(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_write(directory / ".write-test", "w") as f:
+        # A probe of its own: torchrun's ranks check the same folder at the same moment.
+        with tempfile.NamedTemporaryFile("w", dir=directory, prefix=".write-test.") as f:
             f.write("ok")
-        (directory / ".write-test").unlink()
+            f.flush()
     except OSError as e:
         raise DemHECError(f"cannot write results to {directory}: {e.strerror or e}") from e
     return directory

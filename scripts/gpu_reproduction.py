@@ -455,7 +455,8 @@ class Runner:
                   "gpu_resume_b.tar": sorted(self.gpu_root.glob("strong_base/checkpoints/*.ckpt"))}
         for name, paths in groups.items():
             paths = [p for p in paths if "status" not in p.parts]
-            if not paths:
+            if not paths:  # e.g. resume checkpoints of runs that have finished since
+                (out / name).unlink(missing_ok=True)
                 continue
             tmp = out / f".{name}.partial"
             with tarfile.open(tmp, "w:gz" if name.endswith(".gz") else "w") as tar:
