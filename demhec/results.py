@@ -250,13 +250,13 @@ def save_table(df: pd.DataFrame, stem: str, tables_dir: str | os.PathLike,
     with atomic_write(paths[0], "w") as f:
         f.write(df.to_csv(index=False, float_format=float_format))
     with atomic_write(paths[1], "w") as f:
-        f.write(_markdown(df, float_format) + "\n")
+        f.write(markdown_table(df, float_format) + "\n")
     with atomic_write(paths[2], "w") as f:
         f.write(df.to_latex(index=False, float_format=float_format, na_rep="--"))
     return paths
 
 
-def _markdown(df: pd.DataFrame, float_format: str) -> str:
+def markdown_table(df: pd.DataFrame, float_format: str = "%.2f") -> str:
     """A pipe table without the optional ``tabulate`` dependency."""
     def cell(v: Any) -> str:
         if isinstance(v, float):

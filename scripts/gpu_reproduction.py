@@ -16,14 +16,22 @@ its limit still returns all it finished:
   ``a_demhec`` (the paper's config), ``a_plain`` (the plain fine-tune), ``a_no_infonce``
   (lambda_C = 0) and ``a_late_frozen_tuned`` (the CPU work's best config), all at once, each then
   evaluated; ``a_before`` evaluates the base.
-* Phase B, alongside: ``b_base`` trains a ResNet-20 with the zoo recipe for as many epochs as fit
-  in its time budget (measured from its own first steps) and evaluates it; ``b_demhec`` and
-  ``b_plain`` then fine-tune it with the same A.3 schedule and are evaluated.
+* Phase B, alongside: ``b_base`` trains a ResNet-20 with the ``gpu_strong`` profile's recipe (60
+  epochs) and evaluates it; ``b_demhec`` and ``b_plain`` then fine-tune it with the same A.3
+  schedule and are evaluated.
 
 Results land in ``<results-dir>/gpu/`` (``cpu_base/`` and ``strong_base/``, the layout of
-``results/cpu/``, plus ``run.json``: device, per-job wall times and steps done, the benchmark
-lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights.tar`` (state
-dicts) and ``gpu_resume_{a,b}.tar`` (resume checkpoints of unfinished runs).
+``results/cpu/``, plus ``run.json``: device, per-job wall times, how each model was made (trained
+here, resumed at step N, or loaded from an earlier call) and the steps this call ran, the
+benchmark lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights.tar``
+(state dicts) and ``gpu_resume_{a,b}.tar`` (resume checkpoints of unfinished runs).
+
+**The plan spans calls.** A call seldom finishes everything (the first loan's did not: four
+Dem-HEC runs sharing the GPU reached step 6,669 of 7,020 by the limit). ``--unpack`` brings back
+the resume checkpoints, which are committed (``results/gpu/*/checkpoints/*.ckpt``), so they travel
+with the working tree to the next call, where each unfinished run resumes from its checkpoint and
+each finished one is loaded from its committed state dict (seconds). ``--unpack`` files each
+call's ``run.json`` and logs under ``results/gpu/calls/<n>/``.
 
 Plan against the device tool's limits (one command of at most 10 minutes, 15 minutes of device
 time in all, the machine's start included): the script stops its jobs at ``--budget`` seconds
@@ -32,9 +40,9 @@ forward-equivalents, 2 T_he + 7), well under a millisecond of H200 arithmetic, s
 bound by kernel launches: ``benchmarks/op_count.py`` counts 2,333 ATen operator calls in one
 Dem-HEC step (647 in a plain one), and at the 8-15 microseconds that eager PyTorch spends
 launching each, a step takes about 19-35 ms, the 7,020 steps of a run 2.2-4.1 minutes. The runs of
-a phase are separate processes, so their launches overlap on the 16 host cores. ``b_base`` gets
-what is left after a fine-tune's estimate (the ``bench`` job's measured lone Dem-HEC step, times
-1.5 for sharing the GPU, plus 30 s of evaluation), at most ``--base-budget`` seconds (240).
+a phase are separate processes, so their launches overlap on the 16 host cores. Measured on the
+H200 (``results/gpu/calls/1``): 8.6 ms a plain step and 53 ms a Dem-HEC step alone, about 71 ms
+with four Dem-HEC runs and three others sharing the GPU.
 
 On the device tool: ``make gpu-carry`` here (the archive, the ``imagecorruptions-imaug`` wheel and
 the commit into the ignored ``.gpu_carry/``), commit nothing after it, then one call with
@@ -60,7 +68,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -73,10 +80,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Seconds kept after a job's training for its evaluation (21 cells of 5,000 images on the GPU).
-EVAL_RESERVE_S = 30
-# A fine-tune shares the GPU with the other runs; its measured lone step is scaled by this.
-SHARING_SLOWDOWN = 1.5
 
 log = logging.getLogger("gpu_reproduction")
 
@@ -138,13 +141,13 @@ def tune_torch(device: str, threads: int) -> None:
 # --- the jobs (each runs in its own process: ``--job NAME``) ----------------------------------
 
 
-def experiment(args: argparse.Namespace, phase: str, base_epochs: int | None = None):
+def experiment(args: argparse.Namespace, phase: str):
     from demhec.experiments import Experiment
 
     profile = {"a": "gpu", "b": "gpu_strong"}[phase] + ("_smoke" if args.smoke else "")
     return Experiment(profile=profile, dataset="cifar10", backbone="resnet20", seed=0,
                       results_dir=str(args.results_dir), data_root=str(args.data_root),
-                      device=args.device, base_epochs=base_epochs)
+                      device=args.device)
 
 
 def wait_for(status_dir: Path, name: str, deadline: float) -> bool:
@@ -187,36 +190,6 @@ def run_bench(args: argparse.Namespace, compile_: bool) -> dict:
     return out
 
 
-def calibrated_base_epochs(exp, budget_s: float, args: argparse.Namespace) -> tuple[int, dict]:
-    """Epochs of the base recipe that fit in ``budget_s``, from the median time of this
-    process's own first plain steps (taken while the other runs share the GPU)."""
-    import numpy as np
-    import torch
-
-    from demhec import train
-    from demhec.experiments import train_data
-    from demhec.models import get_model
-
-    data = train_data(exp)
-    cfg = exp.base_config
-    steps = 8 if args.smoke else 60
-    stamps: list[float] = []
-    idx = np.arange(cfg.batch_size * steps) % len(data)  # a small split is repeated
-    probe = (data.images[idx], data.labels[idx])
-    model = get_model(exp.effective_backbone, num_classes=len(data.classes))
-    train(model, probe, cfg, device=exp.device, channels_last=exp.channels_last,
-          on_step=lambda s, p: stamps.append(time.perf_counter()))
-    if exp.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))[: max(1, len(stamps) // 2)]
-    step_s = gaps[len(gaps) // 2]  # median of the faster half: warm-up steps are the slow ones
-    per_epoch = step_s * (len(data) // cfg.batch_size)
-    cap = 2 if args.smoke else 200
-    epochs = int(max(1, min(cap, math.floor(budget_s / per_epoch))))
-    return epochs, {"probe_step_ms": round(1e3 * step_s, 3), "epoch_s_estimate": round(per_epoch, 2),
-                    "budget_s": round(budget_s, 1), "epochs": epochs}
-
-
 def run_job(args: argparse.Namespace) -> dict:
     """One job of the plan, in this process; returns what run.json records of it."""
     from demhec.experiments import (
@@ -240,28 +213,42 @@ def run_job(args: argparse.Namespace) -> dict:
         build_eval_cache(experiment(args, "a"), workers=args.cache_workers)
         return {}
     phase, run = name.split("_", 1)
-    if phase == "b" and run == "base":
-        probe_exp = experiment(args, "b")
-        epochs, info = calibrated_base_epochs(probe_exp, args.base_budget, args)
-        exp = experiment(args, "b", epochs)
-        base_model(exp)
-        wait_for(status, "cache", deadline)
-        rec = robustness_result(exp, "before")
-        return {**info, "base_epochs": epochs, "clean_accuracy": rec["metrics"]["clean_accuracy"]}
-    exp = experiment(args, phase, args.base_epochs)
+    exp = experiment(args, phase)
     if run == "before":
         wait_for(status, "cache", deadline)
         return {"clean_accuracy": robustness_result(exp, "before")["metrics"]["clean_accuracy"]}
-    t0 = time.perf_counter()
-    ablation_model(exp, run)
-    train_s = time.perf_counter() - t0
+    if run == "base":
+        cfg, path, make = exp.base_config, exp.checkpoint("base"), lambda: base_model(exp)
+    else:
+        cfg = exp.demhec_config
+        path = exp.checkpoint("demhec" if run == "demhec" else f"demhec_{run}")
+        make = lambda: ablation_model(exp, run)  # noqa: E731
+    steps = cfg.epochs * (len(train_data(exp)) // cfg.batch_size)  # training drops the last batch
+    if getattr(cfg, "max_steps", None):
+        steps = min(steps, cfg.max_steps)
+    info = trained(path, make, steps)
     wait_for(status, "cache", deadline)
-    rec = ablation_result(exp, run)
-    steps = exp.demhec_config.epochs * (len(train_data(exp)) // exp.demhec_config.batch_size)
-    if exp.demhec_config.max_steps:
-        steps = min(steps, exp.demhec_config.max_steps)
-    return {"train_s": round(train_s, 1), "steps": steps, "step_ms": round(1e3 * train_s / steps, 2),
-            "clean_accuracy": rec["metrics"]["clean_accuracy"]}
+    rec = robustness_result(exp, "before") if run == "base" else ablation_result(exp, run)
+    return {**info, "clean_accuracy": rec["metrics"]["clean_accuracy"]}
+
+
+def trained(path: Path, make, steps: int) -> dict:
+    """Build the model at ``path`` (``make``) and say how: loaded from an earlier call's state
+    dict, resumed from its checkpoint (an earlier call stopped at its limit), or trained here;
+    the step time counts only the steps this call ran."""
+    before = path.stat().st_mtime_ns if path.exists() else None
+    start = _resume_step(path.with_suffix(".ckpt")) if path.with_suffix(".ckpt").exists() else None
+    t0 = time.perf_counter()
+    make()
+    train_s = time.perf_counter() - t0
+    if before is not None and path.stat().st_mtime_ns == before:
+        return {"steps": steps, "trained": "earlier call (state dict loaded)"}
+    ran = steps - (start or 0)
+    out = {"steps": steps, "trained": "here" if start is None else f"here, resumed at step {start}",
+           "steps_run": ran, "train_s": round(train_s, 1)}
+    if ran > 0:
+        out["step_ms"] = round(1e3 * train_s / ran, 2)
+    return out
 
 
 # --- the scheduler -----------------------------------------------------------------------------
@@ -326,21 +313,7 @@ class Runner:
                 "--deadline", str(self.deadline), "--cache-workers", str(a.cache_workers)]
         if a.smoke:
             argv.append("--smoke")
-        if job.name == "b_base":
-            left = self.deadline - time.time()
-            argv += ["--base-budget", f"{max(1.0, min(a.base_budget, left - self.finetune_estimate())):.1f}"]
-        if job.name.startswith("b_") and job.name != "b_base":
-            argv += ["--base-epochs", str(self.jobs["b_base"].info["base_epochs"])]
         return argv
-
-    def finetune_estimate(self) -> float:
-        """Seconds a phase-B fine-tune and its evaluation will take, from the bench's lone
-        Dem-HEC step (A.3: 20 epochs of 351 steps), or a fifth of the budget without one."""
-        ms = self.jobs["bench"].info.get("demhec_step_ms")
-        if not ms:
-            return self.args.budget / 5
-        steps = 20 * (45000 // 128)
-        return SHARING_SLOWDOWN * steps * min(ms) / 1e3 + EVAL_RESERVE_S
 
     def start(self, job: Job) -> None:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads))
@@ -430,10 +403,10 @@ class Runner:
                   for c in sorted(self.gpu_root.glob("*/checkpoints/*.ckpt"))}
         return write_result(
             self.gpu_root / "run.json", kind="gpu_run", profile=self.gpu_root.name,
-            config={"budget_s": self.args.budget, "base_budget_s": self.args.base_budget,
+            config={"budget_s": self.args.budget,
                     "parallel": self.args.parallel, "device": self.args.device,
                     "a_runs": list(GPU_A_RUNS), "b_runs": list(GPU_B_RUNS),
-                    "sharing_slowdown": SHARING_SLOWDOWN, "environment": self.env_info},
+                    "environment": self.env_info},
             metrics={"device_name": device_name(self.args.device), "elapsed_s": round(time.time() - self.t0, 1),
                      "jobs": jobs, "resume_checkpoint_steps": resume},
             data={"source": Path(self.args.data_root).name,
@@ -474,7 +447,9 @@ def device_name(device: str) -> str:
 
 
 def unpack(folder: Path, results_dir: Path) -> None:
-    """Extract the archives the device run returned into ``results_dir`` (``results/gpu/...``)."""
+    """Extract the archives the device run returned into ``results_dir`` (``results/gpu/...``):
+    the resume checkpoints replace every earlier one (a run that has finished since has none),
+    and the call's ``run.json`` and logs go to ``gpu*/calls/<n>/``, next to the earlier calls'."""
     archives = sorted(folder.glob("gpu_*.tar*"))
     if not archives:
         raise SystemExit(f"no gpu_*.tar* archive in {folder}")
@@ -483,8 +458,21 @@ def unpack(folder: Path, results_dir: Path) -> None:
             for member in tar.getmembers():
                 if not member.isfile() or member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
                     raise SystemExit(f"{archive.name}: refusing the entry {member.name!r}")
+    for stale in results_dir.glob("gpu*/*/checkpoints/*.ckpt"):
+        stale.unlink()
+    for archive in archives:
+        with tarfile.open(archive) as tar:
             tar.extractall(results_dir, filter="data")
         print(f"extracted {archive.name} into {results_dir}")
+    for run in results_dir.glob("gpu*/run.json"):
+        calls = run.parent / "calls"
+        done = [int(p.name) for p in calls.glob("*") if p.name.isdigit()]
+        dest = calls / str(max(done, default=0) + 1)
+        dest.mkdir(parents=True)
+        run.rename(dest / "run.json")
+        if (run.parent / "logs").is_dir():
+            (run.parent / "logs").rename(dest / "logs")
+        print(f"filed this call's run.json and logs under {dest.relative_to(results_dir)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -498,7 +486,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=os.environ.get("OUT"), help="where the archives go (the device's $OUT)")
     p.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
     p.add_argument("--budget", type=float, default=None, help="seconds before every job is stopped (520; smoke 600, a guard)")
-    p.add_argument("--base-budget", type=float, default=240.0, help="at most this many seconds for b_base's training")
     p.add_argument("--parallel", type=int, default=None, help="jobs at once (default 9; smoke 2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
     p.add_argument("--cache-workers", type=int, default=None, help="processes building the corrupted sets")
@@ -511,7 +498,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--status-dir", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
-    p.add_argument("--base-epochs", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.unpack:
         return unpack(args.unpack, args.results_dir)

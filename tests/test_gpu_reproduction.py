@@ -65,8 +65,10 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     assert run["versions"]["torch"] and run["git_commit"] and run["data"]["source"] == "cifar10-jpeg-train.tar.gz"
     # The benchmark's own printed ratios were parsed.
     assert jobs["bench"]["ratio_the1"] > 0 and jobs["bench"]["demhec_epoch_s"] > 0
-    # b_base's epochs come from its own measured steps, and its fine-tunes start from it.
-    assert 1 <= jobs["b_base"]["base_epochs"] <= 2
+    # Every model was trained in this call, and the step counts are the recipes'.
+    for name in expected - {"bench", "data", "cache", "a_before"}:
+        assert jobs[name]["trained"] == "here" and jobs[name]["steps_run"] == jobs[name]["steps"] > 0, name
+    assert jobs["a_plain"]["steps"] == ex.PROFILES["gpu_smoke"].demhec.max_steps
     a = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
     b = results / "gpu_smoke" / "strong_base" / "cifar10_jpeg" / "resnet20"
     names = {"before_cifar-c.json", "after_cifar-c.json", "after_plain_cifar-c.json",
@@ -75,10 +77,7 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     assert {p.name for p in b.glob("*.json")} == {"before_cifar-c.json", "after_cifar-c.json",
                                                   "after_plain_cifar-c.json"}
     before_b = json.loads((b / "before_cifar-c.json").read_text())
-    assert before_b["config"]["model"]["epochs"] == jobs["b_base"]["base_epochs"]
-    assert before_b["config"]["experiment"]["base_epochs"] == jobs["b_base"]["base_epochs"]
-    after_b = json.loads((b / "after_plain_cifar-c.json").read_text())
-    assert after_b["config"]["experiment"]["base_epochs"] == jobs["b_base"]["base_epochs"]
+    assert before_b["config"]["model"]["epochs"] == ex.PROFILES["gpu_strong_smoke"].base.epochs
     # Phase A starts from the committed CPU base, named with its hash.
     before_a = json.loads((a / "before_cifar-c.json").read_text())
     assert before_a["config"]["experiment"]["base_weights"]["path"] == "results/cpu/checkpoints/resnet20_base.pt"
@@ -114,6 +113,62 @@ def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):
 
     get_model("resnet20", num_classes=10,
               pretrained=str(tmp_path / "gpu_smoke" / "strong_base" / "checkpoints" / "resnet20_base.pt"))
+
+
+def test_a_second_call_loads_what_the_first_trained(smoke_run):
+    """The plan spans device calls: a finished model is loaded from its state dict, not retrained."""
+    tmp, out, results, _ = smoke_run
+    weights = {p: p.read_bytes() for p in (results / "gpu_smoke").glob("*/checkpoints/*.pt")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-root", str(tmp / "cifar10-jpeg-train.tar.gz"),
+                           "--results-dir", str(results), "--no-compile"],
+                          cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = json.loads((results / "gpu_smoke" / "run.json").read_text())["metrics"]["jobs"]
+    for name in ("a_demhec", "a_plain", "b_base", "b_demhec"):
+        assert jobs[name]["trained"] == "earlier call (state dict loaded)" and "step_ms" not in jobs[name], name
+    assert {p: p.read_bytes() for p in weights} == weights
+
+
+def test_a_resumed_run_counts_only_the_steps_it_ran(tmp_path, monkeypatch):
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    path = tmp_path / "resnet20_demhec.pt"
+    torch.save({"step": 6669}, path.with_suffix(".ckpt"))
+    info = script.trained(path, lambda: path.write_bytes(b"weights"), 7020)
+    assert info["trained"] == "here, resumed at step 6669" and info["steps_run"] == 351
+    assert info["step_ms"] == pytest.approx(1e3 * info["train_s"] / 351, abs=0.01)
+    assert script.trained(path, lambda: None, 7020) == {"steps": 7020, "trained": "earlier call (state dict loaded)"}
+
+
+def test_unpack_files_each_call_and_drops_finished_runs_checkpoints(tmp_path):
+    def archive(folder: Path, files: dict[str, bytes]) -> Path:
+        folder.mkdir()
+        for name, group in (("gpu_results.tar.gz", ".json"), ("gpu_resume_a.tar", ".ckpt")):
+            with tarfile.open(folder / name, "w:gz" if name.endswith("gz") else "w") as tar:
+                for arc, data in files.items():
+                    if arc.endswith(group) or (group == ".json" and arc.endswith(".log")):
+                        info = tarfile.TarInfo(arc)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+        return folder
+
+    results = tmp_path / "results"
+    ckpt = "gpu/cpu_base/checkpoints/resnet20_demhec.ckpt"
+    first = archive(tmp_path / "1", {"gpu/run.json": b"{1}", "gpu/logs/a.log": b"one", ckpt: b"c"})
+    second = archive(tmp_path / "2", {"gpu/run.json": b"{2}", "gpu/logs/a.log": b"two",
+                                      "gpu/cpu_base/x.json": b"{}"})
+    for folder in (first, second):
+        subprocess.run([sys.executable, str(SCRIPT), "--unpack", str(folder), "--results-dir", str(results)],
+                       check=True, capture_output=True)
+        if folder is first:
+            assert (results / ckpt).read_bytes() == b"c"
+    calls = results / "gpu" / "calls"
+    assert (calls / "1" / "run.json").read_bytes() == b"{1}" and (calls / "2" / "logs" / "a.log").read_bytes() == b"two"
+    assert not (results / "gpu" / "run.json").exists() and not (results / ckpt).exists()
 
 
 def test_without_numba_a_stand_in_refuses_instead_of_running(tmp_path, monkeypatch):
@@ -154,7 +209,8 @@ def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     row = a[a.run == "late_frozen_tuned"].iloc[0]
     assert row.clean == after["metrics"]["clean_accuracy"]
     assert row.d_clean == pytest.approx(after["metrics"]["clean_accuracy"] - before["metrics"]["clean_accuracy"])
-    b = summary[summary.source.str.contains("strong base")]
+    b = summary[summary.source.str.contains("GPU-trained base")]
+    assert b.source.iloc[0].endswith(f"({ex.PROFILES['gpu_strong_smoke'].base.epochs} epoch)")
     assert list(b.run) == ["base", *ex.GPU_B_RUNS]
     # The paper's rows are Table 1's ResNet-20 means at S5, computed here from the CSV.
     paper = pd.read_csv(ROOT / "results" / "paper" / "table1.csv")

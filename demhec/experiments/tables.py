@@ -334,7 +334,7 @@ def suite_agreement(records: dict[str, dict], paper_dataset: str, paper_backbone
 
 # --- the GPU run (scripts/gpu_reproduction.py) ---------------------------------------------------
 
-GPU_BASES = {"gpu": "CPU base", "gpu_strong": "strong base (trained on the GPU)"}
+GPU_BASES = {"gpu": "CPU base", "gpu_strong": "GPU-trained base"}
 # What the script fine-tunes from each base: the paper's config, its plain control, the InfoNCE
 # ablation and the CPU reproduction's best config; from the stronger base the first two.
 GPU_A_RUNS = ("demhec", "plain", "no_infonce", "late_frozen_tuned")
@@ -369,7 +369,11 @@ def gpu_summary(records: dict[str, tuple[dict, dict]], cpu: tuple[dict, dict] | 
     accuracy for it) beside them."""
     blocks = []
     for profile, (before, runs) in records.items():
-        blocks.append(ablation_summary(before, runs).assign(source=f"GPU, A.3 schedule, {GPU_BASES[profile]}"))
+        base = GPU_BASES[profile]
+        if profile == "gpu_strong":  # its recipe's epochs: the first loan's base had one
+            n = before["config"]["model"]["epochs"]
+            base += f" ({n} epoch{'s' * (n != 1)})"
+        blocks.append(ablation_summary(before, runs).assign(source=f"GPU, A.3 schedule, {base}"))
     if cpu is not None:
         before, runs = cpu
         blocks.append(ablation_summary(before, runs).assign(source="CPU, 150-step budget, CPU base"))

@@ -1,0 +1,109 @@
+"""Render the README's result blocks from the committed result JSONs.
+
+Each block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
+README.md and is produced by the function of that name below from ``results/``, so no number in it
+is typed by hand. ``--check`` exits non-zero when a block differs from what the results give
+(``tests/test_readme.py`` runs it); without it the blocks are rewritten in place::
+
+    .venv/bin/python scripts/render_readme.py          # after committing new results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from demhec import experiments as ex  # noqa: E402
+from demhec.results import markdown_table  # noqa: E402
+
+BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)", re.S)
+
+
+def _signed(v: float) -> str:
+    return "--" if v != v else f"{v:+.2f}"
+
+
+def gpu(results: Path) -> str:
+    """The GPU script's runs (A.3's 7,020 steps) beside the paper's Table 1 ResNet-20 column, the
+    target verdicts of the paper's config, and the measured step times."""
+    records = ex.gpu_records(results)
+    if not records:
+        return "No GPU results are committed yet (`results/gpu/` is empty).\n"
+    summary = ex.gpu_summary(records)
+    table = pd.DataFrame({
+        "source": summary.source, "run": summary.label,
+        "clean": [f"{c:.2f} ({_signed(d)})" if c == c else "--" for c, d in zip(summary.clean, summary.d_clean)],
+        "noise S5 mean": [f"{c:.2f} ({_signed(d)})" for c, d in zip(summary.noise_s5, summary.d_noise_s5)],
+        "all 7, S5 mean": [f"{c:.2f} ({_signed(d)})" for c, d in zip(summary.all_s5, summary.d_all_s5)]})
+    lines = [markdown_table(table), ""]
+    for row in summary[(summary.run == "demhec") & summary.source.str.startswith("GPU")].itertuples():
+        text = (f"- {row.source}, the paper's config against its base: clean {row.d_clean:+.2f} points "
+                f"(target within 4: {'met' if row.d_clean >= -4 else 'not met'}), noise S5 mean "
+                f"{row.d_noise_s5:+.2f} (target >= +10: {'met' if row.d_noise_s5 >= 10 else 'not met'})")
+        plain = summary[(summary.source == row.source) & (summary.run == "plain")]
+        if len(plain):
+            p = plain.iloc[0]
+            text += (f"; against the plain fine-tune of the same schedule: clean {row.clean - p.clean:+.2f}, "
+                     f"noise S5 mean {row.noise_s5 - p.noise_s5:+.2f}")
+        lines.append(text + ".")
+    calls = sorted((results / "gpu" / "calls").glob("*/run.json"), key=lambda p: int(p.parent.name))
+    for path in calls:
+        run = json.loads(path.read_text())
+        jobs, m = run["metrics"]["jobs"], run["metrics"]
+        bench = jobs.get("bench", {})
+        made = sorted({j["trained"] for j in jobs.values() if "trained" in j})
+        done = sum(j["state"] == "done" for j in jobs.values())
+        text = (f"- Call {path.parent.name} (`{path.parent.relative_to(results.parent)}`): {m['device_name']}, "
+                f"torch {run['versions']['torch']}, commit {run['git_commit'][:7]}; {done} of {len(jobs)} jobs done "
+                f"in {m['elapsed_s']:.0f} s")
+        if bench.get("plain_step_ms"):
+            text += (f"; a plain step {min(bench['plain_step_ms']):.1f} ms and a Dem-HEC step (T_he 5) "
+                     f"{min(bench['demhec_step_ms']):.1f} ms alone on the GPU (ratio {bench['ratio_the5']:.2f})")
+        if made:
+            text += f"; models: {', '.join(made)}"
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu}
+
+
+def render(text: str, results: Path) -> str:
+    def body(m: re.Match) -> str:
+        name = m["name"]
+        if name not in BLOCKS:
+            raise SystemExit(f"README block {name!r} has no renderer; known: {', '.join(BLOCKS)}")
+        return m[1] + BLOCKS[name](results) + m[4]
+
+    return BLOCK.sub(body, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--results", type=Path, default=ROOT / "results")
+    p.add_argument("--check", action="store_true", help="fail when a block is stale instead of rewriting it")
+    args = p.parse_args(argv)
+    old = args.readme.read_text()
+    new = render(old, args.results)
+    if new == old:
+        return 0
+    if args.check:
+        print(f"{args.readme.name}'s generated blocks differ from the results; run scripts/render_readme.py")
+        return 1
+    args.readme.write_text(new)
+    print(f"rewrote the generated blocks of {args.readme.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The README's generated result blocks are what the committed results give (scripts/render_readme.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "render_readme.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("render_readme", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_committed_readme_blocks_are_current():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_stale_block_is_caught_and_rewritten(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN generated:gpu -->\n| a hand-typed 99.9 |\n<!-- END generated:gpu -->\nend\n")
+    args = ["--readme", str(readme), "--results", str(tmp_path / "results")]
+    assert subprocess.run([sys.executable, str(SCRIPT), "--check", *args], capture_output=True).returncode == 1
+    assert subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True).returncode == 0
+    text = readme.read_text()
+    assert "99.9" not in text and "No GPU results are committed yet" in text
+    assert text.startswith("intro\n") and text.endswith("<!-- END generated:gpu -->\nend\n")
+
+
+def test_the_gpu_block_renders_the_result_files(tmp_path):
+    """The numbers in the block follow the JSONs: change one and the block changes."""
+    import shutil
+
+    mod = _script()
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "gpu", results / "gpu")
+    if not (results / "gpu" / "cpu_base").exists():
+        pytest.skip("no GPU results committed: the first test covers the empty block")
+    path = results / "gpu" / "cpu_base" / "cifar10_jpeg" / "resnet20" / "after_cifar-c.json"
+    import json
+
+    rec = json.loads(path.read_text())
+    rec["metrics"]["clean_accuracy"] = 12.34
+    path.write_text(json.dumps(rec))
+    assert "12.34" in mod.gpu(results) and "12.34" not in mod.gpu(ROOT / "results")
