@@ -84,14 +84,29 @@ def setup(device: str | None = None, backend: str | None = None,
     else:
         raise DemHECError(f"data-parallel runs support cpu and cuda devices, got {default!r}")
     if not dist.is_initialized():
+        _bind_no_group()
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"),
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
     log.info("rank %d/%d on %s (%s)", dist.get_rank(), dist.get_world_size(), dev, dist.get_backend())
     return dev
 
 
+def _bind_no_group() -> None:
+    """Import ``torch.distributed.nn`` before the process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated when the module is
+    first imported. Imported after ``init_process_group`` (torchvision imports it through
+    ``torch._dynamo``, and the CLI imports torchvision lazily, after :func:`setup`), ten function
+    defaults hold the default group, so ``destroy_process_group`` cannot free it: gloo's threads
+    (``gloo_tcp_loop``, ``pt_gloo_runloop``) then outlive :func:`teardown` and are torn down
+    with the interpreter, where rank 1 of ``demhec evaluate`` was seen to abort with "terminate
+    called without an active exception". Imported first, those defaults are None."""
+    import torch.distributed.nn  # noqa: F401
+
+
 def teardown() -> None:
-    """Leave the process group, if one was joined (safe to call in any case)."""
+    """Leave the process group, if one was joined (safe to call in any case): its backend's
+    threads are joined here, not at interpreter exit (see :func:`_bind_no_group`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

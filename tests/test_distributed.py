@@ -84,6 +84,18 @@ def test_two_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(states["resumed"][name], states["finetune"][name], atol=ATOL, rtol=0)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_leaving_the_group_stops_gloo_threads(tmp_path):
+    """Issue 18: rank 1 of `demhec evaluate` aborted at exit ("terminate called without an active
+    exception"): torch.distributed.nn, imported after the group was joined, held the group in its
+    functions' default arguments, so gloo's threads outlived teardown. They end at teardown now."""
+    _torchrun([str(ROOT / "tests" / "teardown_worker.py"), str(tmp_path)], cwd=tmp_path)
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"threads_{rank}.json").read_text())
+        assert any("gloo" in t for t in seen["during"]), seen  # the check sees gloo's threads
+        assert not any("gloo" in t for t in seen["after"]), seen
+
+
 def test_cli_under_torchrun_writes_once_and_evaluates_like_one_process(tmp_path):
     common = ["--dataset", "digits", "--limit", "48", "--no-progress"]
     ddp, one = tmp_path / "ddp", tmp_path / "one"
