@@ -191,7 +191,7 @@ def test_setup_says_what_it_will_compute(tmp_path, capsys):
     ctx = ex.start_notebook(params, needs=["before", "after"])
     out = capsys.readouterr().out
     assert "will compute: train base resnet20" in out and "Dem-HEC fine-tune" in out
-    assert "before_cifar-c.json, after_cifar-c.json" in out and "min on 2 CPU cores" in out
+    assert "before_cifar-c.json, after_cifar-c.json" in out and "min on 2 idle CPU cores" in out
     for phase in ("before", "after"):
         path = ex.robustness_path(ctx.exp, phase, "cifar-c")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,10 @@ _CPU_STAND_INS = {"resnet50": "resnet18", "alexnet": "resnet18",
 
 # The demo must finish in minutes: every ImageNet-family CNN runs as the CIFAR ResNet-20 (shared
 # with Table 1, so trained once) and every ViT as the small ViT. The deeper CIFAR ResNets and the
-# wider RepVGGs run as ResNet-20 and RepVGG-A0: ResNet-56 with the demo recipe takes about 50 s of
-# 2 cores per base epoch and 10 s per Dem-HEC step (measured), about half an hour in all, and
-# `papermill 03_table1.ipynb out.ipynb -p backbone resnet56` is to finish in minutes.
+# wider RepVGGs run as ResNet-20 and RepVGG-A0: ResNet-56 with the demo recipe took 13 minutes of a
+# busy 2-core machine (issue 18; its base epoch costs about 1.7 times ResNet-20's, a Dem-HEC step
+# about 1.4 times, measured), and `papermill 03_table1.ipynb out.ipynb -p backbone resnet56` is to
+# finish in minutes.
 _DEMO_STAND_INS = {**_CPU_STAND_INS, "resnet18": "resnet20", "resnet50": "resnet20",
                    "alexnet": "resnet20", "resnet32": "resnet20", "resnet44": "resnet20",
                    "resnet56": "resnet20", "repvgg_a1": "repvgg_a0", "repvgg_a2": "repvgg_a0"}
