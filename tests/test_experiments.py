@@ -592,3 +592,12 @@ def test_ablation_check_catches_a_wrong_row():
     swapped = {("demhec", 0): runs[("plain", 0)], ("plain", 0): runs[("demhec", 0)]}
     with pytest.raises(DemHECError, match="row of 'demhec' seed 0 shown differs"):
         ex.check_ablation_shown(summary, base, swapped)
+
+
+def test_cpu_images_missing_is_said_not_raised(tmp_path):
+    ctx = ex.notebook_setup(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path),
+                            data_root=str(tmp_path / "nowhere.tar.gz"))
+    assert "nowhere.tar.gz was not found" in ex.data_unavailable(ctx.exp)
+    assert ex.data_unavailable(ex.notebook_setup(profile="demo", dataset="cifar10", backbone="resnet20").exp) == ""
+    # The default data_root, as the notebooks resolve it, means the archive beside the checkout.
+    assert ex.pipeline.jpeg_source(ex.resolve_path("data")) == ex.pipeline.DEFAULT_JPEG_ARCHIVE

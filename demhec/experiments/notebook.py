@@ -65,8 +65,9 @@ class NotebookContext:
     def plan(self, needs: Sequence[str], pooled: bool = False) -> str:
         """What showing the results in ``needs`` will compute first (missing models and results)
         and roughly how long, or that it stops (``allow_train`` off); "" when ``needs`` is empty.
-        Items: "before", "after", "baseline:<method>" (robustness results on ``suite``) and
-        "entropy:before", "entropy:after" (Figures 3-4 at the first corruption and severity)."""
+        Items: "before", "after", "baseline:<method>" (robustness results on ``suite``),
+        "entropy:before", "entropy:after" (Figures 3-4 at the first corruption and severity) and
+        "model:before" (the base model itself)."""
         return _plan(self, needs, pooled) if needs else ""
 
     def with_suite(self, suite: str) -> NotebookContext:
@@ -225,7 +226,12 @@ def _minutes(seconds: float) -> str:
 def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> str:
     e = ctx.exp
     results, models = [], {}
+    base_missing = not (e.prof.pretrained or e.prof.base_weights or e.weights) and not e.checkpoint("base").exists()
     for item in dict.fromkeys(needs):
+        if item == "model:before":  # the base model itself, not only its results
+            if base_missing:
+                models["base"] = f"base {e.effective_backbone} ({e.base_config.epochs} epochs on {e.effective_dataset})"
+            continue
         if item.startswith("entropy:"):
             phase = item.split(":", 1)[1]
             path = entropy_path(e, phase, ctx.corruptions[0], ctx.severities[0], ctx.suite, pooled)
@@ -234,7 +240,7 @@ def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> s
         if path.exists() and not e.recompute:
             continue
         results.append(path.name)
-        if not (e.prof.pretrained or e.prof.base_weights) and not e.checkpoint("base").exists():
+        if base_missing:
             models["base"] = f"base {e.effective_backbone} ({e.base_config.epochs} epochs on {e.effective_dataset})"
         if phase == "after" and not e.checkpoint("demhec").exists():
             steps = f", at most {e.demhec_config.max_steps} steps" if e.demhec_config.max_steps else ""
@@ -242,9 +248,9 @@ def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> s
         if phase.startswith("baseline:") and phase != "baseline:pad_crop":
             if not e.checkpoint(f"baseline_{phase.split(':', 1)[1]}").exists():
                 models[phase] = f"the {phase.split(':', 1)[1]} baseline"
-    if not results:
+    if not results and not models:
         return "nothing to compute: every result this notebook shows is on disk"
-    what = "; ".join([*(f"train {m}" for m in models.values()), f"evaluate {', '.join(results)}"])
+    what = "; ".join([*(f"train {m}" for m in models.values()), *([f"evaluate {', '.join(results)}"] if results else [])])
     if not e.allow_train:
         return (f"missing: {what}. This profile computes nothing unless asked (-p allow_train True); "
                 "the next cell stops, naming the first missing file.")

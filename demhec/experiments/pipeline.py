@@ -258,6 +258,15 @@ def subset(arrays: Any, limit: int | None, seed: int) -> Any:
                                provenance=prov)
 
 
+def jpeg_source(data_root: str | os.PathLike) -> Path:
+    """Where the ``cifar10_jpeg`` images are read from: ``data_root`` unless it is the default
+    (``data``, relative or as the notebooks resolve it), which means the archive beside the
+    checkout."""
+    if str(data_root) in ("", "data") or Path(data_root) == REPO_ROOT / "data":
+        return DEFAULT_JPEG_ARCHIVE
+    return Path(data_root)
+
+
 def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
                download: bool = False, cache_dir: str | os.PathLike = "results/cache",
                progress: bool = False, eval_per_class: int = 500) -> Any:
@@ -272,7 +281,7 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     check_choice("dataset", name, DATASETS_BY_PROFILE)
     check_choice("split", split, ("train", "test"))
     if name == "cifar10_jpeg":
-        source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
+        source = jpeg_source(data_root)
         train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
                                              eval_per_class=eval_per_class, split_seed=0,
                                              progress=progress)
@@ -294,12 +303,12 @@ def data_unavailable(exp: Experiment) -> str:
     ``cpu`` profile's JPEG archive of real CIFAR-10 images is on the development machines only."""
     if exp.effective_dataset != "cifar10_jpeg":
         return ""
-    source = Path(exp.data_root) if Path(exp.data_root).name not in ("", "data") else DEFAULT_JPEG_ARCHIVE
+    source = jpeg_source(exp.data_root)
     if source.exists():
         return ""
-    return (f"The real CIFAR-10 images of the {exp.profile!r} profile are not on this machine (the JPEG "
-            f"archive {source.name} beside the checkout, or -p data_root pointing at it or at its "
-            "extracted folder); the results and tables below come from the committed JSONs.")
+    return (f"The real CIFAR-10 images of the {exp.profile!r} profile are not on this machine: {source.name} "
+            "was not found (the JPEG archive is on the development machines only; -p data_root takes the "
+            "archive or its extracted folder), so the images cannot be shown here.")
 
 
 def _limit(exp: Experiment, split: str) -> int | None:
