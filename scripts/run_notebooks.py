@@ -42,6 +42,8 @@ def scrub(path: Path) -> None:
     nb["metadata"]["papermill"] = {"parameters": pm.get("parameters", {})}
     nb["metadata"].pop("widgets", None)
     for cell in nb["cells"]:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill draws a new random id on every run
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
     text = json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
