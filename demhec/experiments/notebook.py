@@ -236,7 +236,7 @@ def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> s
             phase = item.split(":", 1)[1]
             path = entropy_path(e, phase, ctx.corruptions[0], ctx.severities[0], ctx.suite, pooled)
         else:
-            phase, path = item, robustness_path(e, item, ctx.suite)
+            phase, path = item, robustness_path(e, item, ctx.suite, corruptions=ctx.corruptions)
         if path.exists() and not e.recompute:
             continue
         results.append(path.name)

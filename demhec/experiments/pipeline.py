@@ -529,7 +529,7 @@ def robustness_result(
     if phase == "after" and tag is None:
         tag = config_tag(exp, config)
     name = tag or phase.replace(":", "_")
-    path = robustness_path(exp, phase, suite, tag=tag, adapt=adapt)
+    path = robustness_path(exp, phase, suite, tag=tag, adapt=adapt, corruptions=corruptions)
 
     if phase == "before":
         spec = model_spec(exp, "base")
@@ -583,12 +583,21 @@ def robustness_result(
 
 
 def robustness_path(exp: Experiment, phase: str = "before", suite: str = "cifar-c", *,
-                    tag: str | None = None, adapt: str | None = None) -> Path:
+                    tag: str | None = None, adapt: str | None = None,
+                    corruptions: Sequence[str] | None = None) -> Path:
     """Where :func:`robustness_result` keeps the result of ``phase`` (the profile's Dem-HEC
-    config for "after" unless ``tag`` names another run)."""
+    config for "after" unless ``tag`` names another run). Results on other corruptions than the
+    paper's seven are named apart ("_all" for all fifteen), so that Table 2 (seven) and Table 3
+    (fifteen) of one model do not overwrite each other's file."""
+    from ..corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+
     name = tag or phase.replace(":", "_")
+    which = ""
+    if corruptions is not None and sorted(corruptions) != sorted(PAPER_CORRUPTIONS):
+        key = ",".join(corruptions)
+        which = "_all" if sorted(corruptions) == sorted(CORRUPTIONS) else f"_c{hashlib.sha1(key.encode()).hexdigest()[:6]}"
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
-    return exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{suffix}.json"
+    return exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{which}{suffix}.json"
 
 
 def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
