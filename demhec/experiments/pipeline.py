@@ -586,16 +586,13 @@ def robustness_path(exp: Experiment, phase: str = "before", suite: str = "cifar-
                     tag: str | None = None, adapt: str | None = None,
                     corruptions: Sequence[str] | None = None) -> Path:
     """Where :func:`robustness_result` keeps the result of ``phase`` (the profile's Dem-HEC
-    config for "after" unless ``tag`` names another run). Results on other corruptions than the
-    paper's seven are named apart ("_all" for all fifteen), so that Table 2 (seven) and Table 3
-    (fifteen) of one model do not overwrite each other's file."""
-    from ..corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+    config for "after" unless ``tag`` names another run). Results on all fifteen corruptions are
+    named apart ("_all"), so that Table 2 (the paper's seven) and Table 3 (fifteen) of one model
+    do not overwrite each other's file."""
+    from ..corruptions import CORRUPTIONS
 
     name = tag or phase.replace(":", "_")
-    which = ""
-    if corruptions is not None and sorted(corruptions) != sorted(PAPER_CORRUPTIONS):
-        key = ",".join(corruptions)
-        which = "_all" if sorted(corruptions) == sorted(CORRUPTIONS) else f"_c{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+    which = "_all" if corruptions is not None and sorted(corruptions) == sorted(CORRUPTIONS) else ""
     suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     return exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{which}{suffix}.json"
 
