@@ -32,7 +32,7 @@ notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for
 	rm -rf $(BUILD)/nbval $(BUILD)/smoke
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --allow-train --out $(BUILD)/nbval \
 		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(BUILD)/nbval
+	$(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures --nbval-lax $(BUILD)/nbval
 
 test: lint unit notebooks-smoke
 

@@ -42,6 +42,7 @@ __all__ = [
     "pretty_name",
     "robustness_figure",
     "save_figure",
+    "show_figure",
     "tradeoff_figure",
     "training_curve_figure",
 ]
@@ -80,9 +81,17 @@ _PRETTY: Mapping[str, str] = {
     "resnet50": "ResNet-50",
     "repvgg_a0": "RepVGG-A0",
     "repvgg_a2": "RepVGG-A2",
+    "resnet32": "ResNet-32",
+    "resnet44": "ResNet-44",
+    "repvgg_a1": "RepVGG-A1",
     "vit_large_patch16_384": "ViT-L",
+    "vit_test": "ViT-Test",
     "alexnet": "AlexNet",
     "dem_hec": "Dem-HEC",
+    "digits": "Digits",
+    "cifar10_jpeg": "CIFAR10 (JPEG)",
+    "cifar-c": "cifar-c",
+    "imagecorruptions": "imagecorruptions",
 }
 
 # Written into every saved figure; fixed so that reruns give identical bytes.
@@ -101,8 +110,17 @@ _F = TypeVar("_F", bound=Callable[..., Figure])
 
 
 def pretty_name(name: str) -> str:
-    """The paper's display name for a corruption, dataset or backbone registry name."""
-    return _PRETTY.get(name, str(name).replace("_", " ").title())
+    """The paper's display name for a corruption, dataset or backbone registry name; other
+    names title-cased, with the model families spelt as their papers do ("vit_small" ->
+    "ViT Small", "timm:resnet10t" -> "timm:resnet10t": external names are left as typed)."""
+    name = str(name)
+    if name in _PRETTY:
+        return _PRETTY[name]
+    if ":" in name:
+        return name
+    words = name.replace("_", " ").title().split(" ")
+    fixed = {"Vit": "ViT", "Resnet": "ResNet", "Repvgg": "RepVGG", "Jpeg": "JPEG", "Bn": "BN"}
+    return " ".join(fixed.get(w, w) for w in words)
 
 
 def _styled(fn: _F) -> _F:
@@ -333,7 +351,7 @@ def clean_accuracy_figure(df: pd.DataFrame) -> Figure:
 
 
 @_styled
-def robustness_figure(df: pd.DataFrame, by: str | None = None) -> Figure:
+def robustness_figure(df: pd.DataFrame, by: str | None = None, title: str | None = None) -> Figure:
     """Corrupted accuracy (eq. 1) against severity, one panel per corruption, one line per
     value of ``by`` (default: the "phase" column, else "method", else a single line).
 
@@ -389,8 +407,11 @@ def robustness_figure(df: pd.DataFrame, by: str | None = None) -> Figure:
         last = max(i for i in range(nrows) if i * ncols + j < len(corruptions))
         axes[last, j].set_xlabel("severity")
         axes[last, j].xaxis.set_tick_params(labelbottom=True)
-    fig.legend(handles=list(handles.values()), loc="outside upper center",
+    # A title takes the top; the legend then goes below the panels.
+    fig.legend(handles=list(handles.values()), loc="outside lower center" if title else "outside upper center",
                ncols=min(len(handles), 4))
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -503,44 +524,68 @@ def ablation_figure(df: pd.DataFrame,
 @_styled
 def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean accuracy"),
                     y: tuple[str, str] = ("d_noise_s5", "noise S5 mean"),
-                    target: tuple[float, float] | None = None) -> Figure:
-    """What each fine-tuning run pays in one metric for what it gains in another: one point per
-    run at its mean over seeds (every seed a small dot), both as change from the base model in
-    points. ``target`` = (x_min, y_min) shades the region where both targets hold.
+                    target: tuple[float, float] | None = None,
+                    families: Mapping[str, str] | None = None) -> Figure:
+    """What each fine-tuning run pays in one metric for what it gains in another: one large
+    marker per run at its mean over seeds, each seed a small dot of the same colour, both as
+    change from the base model in points. ``target`` = (x_min, y_min) shades the region where
+    both targets hold. ``families`` maps the ``run`` column's values to a family (e.g.
+    :data:`demhec.experiments.ABLATION_FAMILIES`): runs of one family share a marker shape and
+    are listed together in the legend.
 
     ``df`` is :func:`demhec.experiments.ablation_summary`'s table; rows labelled "base model"
     are left out.
     """
     (xc, xname), (yc, yname) = x, y
-    _check_columns(df, "tradeoff_figure", ["label", "seed", xc, yc])
+    _check_columns(df, "tradeoff_figure", ["label", "seed", xc, yc, *(["run"] if families else [])])
     df = df[df["label"] != "base model"]
     if df.empty:
         raise DemHECError("tradeoff_figure got no fine-tuning runs")
-    labels = _unique(df["label"])
-    # Many runs share one legend: a colour and marker pair per run keeps each one findable.
-    tab20 = matplotlib.colormaps["tab20"].colors
-    colours = tab20[0::2] + tab20[1::2]  # the ten strong colours first, then their light pairs
-    style = {lab: (colours[k % 20], "Dsv^PX"[k // 20 % 6]) for k, lab in enumerate(labels)}
-    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    if families:
+        missing = sorted(set(df["run"]) - set(families))
+        if missing:
+            raise DemHECError(f"tradeoff_figure: no family for runs {missing}")
+        family_of = {lab: families[run] for lab, run in zip(df["label"], df["run"])}
+    else:
+        family_of = {lab: "" for lab in df["label"]}
+    order = _unique(family_of[lab] for lab in df["label"])
+    labels = sorted(_unique(df["label"]), key=lambda lab: order.index(family_of[lab]))
+    markers = dict(zip(order, "DsP^vX*<>ph" * (len(order) // 11 + 1)))
+    tab10 = matplotlib.colormaps["tab10"].colors
+    style, counts = {}, dict.fromkeys(order, 0)
+    for lab in labels:  # colours restart in each family: a run is found by its shape and colour
+        fam = family_of[lab]
+        style[lab] = (tab10[counts[fam] % 10], markers[fam])
+        counts[fam] += 1
+    fig = Figure(figsize=(8.5, 5.4), layout="constrained")
     ax = fig.subplots()
     means = df.groupby("label", sort=False)[[xc, yc]].mean().reindex(labels)
+    handles: list[Any] = []
     if target is not None:
         x_lo = min(target[0], float(df[xc].min())) - 1.0
         y_hi = max(target[1], float(df[yc].max())) + 1.0
-        ax.fill_between([target[0], max(0.5, float(df[xc].max()) + 0.5)], target[1], y_hi,
-                        color=PALETTE["clean"], alpha=0.12, linewidth=0, label="both targets met")
+        handles.append(ax.fill_between([target[0], max(0.5, float(df[xc].max()) + 0.5)], target[1], y_hi,
+                                       color=PALETTE["clean"], alpha=0.12, linewidth=0,
+                                       label="both targets met"))
         ax.set_xlim(left=x_lo)
+    current = None
     for lab in labels:
         seeds = df[df["label"] == lab]
         colour, marker = style[lab]
+        if families and family_of[lab] != current:
+            current = family_of[lab]
+            handles.append(Line2D([], [], linestyle="none", label=current.upper()))
         ax.plot(seeds[xc], seeds[yc], linestyle="none", marker="o", markersize=3, color=colour, alpha=0.6)
-        ax.plot(means.loc[lab, xc], means.loc[lab, yc], linestyle="none", marker=marker, markersize=7,
-                color=colour, label=lab)
+        handles.append(ax.plot(means.loc[lab, xc], means.loc[lab, yc], linestyle="none", marker=marker,
+                               markersize=7, color=colour, markeredgecolor="black", markeredgewidth=0.4,
+                               label=f"{lab} (n={len(seeds)})")[0])
+    handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3, color="grey",
+                          label="small dot: one seed; large marker: mean over seeds"))
     ax.axhline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
     ax.axvline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
     ax.set_xlabel(f"{xname}: change from base (points)")
     ax.set_ylabel(f"{yname}: change from base (points)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
 
 
@@ -571,3 +616,17 @@ def save_figure(fig: Figure, stem: str, figures_dir: str | os.PathLike) -> list[
         paths.append(path)
     log.info("saved figure %s (.png, .pdf)", Path(figures_dir) / stem)
     return paths
+
+
+def show_figure(fig: Figure, stem: str, figures_dir: str | os.PathLike) -> None:
+    """Save ``fig`` like :func:`save_figure` and display the saved PNG in the notebook: what a
+    reader sees is the file, byte for byte (no timestamp, no path), so an executed notebook is
+    reproducible. Outside IPython it only saves."""
+    png = next(p for p in save_figure(fig, stem, figures_dir) if p.suffix == ".png")
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:  # pragma: no cover - IPython is a notebooks extra
+        return
+    if get_ipython() is not None:
+        display(Image(data=png.read_bytes(), format="png"))

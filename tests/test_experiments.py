@@ -176,6 +176,65 @@ def _papermill(tmp_path, *params):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
 
+def test_allow_train_auto_computes_in_smoke_and_demo_only(tmp_path):
+    common = dict(dataset="cifar10", backbone="resnet56", results_dir=str(tmp_path))
+    assert ex.notebook_setup(profile="smoke", **common).exp.allow_train
+    assert ex.notebook_setup(profile="demo", **common).exp.allow_train
+    assert not ex.notebook_setup(profile="cpu", **common).exp.allow_train
+    assert not ex.notebook_setup(profile="paper", **common).exp.allow_train
+    assert not ex.notebook_setup(profile="demo", allow_train=False, **common).exp.allow_train
+
+
+def test_setup_says_what_it_will_compute(tmp_path, capsys):
+    params = dict(profile="demo", dataset="cifar10", backbone="resnet20", suite="cifar-c", results_dir=str(tmp_path),
+                  unrelated="ignored")
+    ctx = ex.start_notebook(params, needs=["before", "after"])
+    out = capsys.readouterr().out
+    assert "will compute: train base resnet20" in out and "Dem-HEC fine-tune" in out
+    assert "before_cifar-c.json, after_cifar-c.json" in out and "min on 2 idle CPU cores" in out
+    for phase in ("before", "after"):
+        path = ex.robustness_path(ctx.exp, phase, "cifar-c")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    assert ctx.plan(["before", "after"]).startswith("nothing to compute")
+    cpu = ex.start_notebook({**params, "profile": "cpu", "backbone": "resnet56"}, needs=["before"])
+    assert not cpu.exp.allow_train
+    assert "-p allow_train True" in capsys.readouterr().out
+
+
+def test_figure_cells_must_show_an_image():
+    shown = {"cell_type": "code", "source": "fig = plots.entropy_figure(a, b)\nplots.show_figure(fig, 's', d)",
+             "outputs": [{"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Image>"}}]}
+    hidden = {**shown, "outputs": [{"output_type": "stream", "name": "stdout", "text": "wrote s.png"}]}
+    table = {"cell_type": "code", "source": "ex.wide_table(long)", "outputs": []}
+    heatmap = {**hidden, "source": ["fig = plots.delta_heatmap(gains)\n"]}
+    assert ex.figure_cells_without_image([shown, hidden, table, heatmap]) == [1, 3]
+
+
+@pytest.mark.slow
+def test_design_card_command_in_demo_from_the_notebooks_folder(tmp_path):
+    """`papermill 03_table1.ipynb out.ipynb -p backbone resnet56` typed in notebooks/ with the
+    defaults (demo profile): the demo's committed results serve it (ResNet-56 runs as its ResNet-20
+    stand-in there), and its figures are shown in the notebook. In cpu, a missing result stops
+    the run naming the file and the flag."""
+    import shutil
+
+    shutil.copytree(ROOT / "results" / "demo" / "digits", tmp_path / "results" / "demo" / "digits")
+    where = ["-p", "results_dir", str(tmp_path / "results"), "-p", "figures_dir", str(tmp_path / "fig")]
+    out = tmp_path / "out.ipynb"
+    cmd = [sys.executable, "-m", "papermill", "03_table1.ipynb", str(out), "-p", "backbone", "resnet56", *where]
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT / "notebooks")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    cells = json.loads(out.read_text())["cells"]
+    text = json.dumps(cells)
+    assert "resnet56 -> resnet20" in text and "nothing to compute" in text
+    assert not ex.figure_cells_without_image(cells)
+    assert sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])) == 2
+    bad = subprocess.run([*cmd, "-p", "profile", "cpu"], capture_output=True, text=True, cwd=ROOT / "notebooks")
+    assert bad.returncode != 0
+    assert "before_cifar-c.json" in bad.stderr and "allow_train True" in bad.stderr
+
+
 @pytest.mark.slow
 def test_papermill_table1_resnet56_and_typo(tmp_path):
     ok = _papermill(tmp_path, "-p", "backbone", "resnet56")
@@ -264,8 +323,12 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = tmp_path / "results" / "cpu" / "tables"
-    for committed in sorted((CPU_RESULTS / "tables").glob("*.csv")):
-        assert (made / committed.name).read_text() == committed.read_text(), committed.name
+    # Every table notebook 09 makes is committed, byte for byte (the other cpu notebooks, 01-07,
+    # commit theirs beside them).
+    made_csvs = sorted(made.glob("*.csv"))
+    assert len(made_csvs) >= 15
+    for table in made_csvs:
+        assert table.read_text() == (CPU_RESULTS / "tables" / table.name).read_text(), table.name
     assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6  # with the test-time adaptation figure
     for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
@@ -533,3 +596,12 @@ def test_ablation_check_catches_a_wrong_row():
     swapped = {("demhec", 0): runs[("plain", 0)], ("plain", 0): runs[("demhec", 0)]}
     with pytest.raises(DemHECError, match="row of 'demhec' seed 0 shown differs"):
         ex.check_ablation_shown(summary, base, swapped)
+
+
+def test_cpu_images_missing_is_said_not_raised(tmp_path):
+    ctx = ex.notebook_setup(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path),
+                            data_root=str(tmp_path / "nowhere.tar.gz"))
+    assert "nowhere.tar.gz was not found" in ex.data_unavailable(ctx.exp)
+    assert ex.data_unavailable(ex.notebook_setup(profile="demo", dataset="cifar10", backbone="resnet20").exp) == ""
+    # The default data_root, as the notebooks resolve it, means the archive beside the checkout.
+    assert ex.pipeline.jpeg_source(ex.resolve_path("data")) == ex.pipeline.DEFAULT_JPEG_ARCHIVE

@@ -41,6 +41,8 @@ def _images(n: int = 2, size: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize(("name", "shown"), [
     ("gaussian_noise", "Gaussian"), ("jpeg_compression", "JPEG"), ("pixelate", "Pixelate"),
     ("motion_blur", "Motion Blur"), ("repvgg_a0", "RepVGG-A0"), ("tinyimagenet", "Tiny-ImageNet"),
+    ("vit_test", "ViT-Test"), ("resnet44", "ResNet-44"), ("vit_small_patch16_224", "ViT Small Patch16 224"),
+    ("timm:resnet10t", "timm:resnet10t"), ("digits", "Digits"),
 ])
 def test_pretty_name(name: str, shown: str) -> None:
     assert plots.pretty_name(name) == shown
@@ -393,7 +395,7 @@ def test_save_figure_rejects_bad_stems(tmp_path, stem: str) -> None:
 def test_tradeoff_figure_means_seeds_and_target_region() -> None:
     ax = _tradeoff().axes[0]
     means = {line.get_label(): line.get_xydata().tolist() for line in ax.lines if not line.get_label().startswith("_")}
-    assert means == {"a": [[-4.0, 11.0]], "b": [[-8.0, 4.0]]}  # the base row is left out
+    assert means == {"a (n=2)": [[-4.0, 11.0]], "b (n=1)": [[-8.0, 4.0]]}  # the base row is left out
     seed_dots = [line.get_xydata().tolist() for line in ax.lines if line.get_marker() == "o"]
     assert [[-3.0, 12.0], [-5.0, 10.0]] in seed_dots
     (region,) = ax.collections
@@ -404,3 +406,28 @@ def test_tradeoff_figure_means_seeds_and_target_region() -> None:
                                             "d_noise_s5": [0.0]}))
     with pytest.raises(DemHECError, match="d_noise_s5"):
         plots.tradeoff_figure(pd.DataFrame({"label": ["a"], "seed": [0], "d_clean": [0.0]}))
+
+
+def test_tradeoff_figure_groups_runs_by_family() -> None:
+    df = pd.DataFrame({"run": ["x", "y", "z", "y"], "label": ["run x", "run y", "run z", "run y"], "seed": [0, 0, 0, 1],
+                       "d_clean": [-1.0, -2.0, -3.0, -4.0], "d_noise_s5": [1.0, 2.0, 3.0, 4.0]})
+    fig = plots.tradeoff_figure(df, families={"x": "first", "y": "second", "z": "first"})
+    ax = fig.axes[0]
+    marker = {line.get_label(): line.get_marker() for line in ax.lines if not line.get_label().startswith("_")}
+    assert marker["run x (n=1)"] == marker["run z (n=1)"] != marker["run y (n=2)"]
+    texts = _legend_texts(fig)
+    # Each family's runs are listed together under its name; the seed dots are explained.
+    assert texts.index("FIRST") < texts.index("run x (n=1)") < texts.index("run z (n=1)") < texts.index("SECOND")
+    assert any("one seed" in t for t in texts)
+    with pytest.raises(DemHECError, match="no family"):
+        plots.tradeoff_figure(df, families={"x": "first"})
+
+
+def test_show_figure_saves_outside_a_notebook(tmp_path) -> None:
+    assert plots.show_figure(_small_figure(), "curve", tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.pdf", "curve.png"]
+
+
+def test_robustness_figure_title_moves_the_legend_down() -> None:
+    fig = plots.robustness_figure(_table(["snow"], [1, 3]), title="ResNet-20 on Digits")
+    assert fig.get_suptitle() == "ResNet-20 on Digits"

@@ -131,3 +131,49 @@ def test_readme_commands_are_known():
                 assert line.startswith(known), line
                 if line.startswith("torchrun"):
                     assert re.search(r" -m demhec (train|finetune|evaluate) ", line), line
+
+
+EXECUTED = sorted((ROOT / "notebooks" / "executed").glob("*/*.ipynb"))
+
+
+def test_executed_notebooks_are_committed_for_demo_and_cpu():
+    names = {(p.parent.name, p.name) for p in EXECUTED}
+    for nb in NOTEBOOKS:
+        if nb.name != "09_cpu_reproduction.ipynb":
+            assert ("demo", nb.name) in names, nb.name
+    assert ("cpu", "09_cpu_reproduction.ipynb") in names and ("cpu", "03_table1.ipynb") in names
+
+
+@pytest.mark.parametrize("nb", EXECUTED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_executed_notebook_shows_its_figures_without_paths_or_timings(nb):
+    from demhec.experiments import figure_cells_without_image
+
+    text = nb.read_text()
+    data = json.loads(text)
+    assert str(ROOT) not in text and str(Path.home()) not in text and str(ROOT.parent) + "/" not in text
+    assert set(data["metadata"].get("papermill", {})) <= {"parameters"}
+    code = [c for c in data["cells"] if c["cell_type"] == "code"]
+    assert all("papermill" not in c["metadata"] and "execution" not in c["metadata"] for c in code)
+    assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
+    if not (nb.name.startswith("01_") and "are not on this machine" in text):
+        assert not figure_cells_without_image(data["cells"]), nb.name
+
+
+def test_nbval_plugin_fails_a_figure_cell_that_shows_no_image():
+    """make notebooks-smoke loads tests/nbval_figures.py: a cell building a figure must show it."""
+    from types import SimpleNamespace
+
+    from tests import nbval_figures
+
+    def run(outputs):
+        item = SimpleNamespace(name="nb::Cell 5", test_outputs=outputs,
+                               cell={"cell_type": "code", "source": "fig = plots.delta_heatmap(gains)"})
+        gen = nbval_figures.pytest_runtest_call(item)
+        next(gen)
+        with pytest.raises(StopIteration):
+            gen.send(None)
+
+    run([{"output_type": "display_data", "data": {"image/png": "iVBOR"}}])
+    with pytest.raises(AssertionError, match="shows no image/png"):
+        run([{"output_type": "stream", "name": "stdout", "text": "saved"}])
+    assert "-p tests.nbval_figures" in (ROOT / "Makefile").read_text()

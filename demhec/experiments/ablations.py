@@ -90,6 +90,17 @@ ABLATION_LABELS = {
     "late_frozen_tuned": "late stages frozen, eps = 4/255, learning rate / 5",
     "plain_late_frozen_tuned": "plain fine-tune, late stages frozen, learning rate / 5",
 }
+# Which question each run answers, for grouping them in figures (notebook 09's trade-off plot).
+ABLATION_FAMILIES = {
+    "demhec": "Dem-HEC and its control", "plain": "Dem-HEC and its control",
+    "no_he_ce": "loss terms removed", "no_infonce": "loss terms removed", "no_kd": "loss terms removed",
+    "eps4": "high-entropy samples", "eps16": "high-entropy samples", "features": "high-entropy samples",
+    "low_entropy": "high-entropy samples",
+    "low_lr": "schedule and BatchNorm probes", "budget_x2": "schedule and BatchNorm probes",
+    "budget_x4": "schedule and BatchNorm probes", "bn_clean": "schedule and BatchNorm probes",
+    "freeze_more": "which layers train", "freeze_none": "which layers train", "late_frozen": "which layers train",
+    "late_frozen_tuned": "late stages frozen, tuned", "plain_late_frozen_tuned": "late stages frozen, tuned",
+}
 # The late-freezing config and its control are compared over the main runs' seeds too.
 LATE_RUNS = ("late_frozen_tuned", "plain_late_frozen_tuned")
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")

@@ -84,9 +84,14 @@ _CPU_STAND_INS = {"resnet50": "resnet18", "alexnet": "resnet18",
                   "vit_small_patch16_224": "vit_test", "vit_tiny_patch16_224": "vit_test"}
 
 # The demo must finish in minutes: every ImageNet-family CNN runs as the CIFAR ResNet-20 (shared
-# with Table 1, so trained once) and every ViT as the small ViT.
+# with Table 1, so trained once) and every ViT as the small ViT. The deeper CIFAR ResNets and the
+# wider RepVGGs run as ResNet-20 and RepVGG-A0: ResNet-56 with the demo recipe took 13 minutes of a
+# busy 2-core machine (issue 18; its base epoch costs about 1.7 times ResNet-20's, a Dem-HEC step
+# about 1.4 times, measured), and `papermill 03_table1.ipynb out.ipynb -p backbone resnet56` is to
+# finish in minutes.
 _DEMO_STAND_INS = {**_CPU_STAND_INS, "resnet18": "resnet20", "resnet50": "resnet20",
-                   "alexnet": "resnet20"}
+                   "alexnet": "resnet20", "resnet32": "resnet20", "resnet44": "resnet20",
+                   "resnet56": "resnet20", "repvgg_a1": "repvgg_a0", "repvgg_a2": "repvgg_a0"}
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -253,6 +258,15 @@ def subset(arrays: Any, limit: int | None, seed: int) -> Any:
                                provenance=prov)
 
 
+def jpeg_source(data_root: str | os.PathLike) -> Path:
+    """Where the ``cifar10_jpeg`` images are read from: ``data_root`` unless it is the default
+    (``data``, relative or as the notebooks resolve it), which means the archive beside the
+    checkout."""
+    if str(data_root) in ("", "data") or Path(data_root) == REPO_ROOT / "data":
+        return DEFAULT_JPEG_ARCHIVE
+    return Path(data_root)
+
+
 def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
                download: bool = False, cache_dir: str | os.PathLike = "results/cache",
                progress: bool = False, eval_per_class: int = 500) -> Any:
@@ -267,7 +281,7 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     check_choice("dataset", name, DATASETS_BY_PROFILE)
     check_choice("split", split, ("train", "test"))
     if name == "cifar10_jpeg":
-        source = Path(data_root) if str(data_root) not in ("", "data") else DEFAULT_JPEG_ARCHIVE
+        source = jpeg_source(data_root)
         train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
                                              eval_per_class=eval_per_class, split_seed=0,
                                              progress=progress)
@@ -282,6 +296,19 @@ def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
     prov = {k: v.replace(str(Path(data_root).resolve()), "<data_root>").replace(str(data_root), "<data_root>")
             for k, v in arrays.provenance.items()}
     return dataclasses.replace(arrays, provenance=prov)
+
+
+def data_unavailable(exp: Experiment) -> str:
+    """Why the experiment's images cannot be read on this machine ("" when they can): the
+    ``cpu`` profile's JPEG archive of real CIFAR-10 images is on the development machines only."""
+    if exp.effective_dataset != "cifar10_jpeg":
+        return ""
+    source = jpeg_source(exp.data_root)
+    if source.exists():
+        return ""
+    return (f"The real CIFAR-10 images of the {exp.profile!r} profile are not on this machine: {source.name} "
+            "was not found (the JPEG archive is on the development machines only; -p data_root takes the "
+            "archive or its extracted folder), so the images cannot be shown here.")
 
 
 def _limit(exp: Experiment, split: str) -> int | None:
@@ -502,8 +529,7 @@ def robustness_result(
     if phase == "after" and tag is None:
         tag = config_tag(exp, config)
     name = tag or phase.replace(":", "_")
-    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
-    path = exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{suffix}.json"
+    path = robustness_path(exp, phase, suite, tag=tag, adapt=adapt, corruptions=corruptions)
 
     if phase == "before":
         spec = model_spec(exp, "base")
@@ -556,6 +582,21 @@ def robustness_result(
                           what=f"{phase}{' + ' + adapt if adapt else ''} on {suite}")
 
 
+def robustness_path(exp: Experiment, phase: str = "before", suite: str = "cifar-c", *,
+                    tag: str | None = None, adapt: str | None = None,
+                    corruptions: Sequence[str] | None = None) -> Path:
+    """Where :func:`robustness_result` keeps the result of ``phase`` (the profile's Dem-HEC
+    config for "after" unless ``tag`` names another run). Results on all fifteen corruptions are
+    named apart ("_all"), so that Table 2 (the paper's seven) and Table 3 (fifteen) of one model
+    do not overwrite each other's file."""
+    from ..corruptions import CORRUPTIONS
+
+    name = tag or phase.replace(":", "_")
+    which = "_all" if corruptions is not None and sorted(corruptions) == sorted(CORRUPTIONS) else ""
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    return exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{which}{suffix}.json"
+
+
 def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
     """The fingerprint of a result: its kind, the model's spec (:func:`model_spec`), the
     evaluation images and how they were corrupted and scored (``scored``: suite, corruptions,
@@ -592,6 +633,12 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
                          f"baseline {method}", model_spec(exp, f"baseline:{method}"), fit)
 
 
+def entropy_path(exp: Experiment, phase: str, corruption: str, severity: int, suite: str = "cifar-c",
+                 pooled: bool = False) -> Path:
+    """Where :func:`entropy_result` keeps its result."""
+    return exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+
+
 def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
                    suite: str = "cifar-c", pooled: bool = False) -> dict:
     """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
@@ -602,7 +649,7 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
     # Figures 3-4 corrupt a subset of the evaluation images, which the released files (the
     # whole test set, corrupted) do not hold by index.
     check_choice("suite of the entropy figures", suite, SUITES)
-    path = exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+    path = entropy_path(exp, phase, corruption, severity, suite, pooled)
     spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", exp.demhec_config)
     scored = {"corruption": corruption, "severity": severity, "suite": suite, "pooled": pooled,
               "corruption_seed": CORRUPTION_SEED, "images": exp.prof.entropy_images, "images_seed": 1}

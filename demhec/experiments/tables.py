@@ -393,3 +393,103 @@ def gpu_summary(records: dict[str, tuple[dict, dict]], cpu: tuple[dict, dict] | 
     blocks.append(paper.assign(source="paper, Table 1 (ResNet-20)"))
     out = pd.concat(blocks, ignore_index=True)
     return out[["source", "run", "label", "seed", "clean", "noise_s5", "all_s5", "d_clean", "d_noise_s5", "d_all_s5"]]
+
+
+# --- findings in words, computed from the numbers shown ---------------------------------------
+
+
+def _pts(value: float) -> str:
+    return f"{value:+.2f} points"
+
+
+def describe_gains(before: dict, after: dict, label: str = "Dem-HEC") -> str:
+    """One sentence on what ``after`` changes against ``before``: clean accuracy, the mean over
+    the corrupted cells, and the cells with the largest gain and loss."""
+    gains = gain_table(before, after)
+    d_clean = after["metrics"]["clean_accuracy"] - before["metrics"]["clean_accuracy"]
+    best, worst = gains.loc[gains.delta.idxmax()], gains.loc[gains.delta.idxmin()]
+    up = int((gains.delta > 0).sum())
+    text = (f"{label} changes clean accuracy by {_pts(d_clean)} and the mean over the {len(gains)} corrupted "
+            f"cells by {_pts(gains.delta.mean())}; {up} of {len(gains)} cells gain. Largest gain: "
+            f"{best.corruption} S{int(best.severity)} ({_pts(best.delta)})")
+    if worst.delta < 0:
+        text += f"; largest loss: {worst.corruption} S{int(worst.severity)} ({_pts(worst.delta)})"
+    return text + "."
+
+
+def describe_entropy(summary: pd.DataFrame) -> str:
+    """What Figures 3-4 show in numbers: per phase, the corrupted-minus-clean entropy gap at the
+    first and last layer and where it peaks, then whether the last layer's gap shrank after
+    Dem-HEC (the paper's claim: the gap grows with depth before and shrinks after)."""
+    parts = []
+    last = {}
+    for phase, t in summary.groupby("phase", sort=False):
+        t = t.reset_index(drop=True)
+        peak = t.loc[t.gap.idxmax()]
+        grows = t.gap.iloc[-1] > t.gap.iloc[0]
+        last[phase] = float(t.gap.iloc[-1])
+        parts.append(f"{phase} Dem-HEC the gap is {t.gap.iloc[0]:+.3f} nats at {t.layer.iloc[0] or 'logits'} and "
+                     f"{t.gap.iloc[-1]:+.3f} at {t.layer.iloc[-1] or 'logits'} ({'grows' if grows else 'does not grow'} "
+                     f"from first to last layer; largest at {peak.layer or 'logits'}, {peak.gap:+.3f})")
+    text = "; ".join(parts)
+    if {"before", "after"} <= set(last):
+        change = last["after"] - last["before"]
+        text += (f". At the last layer the gap {'shrank' if change < 0 else 'did not shrink'} after Dem-HEC "
+                 f"({change:+.3f} nats)")
+    return text[0].upper() + text[1:] + "."
+
+
+def describe_clean(table: pd.DataFrame) -> str:
+    """Figure 5 in words: each model's clean-accuracy change, and the paper's where it gives one."""
+    out = []
+    for (dataset, backbone), t in table.groupby(["dataset", "backbone"], sort=False):
+        acc = t.set_index("phase")["accuracy"]
+        if not {"before", "after"} <= set(acc.index):
+            continue
+        text = f"{backbone} on {dataset}: {acc['before']:.2f} -> {acc['after']:.2f} ({_pts(acc['after'] - acc['before'])})"
+        if "paper_accuracy" in t and t.paper_accuracy.notna().all():
+            p = t.set_index("phase")["paper_accuracy"]
+            text += f", the paper {p['before']:.2f} -> {p['after']:.2f} ({_pts(p['after'] - p['before'])})"
+        out.append(text)
+    return "Clean accuracy before -> after Dem-HEC: " + "; ".join(out) + "." if out else "No before/after pair."
+
+
+def describe_summary(table: pd.DataFrame, ours: Sequence[str]) -> str:
+    """Tables 4 and 6 in words: for our rows ``ours`` (base first, Dem-HEC second), the clean
+    change and the change of the mean over the corruption columns."""
+    rows = table.set_index("model")
+    corr = [c for c in rows.columns if c != "clean"]
+    a, b = rows.loc[ours[0]], rows.loc[ours[1]]
+    mean_a, mean_b = float(a[corr].astype(float).mean()), float(b[corr].astype(float).mean())
+    return (f"{ours[1]} against {ours[0]}: clean {float(a['clean']):.2f} -> {float(b['clean']):.2f} "
+            f"({_pts(float(b['clean']) - float(a['clean']))}), mean over the {len(corr)} corruptions "
+            f"{mean_a:.2f} -> {mean_b:.2f} ({_pts(mean_b - mean_a)}).")
+
+
+def describe_families(table: pd.DataFrame) -> str:
+    """Table 3 in words: the method with the highest ``ours`` mean in each family."""
+    t = table.dropna(subset=["ours"])
+    out = []
+    for family, g in t.groupby("family", sort=False):
+        top = g.loc[g.ours.idxmax()]
+        dem = g[g.method == "dem_hec"].ours
+        text = f"{family}: best {top.method} ({top.ours:.2f})"
+        if len(dem) and top.method != "dem_hec":
+            text += f", Dem-HEC {float(dem.iloc[0]):.2f}"
+        out.append(text)
+    return "Highest family mean among the methods trained here: " + "; ".join(out) + "."
+
+
+def describe_runs(summary: pd.DataFrame, runs: Sequence[str], metrics: Sequence[str] = ("d_noise_s5", "d_clean")) -> str:
+    """Each of ``runs`` (present in ``summary``) as "label: noise S5 ..., clean ..." (means over
+    its seeds), in the order given."""
+    names = {"d_noise_s5": "noise S5", "d_clean": "clean", "d_all_s5": "all S5"}
+    means = summary.groupby("run", sort=False)[list(metrics)].mean()
+    seeds = summary.groupby("run", sort=False).seed.nunique()
+    out = []
+    for run in runs:
+        if run in means.index:
+            vals = ", ".join(f"{names.get(m, m)} {_pts(means.loc[run, m])}" for m in metrics)
+            n = int(seeds.loc[run])
+            out.append(f"{ABLATION_LABELS[run]} ({vals}{f'; mean of {n} seeds' if n > 1 else ''})")
+    return "; ".join(out)
