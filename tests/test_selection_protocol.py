@@ -272,3 +272,30 @@ def test_halves_summary_paired_errors_and_the_selection_rule():
     with pytest.raises(DemHECError, match="selection half only"):
         ex.select_run(ex.halves_summary(dict(base, split="report"), report))
     assert isinstance(s, pd.DataFrame)
+
+
+def test_controls_verdict_reads_the_paired_errors():
+    rng = np.random.default_rng(1)
+    n = 2000
+    clean, noise = rng.random(n) < 0.85, rng.random(n) < 0.4
+    gain = rng.random(n) < 0.3  # Dem-HEC fixes 30% of the noise images, the control 3%
+    small = rng.random(n) < 0.03
+    base = _half_record("report", clean, noise)
+    runs = {("demhec", 0): _half_record("report", clean, noise | gain),
+            ("random_noise", 0): _half_record("report", clean, noise | small)}
+    s = ex.halves_summary(base, runs, reference=("demhec", 0))
+    lines = ex.controls_verdict(s, controls=("random_noise", "gaussian_aug"))
+    assert "report half" in lines[0] and lines[0].endswith(": met).")  # +17 noise, no clean cost
+    assert "ahead by at least 3 points" in lines[1] and "random-noise" in lines[1]
+    assert "not run" in lines[2]
+    with pytest.raises(DemHECError, match="reference"):
+        ex.controls_verdict(ex.halves_summary(base, runs))
+
+
+def test_existing_halves_reads_only_what_is_there(tmp_path):
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    assert ex.existing_halves(exp, ["demhec"]) == (None, {})
+    made = ex.ablation_halves(exp, "random_noise")
+    base, runs = ex.existing_halves(exp, ["demhec", "random_noise"])
+    assert base is None and list(runs) == [("random_noise", 0)]
+    assert runs[("random_noise", 0)]["report"]["metrics"] == made["report"]["metrics"]

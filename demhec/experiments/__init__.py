@@ -22,6 +22,7 @@ from .ablations import (
     ablation_halves,
     ablation_model,
     ablation_result,
+    existing_halves,
     paired_gain_result,
 )
 from .notebook import NotebookContext, check_baselines, notebook_setup, resolve_path
@@ -66,6 +67,7 @@ from .tables import (
     check_summary,
     clean_accuracy_with_paper,
     collect_clean_accuracy,
+    controls_verdict,
     entropy_summary,
     family_table,
     gain_table,
@@ -87,6 +89,8 @@ from .tables import (
 )
 
 __all__ = [
+    "existing_halves",
+    "controls_verdict",
     "CONTROLS",
     "RUNS",
     "ablation_halves",

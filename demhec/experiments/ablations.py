@@ -177,6 +177,30 @@ def ablation_halves(exp: Experiment, run: str, suite: str = "cifar-c",
     return halves_result(exp, "after", suite, severities=severities, config=cfg, tag=tag, run=run)
 
 
+def existing_halves(exp: Experiment, runs: Sequence[str], seeds: Sequence[int] = (0,), suite: str = "cifar-c"
+                    ) -> tuple[dict[str, dict] | None, dict[tuple[str, int], dict[str, dict]]]:
+    """The halves results of the base model and of each (run, seed) whose two files exist, read
+    (fingerprints checked, nothing computed): ``(base, {(run, seed): {"selection": .., "report": ..}})``,
+    base None when its files are missing. What a notebook shows of runs still in progress."""
+    from dataclasses import replace as _replace
+
+    from .pipeline import EVAL_HALVES
+
+    exp = _replace(exp, allow_train=False)
+
+    def present(tag: str, seed: int) -> bool:
+        suffix = "" if seed == 0 else f"_seed{seed}"
+        return all((exp.cell_dir / "halves" / f"{tag}_{suite}{suffix}_{h}.json").exists() for h in EVAL_HALVES)
+
+    base = halves_result(exp, "before", suite) if present("before", 0) else None
+    runs_out = {}
+    for seed in seeds:
+        for run in runs:
+            if present(_ablation_config(exp, run)[1], seed):
+                runs_out[(run, seed)] = ablation_halves(_replace(exp, seed=seed), run, suite)
+    return base, runs_out
+
+
 def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severity: int = 5) -> dict:
     """The acceptance quantities of ``run`` (its change from the base model on clean images and
     on the three noises' mean at ``severity``) with the standard errors that the finite

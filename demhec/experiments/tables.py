@@ -405,6 +405,42 @@ def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gai
             "candidates": list(means.index)}
 
 
+def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
+                     controls: Sequence[str] = ("random_noise", "gaussian_aug", "plain"), z: float = 1.96) -> list[str]:
+    """Plain-language lines from a :func:`halves_summary` (one half, ``reference`` = ``run``): the
+    run's change from the base, and its advantage over each control on the noise S5 mean and on
+    clean accuracy, with the paired standard errors over the half's images; a difference is called
+    a difference only when it exceeds ``z`` of them. Seed means where several seeds exist (their
+    errors then are the mean of the per-seed errors, an approximation)."""
+    if "r_noise_s5" not in summary:
+        raise DemHECError("controls_verdict needs a halves_summary made with reference=(run, seed)")
+    m = summary.groupby("run", sort=False)[["d_clean", "se_clean", "d_noise_s5", "se_noise_s5", "r_clean",
+                                             "r_se_clean", "r_noise_s5", "r_se_noise_s5"]].mean()
+    half = summary.split.iloc[0]
+    if run not in m.index:
+        return [f"{run} has no result on the {half} half yet."]
+
+    def said(d: float, se: float) -> str:
+        return f"{d:+.2f} ± {se:.2f}" + ("" if abs(d) > z * se else " (within the images' noise)")
+
+    r = m.loc[run]
+    lines = [f"{ABLATION_LABELS[run]} on the {half} half: clean {said(r.d_clean, r.se_clean)} points, "
+             f"noise S5 mean {said(r.d_noise_s5, r.se_noise_s5)} points from the base "
+             f"(targets: clean >= -4, noise >= +10: {'met' if r.d_clean >= -4 and r.d_noise_s5 >= 10 else 'not met'})."]
+    for c in controls:
+        if c not in m.index:
+            lines.append(f"{ABLATION_LABELS[c]}: not run on the {half} half yet.")
+            continue
+        k = m.loc[c]
+        # r_* is control minus run: the run's advantage is its negative
+        adv, adv_se, cl, cl_se = -k.r_noise_s5, k.r_se_noise_s5, -k.r_clean, k.r_se_clean
+        verdict = ("ahead by at least 3 points" if adv - z * adv_se >= 3 else
+                   "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
+        lines.append(f"vs {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} points "
+                     f"in favour of {run}: {verdict}.")
+    return lines
+
+
 # --- the GPU run (scripts/gpu_reproduction.py) ---------------------------------------------------
 
 GPU_BASES = {"gpu": "CPU base", "gpu_strong": "strong base (trained on the GPU)"}
