@@ -433,7 +433,7 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
             continue
         k = m.loc[c]
         # r_* is control minus run: the run's advantage is its negative
-        adv, adv_se, cl, cl_se = -k.r_noise_s5, k.r_se_noise_s5, -k.r_clean, k.r_se_clean
+        adv, adv_se, cl, cl_se = 0.0 - k.r_noise_s5, k.r_se_noise_s5, 0.0 - k.r_clean, k.r_se_clean
         verdict = ("ahead by at least 3 points" if adv - z * adv_se >= 3 else
                    "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
         lines.append(f"vs {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} points "
