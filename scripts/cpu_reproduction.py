@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
                         "evaluation split, after the base model (issue 16); only this stage runs")
     p.add_argument("--gpu-halves", action="store_true",
                    help="score the committed GPU phase-A checkpoints on both halves (no training); only this stage runs")
+    p.add_argument("--no-base", action="store_true",
+                   help="with --halves: do not score the base model (its halves results exist, or the GPU "
+                        "profile's of the same committed base state dict stand in for them)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.gpu_halves:
         return gpu_halves_stage(args, stage)
     if args.halves is not None:
-        return halves_stage(args.halves.split(","), seeds, exp, stage)
+        return halves_stage(args.halves.split(","), seeds, exp, stage, base=not args.no_base)
     if args.tta_only:
         return tta_stage(first, stage)
     stage("base model", base_model, first)
@@ -120,14 +123,15 @@ def gpu_halves_stage(args, stage) -> None:
         stage(f"GPU {run} on both halves", ablation_halves, gpu, run)
 
 
-def halves_stage(names: list[str], seeds: list[int], exp, stage) -> None:
+def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
     """Issue 16: the base model and each run of ``names``, per seed, on both halves; then, for
     the GPU script's phase-A runs among them (seed 0), the whole split as well, which notebook 09
     sets beside the GPU results."""
     for name in names:
         if name not in RUNS:
             raise SystemExit(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
-    stage("base model on both halves", halves_result, exp(seeds[0]), "before")
+    if base:
+        stage("base model on both halves", halves_result, exp(seeds[0]), "before")
     for seed in seeds:
         for name in names:
             stage(f"{name} seed {seed} on both halves", ablation_halves, exp(seed), name)
