@@ -436,8 +436,8 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
         adv, adv_se, cl, cl_se = 0.0 - k.r_noise_s5, k.r_se_noise_s5, 0.0 - k.r_clean, k.r_se_clean
         verdict = ("ahead by at least 3 points" if adv - z * adv_se >= 3 else
                    "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
-        lines.append(f"vs {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} points "
-                     f"in favour of {run}: {verdict}.")
+        lines.append(f"{run} minus {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} "
+                     f"points: {verdict} on noise.")
     return lines
 
 
