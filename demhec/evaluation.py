@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "as_float_images",
+    "cell_logits",
     "evaluate",
     "expected_calibration_error",
     "family_means",
@@ -32,6 +33,7 @@ __all__ = [
     "paired_difference",
     "paired_gain",
     "predict",
+    "scored_rows",
 ]
 
 
@@ -283,6 +285,42 @@ def paired_gain(
                                               **where)]
     out["corrupted"] = paired_difference(torch.stack([a for a, _ in cells], 1), torch.stack([b for _, b in cells], 1))
     return out
+
+
+def cell_logits(
+    model: nn.Module,
+    data: Any,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    suite: str = "cifar-c",
+    **kw: Any,
+) -> dict[tuple[str, int], Tensor]:
+    """The model's logits on every image of the clean set (key ("clean", 0)) and of every
+    (corruption, severity) cell, in the images' order: what :func:`evaluate` scores, kept per
+    image so that subsets of the images (the halves of a selection protocol) are scored from one
+    pass. ``kw`` as for :func:`paired_gain`."""
+    import dataclasses
+
+    from .corruptions import corrupted_sets
+    from .runs import EvalRun
+
+    run_keys = {f.name for f in dataclasses.fields(EvalRun)}
+    options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
+    where = {k: v for k, v in kw.items() if k not in run_keys}
+    images, labels = (data.images, data.labels) if hasattr(data, "images") else data
+    how = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
+    out = {("clean", 0): predict(model, images, **how).cpu()}
+    for c, s, x, _ in corrupted_sets(images, labels, corruptions, severities, suite, workers=options.workers,
+                                     progress=options.progress, classes=getattr(data, "classes", None), **where):
+        out[(c, int(s))] = predict(model, x, **how).cpu()
+    return out
+
+
+def scored_rows(logits: dict[tuple[str, int], Tensor], labels: Any, index: Any = None) -> pd.DataFrame:
+    """:func:`evaluate`'s table from :func:`cell_logits`, on the images ``index`` (all: None)."""
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    idx = slice(None) if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long)
+    return pd.DataFrame([_row(c, s, z[idx], y[idx]) for (c, s), z in logits.items()])
 
 
 def family_means(df: pd.DataFrame) -> pd.Series:

@@ -11,10 +11,28 @@ from ._common import DemHECError, check_choice, check_range, eval_mode
 from .entropy import prediction_entropy, softmax_entropy
 from .losses import forward_with_features
 
-__all__ = ["OBJECTIVES", "high_entropy_samples"]
+__all__ = ["OBJECTIVES", "SAMPLES", "high_entropy_samples", "uniform_ball_samples"]
 
 OBJECTIVES = ("output", "features")
 DIRECTIONS = ("high", "low")
+# How x' is made: "ascent" (Alg. 2) or "uniform" (the random-noise control: a uniform point of
+# the same eps-ball, no ascent).
+SAMPLES = ("ascent", "uniform")
+
+
+def uniform_ball_samples(x: Tensor, eps: float, *, generator: torch.Generator | None = None,
+                         noise: Tensor | None = None) -> Tensor:
+    """The random-noise control of x' (issue 16): a uniform point of the L-inf ball of radius
+    ``eps`` around ``x``, clipped to [0, 1]; exactly the random start of Alg. 2 with no ascent
+    step, so it never looks at a model. ``noise`` (uniform draws in [0, 1) shaped like ``x``)
+    replaces the draws from ``generator``, as in :func:`high_entropy_samples`."""
+    x = _pixel_units(x).detach().float()
+    check_range("eps", eps, 0.0, 1.0)
+    if noise is None:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    elif noise.shape != x.shape:
+        raise DemHECError(f"noise must be shaped like x {tuple(x.shape)}, got {tuple(noise.shape)}")
+    return (x + (2 * noise.to(x.dtype) - 1) * eps).clamp(0, 1)
 
 
 def high_entropy_samples(

@@ -54,11 +54,14 @@ def forward_with_features(model: nn.Module, x: Tensor, head: str | None = None) 
     return logits, captured[-1].flatten(1)
 
 
-def info_nce(v: Tensor, v_prime: Tensor, tau: float = 0.2) -> Tensor:
+def info_nce(v: Tensor, v_prime: Tensor, tau: float = 0.2, labels: Tensor | None = None) -> Tensor:
     """Eq. 10: symmetric InfoNCE between paired embeddings with in-batch negatives.
 
     Both sets are l2-normalised here (norm(g(x)) in Alg. 1), so sim is cosine similarity.
     Row i of ``v`` is the positive of row i of ``v_prime``; every other row is a negative.
+    With ``labels`` (B,), the other images of row i's class are removed from its negatives
+    (masked InfoNCE, issue 16): eq. 10 pushes g(x_i) away from every other image's g(x'_j),
+    same-class ones included, which a supervised model's features should not do.
     """
     if v.shape != v_prime.shape or v.dim() != 2:
         raise DemHECError(f"info_nce needs two (B, D) tensors of one shape, got {tuple(v.shape)} "
@@ -67,6 +70,13 @@ def info_nce(v: Tensor, v_prime: Tensor, tau: float = 0.2) -> Tensor:
     v_prime = F.normalize(v_prime.float(), dim=1)
     sim = v @ v_prime.t() / tau
     target = torch.arange(len(v), device=v.device)
+    if labels is not None:
+        labels = torch.as_tensor(labels, device=v.device)
+        if labels.shape != (len(v),):
+            raise DemHECError(f"info_nce labels must be shaped ({len(v)},), got {tuple(labels.shape)}")
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)  # the positive stays
+        sim = sim.masked_fill(same, float("-inf"))  # symmetric mask: sim.t() is masked alike
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
 
 

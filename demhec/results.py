@@ -101,14 +101,17 @@ def write_result(
     data: Mapping[str, Any],
     seed: int,
     fingerprint: Mapping[str, Any] | None = None,
+    split: str | None = None,
 ) -> dict:
     """Write one result JSON atomically and return its content (with ``fingerprint``, see
-    :func:`fingerprint`, when it is a cache that must be checked before reuse)."""
+    :func:`fingerprint`, when it is a cache that must be checked before reuse, and ``split``,
+    the half of the evaluation images it was scored on, when it was scored on one)."""
     record = {
         "schema": SCHEMA,
         "kind": kind,
         "profile": profile,
         "seed": seed,
+        **({"split": split} if split is not None else {}),
         "config": _jsonable(config),
         "data": _jsonable(data),
         "metrics": _jsonable(metrics),
@@ -142,6 +145,7 @@ def fingerprint(spec: Mapping[str, Any]) -> dict[str, Any]:
     Values go through JSON, as they are stored, so a fresh fingerprint compares equal to a
     recorded one (tuples become lists)."""
     flat: dict[str, Any] = {}
+    spec = _without_unchanged(spec)
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, Mapping):
@@ -152,6 +156,20 @@ def fingerprint(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     walk("", json.loads(json.dumps(_jsonable(spec))))
     return flat
+
+
+def _without_unchanged(obj: Any) -> Any:
+    """``obj`` with every dataclass field marked ``metadata={"fingerprint": "if_changed"}`` left out
+    where it holds its default (fields added after caches were made at that default)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _without_unchanged(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("fingerprint") == "if_changed" and f.default is not dataclasses.MISSING
+                        and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, Mapping):
+        return {k: _without_unchanged(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_without_unchanged(v) for v in obj]
+    return obj
 
 
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:

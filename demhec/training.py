@@ -38,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._common import DemHECError, atomic_write, check_choice, check_range
 from .batches import AUGMENTS
-from .distributed import gather_with_grad, is_main, mean_over_ranks, rank_and_world
-from .generation import DIRECTIONS, OBJECTIVES, high_entropy_samples
+from .distributed import gather, gather_with_grad, is_main, mean_over_ranks, rank_and_world
+from .generation import DIRECTIONS, OBJECTIVES, SAMPLES, high_entropy_samples, uniform_ball_samples
 from .losses import forward_with_features, info_nce, kd_loss
 from .runs import TrainRun
 
@@ -78,6 +78,12 @@ class TrainConfig:
 # as "train", but only the clean pass updates the running statistics. "frozen": every
 # BatchNorm layer keeps the pretrained running statistics (eval mode); its affine weights train.
 BN_MODES = ("train", "clean", "frozen")
+# InfoNCE's negatives: "all" (eq. 10: every other image of the batch) or "other_classes" (the
+# other images of the anchor's class removed).
+NEGATIVES = ("all", "other_classes")
+# Fields added after results were committed: a fingerprint records one only where it is set away
+# from its default, so every cache made before the field existed (at its default) stays valid.
+_IF_CHANGED = {"fingerprint": "if_changed"}
 
 
 def _freeze_from_text(text: str) -> str | tuple[str, ...]:
@@ -121,9 +127,18 @@ class DemHECConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
     optimizer: str = "sgd"  # A.3: SGD; "adamw" for transformers trained from scratch here
     seed: int = 0
+    # Issue 16's controls and options; the defaults are the paper's method.
+    samples: str = field(default="ascent", metadata=_IF_CHANGED)  # x': "ascent" (Alg. 2) or "uniform" (random-noise control: a uniform point of the same eps-ball, no ascent)
+    negatives: str = field(default="all", metadata=_IF_CHANGED)  # InfoNCE negatives: "all" (eq. 10) or "other_classes" (same-class images removed)
+    noise_sigma: float = field(default=0.0, metadata=_IF_CHANGED)  # Gaussian-noise augmentation (Rusak et al. 2020): per image sigma ~ U(0, noise_sigma) on [0, 1] pixels; 0 = off
+    noise_clean_share: float = field(default=0.5, metadata=_IF_CHANGED)  # with noise_sigma > 0: the share of images left clean (Rusak et al. train on half clean, half noisy)
 
     def __post_init__(self) -> None:
         _check_common(self)
+        check_choice("sample generation", self.samples, SAMPLES)
+        check_choice("InfoNCE negatives", self.negatives, NEGATIVES)
+        check_range("noise_sigma", self.noise_sigma, 0.0, 1.0)
+        check_range("noise_clean_share", self.noise_clean_share, 0.0, 1.0)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("lambda_c", self.lambda_c, 0.0)
         check_range("lambda_kd", self.lambda_kd, 0.0)
@@ -317,6 +332,9 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+_NOISE_STREAM = 0x6E6F697365  # the Gaussian-augmentation draws' own stream of a step
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -573,6 +591,21 @@ class _StudentPasses(nn.Module):
             return (logits, v, *forward_with_features(self.model, x_he, self.head))
 
 
+def gaussian_augment(x: Tensor, sigma: float, clean_share: float, gen: torch.Generator) -> Tensor:
+    """Gaussian-noise augmentation (GNT, Rusak et al. 2020): each image gets N(0, s^2) pixel noise
+    with its own s drawn uniformly from [0, ``sigma``], except a ``clean_share`` of the images,
+    left clean; clipped to [0, 1]. Draws are made for the global batch and sliced per rank, so N
+    ranks reproduce one process."""
+    rank, world = rank_and_world()
+    n = len(x)
+    shape = (n * world, *x.shape[1:])
+    s = torch.rand(n * world, generator=gen, device=x.device) * sigma
+    s = torch.where(torch.rand(n * world, generator=gen, device=x.device) < clean_share, torch.zeros_like(s), s)
+    z = torch.randn(shape, generator=gen, device=x.device, dtype=torch.float32)
+    sl = slice(rank * n, (rank + 1) * n)
+    return (x + s[sl].view(-1, 1, 1, 1).to(x.dtype) * z[sl].to(x.dtype)).clamp(0, 1)
+
+
 def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
     """The ascent's random-start draws for this rank: its slice of the global batch's draws,
     so N ranks reproduce one process (None in one process: the generator draws as usual)."""
@@ -652,14 +685,20 @@ def finetune(
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
         x_he = None
+        if cfg.noise_sigma > 0:
+            gen = torch.Generator(device=x.device).manual_seed(_step_seed(cfg.seed, step) ^ _NOISE_STREAM)
+            x = gaussian_augment(x, cfg.noise_sigma, cfg.noise_clean_share, gen)
         if cfg.needs_samples:
-            # Generation uses the bare model: its input-gradient passes are not training passes.
             gen = torch.Generator(device=x.device).manual_seed(_step_seed(cfg.seed, step))
-            x_he = high_entropy_samples(
-                model, x, cfg.eps, cfg.step_size, cfg.steps, cfg.random_start,
-                objective=cfg.objective, direction=cfg.direction, head=cfg.head, generator=gen,
-                noise=_start_noise(x, gen),
-            )
+            if cfg.samples == "uniform":
+                x_he = uniform_ball_samples(x, cfg.eps, generator=gen, noise=_start_noise(x, gen))
+            else:
+                # Generation uses the bare model: its input-gradient passes are not training passes.
+                x_he = high_entropy_samples(
+                    model, x, cfg.eps, cfg.step_size, cfg.steps, cfg.random_start,
+                    objective=cfg.objective, direction=cfg.direction, head=cfg.head, generator=gen,
+                    noise=_start_noise(x, gen),
+                )
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
             logits, v, *he = student(x, x_he)
             if cfg.alpha < 1:
@@ -670,7 +709,8 @@ def finetune(
                     parts["ce_he"] = F.cross_entropy(logits_he.float(), y)
                 if cfg.lambda_c > 0:
                     # The global batch's negatives, as in one process.
-                    parts["info_nce"] = info_nce(gather_with_grad(v), gather_with_grad(v_he), cfg.tau)
+                    labels = gather(y) if cfg.negatives == "other_classes" else None
+                    parts["info_nce"] = info_nce(gather_with_grad(v), gather_with_grad(v_he), cfg.tau, labels)
             if cfg.lambda_kd > 0:
                 with torch.no_grad():
                     t_logits = teacher(x)

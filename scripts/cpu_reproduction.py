@@ -5,6 +5,14 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
 
     python scripts/cpu_reproduction.py                 # profile cpu, seeds 0, 1 and 2
     python scripts/cpu_reproduction.py --data-root /path/to/imagefolder_or_archive
+    python scripts/cpu_reproduction.py --halves demhec,plain,random_noise --seeds 0   # issue 16
+    python scripts/cpu_reproduction.py --gpu-halves    # the GPU run's committed checkpoints, re-scored
+
+``--halves`` scores the base model and each named run (a key of ``experiments.RUNS``; fine-tuned
+where its checkpoint is missing) on both halves of the evaluation split, the selection protocol of
+issue 16: configurations are chosen on the "selection" half and reported on the "report" half.
+``--gpu-halves`` does the same for the committed state dicts of scripts/gpu_reproduction.py's
+phase A (the "gpu" profile), without training anything.
 """
 
 from __future__ import annotations
@@ -17,10 +25,14 @@ from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
     ABLATIONS,
+    GPU_A_RUNS,
     LATE_RUNS,
+    RUNS,
     Experiment,
+    ablation_halves,
     ablation_result,
     base_model,
+    halves_result,
     paired_gain_result,
     robustness_result,
 )
@@ -41,6 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tta-only", action="store_true",
                    help="run only the test-time adaptation stage (needs the committed checkpoints)")
+    p.add_argument("--halves", default=None,
+                   help="comma-separated runs (keys of experiments.RUNS) to score on both halves of the "
+                        "evaluation split, after the base model (issue 16); only this stage runs")
+    p.add_argument("--gpu-halves", action="store_true",
+                   help="score the committed GPU phase-A checkpoints on both halves (no training); only this stage runs")
+    p.add_argument("--no-base", action="store_true",
+                   help="with --halves: do not score the base model (its halves results exist, or the GPU "
+                        "profile's of the same committed base state dict stand in for them)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -56,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[stage] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
     first = exp(seeds[0])
+    if args.gpu_halves:
+        return gpu_halves_stage(args, stage)
+    if args.halves is not None:
+        return halves_stage(args.halves.split(","), seeds, exp, stage, base=not args.no_base)
     if args.tta_only:
         return tta_stage(first, stage)
     stage("base model", base_model, first)
@@ -73,6 +97,47 @@ def main(argv: list[str] | None = None) -> None:
         if run not in (*MAIN_RUNS, *LATE_RUNS):
             stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=(5,))
     tta_stage(first, stage)
+
+
+def gpu_halves_stage(args, stage) -> None:
+    """The GPU phase-A state dicts that are committed, scored on both halves on this machine. A
+    checkpoint is used only when its fingerprint is the one its run asks for (a fine-tune of the
+    GPU profile's schedule is never started here)."""
+    import json
+
+    from demhec.experiments.ablations import _ablation_config
+    from demhec.experiments.pipeline import model_spec
+    from demhec.results import fingerprint
+
+    gpu = Experiment(profile="gpu", dataset="cifar10", backbone="resnet20", results_dir=args.results_dir,
+                     data_root=args.data_root, device=args.device, recompute=args.recompute,
+                     progress=not args.no_progress)
+    stage("GPU base (the CPU base) on both halves", halves_result, gpu, "before")
+    for run in GPU_A_RUNS:
+        path = gpu.checkpoint("demhec" if run == "demhec" else f"demhec_{run}")
+        side = path.with_suffix(".fingerprint.json")
+        wanted = fingerprint(model_spec(gpu, "demhec", _ablation_config(gpu, run)[0]))
+        if not side.exists() or json.loads(side.read_text()) != wanted:
+            print(f"[skip] GPU {run}: no committed checkpoint made with its config ({path})", flush=True)
+            continue
+        stage(f"GPU {run} on both halves", ablation_halves, gpu, run)
+
+
+def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
+    """Issue 16: the base model and each run of ``names``, per seed, on both halves; then, for
+    the GPU script's phase-A runs among them (seed 0), the whole split as well, which notebook 09
+    sets beside the GPU results."""
+    for name in names:
+        if name not in RUNS:
+            raise SystemExit(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
+    if base:
+        stage("base model on both halves", halves_result, exp(seeds[0]), "before")
+    for seed in seeds:
+        for name in names:
+            stage(f"{name} seed {seed} on both halves", ablation_halves, exp(seed), name)
+    for name in names:
+        if name in GPU_A_RUNS:
+            stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)
 
 
 def tta_stage(first: Experiment, stage) -> None:

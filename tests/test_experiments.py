@@ -394,7 +394,7 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
 # kind fails the parametrised tests below until it is given one here.
 OTHER_VALUE = {"kd_direction": "student_teacher", "objective": "features", "direction": "low",
                "freeze": "none", "bn": "clean", "augment": "none", "optimizer": "adamw", "head": "fc",
-               "max_steps": 3}
+               "max_steps": 3, "samples": "uniform", "negatives": "other_classes"}
 
 
 def _other(cfg, name):

@@ -57,8 +57,9 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     tmp, out, results, stdout = smoke_run
     run = json.loads((results / "gpu_smoke" / "run.json").read_text())
     jobs = run["metrics"]["jobs"]
-    expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ("demhec", "plain", "no_infonce",
-                "late_frozen_tuned")), "b_base", "b_demhec", "b_plain"}
+    expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ex.GPU_A_RUNS), "b_base", "b_demhec",
+                "b_plain"}
+    assert {"demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
     assert set(jobs) == expected
     assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
     assert all(j["wall_s"] > 0 for j in jobs.values())
@@ -71,8 +72,8 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     assert jobs["a_plain"]["steps"] == ex.PROFILES["gpu_smoke"].demhec.max_steps
     a = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
     b = results / "gpu_smoke" / "strong_base" / "cifar10_jpeg" / "resnet20"
-    names = {"before_cifar-c.json", "after_cifar-c.json", "after_plain_cifar-c.json",
-             "after_no_infonce_cifar-c.json", "after_late_frozen_tuned_cifar-c.json"}
+    names = {"before_cifar-c.json", *(f"after_{r}_cifar-c.json".replace("after_demhec_", "after_")
+                                      for r in ex.GPU_A_RUNS)}
     assert {p.name for p in a.glob("*.json")} == names
     assert {p.name for p in b.glob("*.json")} == {"before_cifar-c.json", "after_cifar-c.json",
                                                   "after_plain_cifar-c.json"}

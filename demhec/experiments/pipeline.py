@@ -597,6 +597,109 @@ def robustness_path(exp: Experiment, phase: str = "before", suite: str = "cifar-
     return exp.cell_dir / f"{name}{f'_{adapt}' if adapt else ''}_{suite}{which}{suffix}.json"
 
 
+# --- the selection protocol (issue 16) -------------------------------------------------------
+
+# The evaluation split's two halves: a configuration is chosen on "selection" and reported on
+# "report". Per class, a permutation seeded by HALF_SEED puts the first half (rounded down) of
+# that class's images in "selection" and the rest in "report" (250 and 250 of each class's 500 in
+# the cpu profile); the halves depend on the labels alone, never on a model.
+EVAL_HALVES = ("selection", "report")
+HALF_SEED = 0
+
+
+def eval_halves(labels: Any, seed: int = HALF_SEED) -> dict[str, np.ndarray]:
+    """The sorted indices of each half of the evaluation images (see :data:`EVAL_HALVES`)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[np.ndarray]] = {h: [] for h in EVAL_HALVES}
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        out["selection"].append(idx[:len(idx) // 2])
+        out["report"].append(idx[len(idx) // 2:])
+    return {h: np.sort(np.concatenate(v)) if v else np.zeros(0, int) for h, v in out.items()}
+
+
+def pack_outcomes(correct: np.ndarray) -> str:
+    """Per-image 0/1 outcomes as a hex string (one bit per image), stored in a half's result so
+    that any two results of one half are compared paired over images without their models."""
+    return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_outcomes(text: str, n: int) -> np.ndarray:
+    """The inverse of :func:`pack_outcomes` for ``n`` images."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def halves_result(
+    exp: Experiment,
+    phase: str = "before",
+    suite: str = "cifar-c",
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] | None = None,
+    *,
+    config: DemHECConfig | None = None,
+    tag: str | None = None,
+    run: str | None = None,
+) -> dict[str, dict]:
+    """The ``phase`` model ("before" or "after" with ``config``) scored on each half of the
+    evaluation split: {"selection": record, "report": record}, each a robustness result of its
+    half (``split`` names it, at the top level and in its config) with, per cell, every image's
+    outcome (``metrics.correct``, see :func:`pack_outcomes`) for paired comparisons. Both halves
+    come from one scoring of the whole split on the same corrupted images as
+    :func:`robustness_result`, so the two halves' correct counts add up to its counts. Cached
+    under ``<cell_dir>/halves/<tag>_<suite>[_seedN]_<half>.json``."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
+    from ..evaluation import cell_logits, scored_rows
+
+    check_choice("phase of a halves result", phase, ("before", "after"))
+    corruptions = list(PAPER_CORRUPTIONS if corruptions is None else corruptions)
+    severities = list(PAPER_SEVERITIES if severities is None else severities)
+    if phase == "after" and tag is None:
+        tag = config_tag(exp, config)
+    name = tag or phase
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", _run_config(exp, config))
+    scored = scored_on(suite, corruptions=corruptions, severities=severities)
+    kind = f"robustness/{phase}"
+
+    @functools.cache
+    def scored_all() -> tuple[Any, dict, np.ndarray]:
+        data = eval_data(exp)
+        k = len(data.classes)
+        if phase == "before":
+            model = base_model(exp, k)
+        else:
+            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
+        return data, cell_logits(model, data, corruptions, severities, suite, **corrupted_eval_kw(exp)), data.labels
+
+    def compute(half: str) -> dict:
+        data, logits, labels = scored_all()
+        idx = eval_halves(labels)[half]
+        table = scored_rows(logits, labels, idx)
+        y = np.asarray(labels)[idx]
+        correct = {f"{c}/{s}": pack_outcomes(z.argmax(1).numpy()[idx] == y) for (c, s), z in logits.items()}
+        return dict(kind=kind, profile=exp.profile, split=half,
+                    config={"experiment": experiment_config(exp), "model": spec["config"], **scored,
+                            "run": run, "split": half, "split_seed": HALF_SEED},
+                    metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
+                             "table": table, "correct": correct, "n": len(idx)},
+                    data={**provenance(data), "half": f"{half} half of the evaluation split "
+                          f"(half of each class, seed {HALF_SEED})", "count": str(len(idx)),
+                          "split_count": str(len(labels))},
+                    seed=exp.seed)
+
+    out = {}
+    for half in EVAL_HALVES:
+        path = exp.cell_dir / "halves" / f"{name}_{suite}{suffix}_{half}.json"
+        out[half] = get_or_compute(path, functools.partial(compute, half),
+                                   fingerprint=result_spec(exp, kind, spec, **scored, split=half,
+                                                           split_seed=HALF_SEED),
+                                   allow_train=exp.allow_train, recompute=exp.recompute,
+                                   what=f"{name} on {suite}, {half} half")
+    return out
+
+
 def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
     """The fingerprint of a result: its kind, the model's spec (:func:`model_spec`), the
     evaluation images and how they were corrupted and scored (``scored``: suite, corruptions,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .._common import DemHECError
 from ..results import compare_with_paper, paper_table, read_result
-from .ablations import ABLATION_LABELS, ABLATIONS, NOISE
+from .ablations import ABLATION_LABELS, NOISE, RUNS
 
 log = logging.getLogger(__name__)
 
@@ -332,12 +332,123 @@ def suite_agreement(records: dict[str, dict], paper_dataset: str, paper_backbone
     return table, summary
 
 
+# --- the selection protocol (issue 16) -------------------------------------------------------
+
+
+def outcomes(record: dict, corruption: str, severity: int) -> np.ndarray:
+    """Per-image 0/1 outcomes of one cell of a half's result (:func:`~.pipeline.halves_result`)."""
+    from .pipeline import unpack_outcomes
+
+    key = f"{corruption}/{severity}"
+    correct = record["metrics"].get("correct")
+    if correct is None or key not in correct:
+        raise DemHECError(f"result holds no per-image outcomes of {key} (is it a halves result?)")
+    return unpack_outcomes(correct[key], int(record["metrics"]["n"]))
+
+
+def _split_of(records: Sequence[dict]) -> str:
+    splits = {r.get("split") for r in records}
+    if len(splits) != 1 or None in splits:
+        raise DemHECError(f"records of one comparison must be scored on one half, got {sorted(map(str, splits))}")
+    return splits.pop()
+
+
+def paired_records(a: dict, b: dict, cells: Sequence[tuple[str, int]]) -> dict[str, float]:
+    """``b`` minus ``a`` in points on the mean over ``cells`` (image by image), with the standard
+    error paired over the images (:func:`~demhec.evaluation.paired_difference`); both records must
+    be of one half."""
+    from ..evaluation import paired_difference
+
+    _split_of([a, b])
+    oa = np.stack([outcomes(a, c, s) for c, s in cells], 1)
+    ob = np.stack([outcomes(b, c, s) for c, s in cells], 1)
+    return paired_difference(oa, ob)
+
+
+def halves_summary(base: dict, runs: dict[tuple[str, int], dict], reference: tuple[str, int] | None = None,
+                   severity: int = 5) -> pd.DataFrame:
+    """:func:`ablation_summary` of records of one half, with the paired standard error over the
+    half's images of each change from the base (``se_clean``, ``se_noise_s5``) and, with
+    ``reference`` (a key of ``runs``), each run's change from that run (``r_*``, ``r_se_*``):
+    what moves the clean cost of the reference config, and by more than the images' noise?"""
+    split = _split_of([base, *runs.values()])
+    df = ablation_summary(base, runs).assign(split=split)
+    clean, noise = [("clean", 0)], [(c, severity) for c in NOISE]
+    recs = [base, *runs.values()]
+    for name, cells in (("clean", clean), ("noise_s5", noise)):
+        df[f"se_{name}"] = [paired_records(base, r, cells)["se"] for r in recs]
+        if reference is not None:
+            ref = runs[reference]
+            pairs = [paired_records(ref, r, cells) for r in recs]
+            df[f"r_{name}"] = [p["diff"] for p in pairs]
+            df[f"r_se_{name}"] = [p["se"] for p in pairs]
+    return df
+
+
+def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0) -> dict:
+    """The selection rule of issue 16's acceptance, applied to a :func:`halves_summary` of the
+    selection half only (refused otherwise): among the runs (seed means) whose clean accuracy is
+    within ``max_clean_cost`` points of the base, the one with the largest noise S5 gain; when none
+    is, the largest noise gain minus clean cost. Returns the choice, the rule and whether the
+    choice meets both targets on the selection half."""
+    if set(summary.split) != {"selection"}:
+        raise DemHECError(f"a configuration is chosen on the selection half only, got {sorted(set(summary.split))}")
+    means = summary[summary.run != "base"].groupby("run", sort=False)[["d_clean", "d_noise_s5"]].mean()
+    within = means[means.d_clean >= -max_clean_cost]
+    if len(within):
+        run, rule = within.d_noise_s5.idxmax(), f"largest noise S5 gain with clean cost <= {max_clean_cost:g}"
+    else:
+        run, rule = (means.d_noise_s5 + means.d_clean).idxmax(), "largest noise S5 gain minus clean cost"
+    row = means.loc[run]
+    return {"run": run, "rule": rule, "d_clean": float(row.d_clean), "d_noise_s5": float(row.d_noise_s5),
+            "meets_targets": bool(row.d_clean >= -max_clean_cost and row.d_noise_s5 >= min_noise_gain),
+            "candidates": list(means.index)}
+
+
+def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
+                     controls: Sequence[str] = ("random_noise", "gaussian_aug", "plain"), z: float = 1.96) -> list[str]:
+    """Plain-language lines from a :func:`halves_summary` (one half, ``reference`` = ``run``): the
+    run's change from the base, and its advantage over each control on the noise S5 mean and on
+    clean accuracy, with the paired standard errors over the half's images; a difference is called
+    a difference only when it exceeds ``z`` of them. Seed means where several seeds exist (their
+    errors then are the mean of the per-seed errors, an approximation)."""
+    if "r_noise_s5" not in summary:
+        raise DemHECError("controls_verdict needs a halves_summary made with reference=(run, seed)")
+    m = summary.groupby("run", sort=False)[["d_clean", "se_clean", "d_noise_s5", "se_noise_s5", "r_clean",
+                                             "r_se_clean", "r_noise_s5", "r_se_noise_s5"]].mean()
+    half = summary.split.iloc[0]
+    if run not in m.index:
+        return [f"{run} has no result on the {half} half yet."]
+
+    def said(d: float, se: float) -> str:
+        return f"{d:+.2f} ± {se:.2f}" + ("" if abs(d) > z * se else " (within the images' noise)")
+
+    r = m.loc[run]
+    lines = [f"{ABLATION_LABELS[run]} on the {half} half: clean {said(r.d_clean, r.se_clean)} points, "
+             f"noise S5 mean {said(r.d_noise_s5, r.se_noise_s5)} points from the base "
+             f"(targets: clean >= -4, noise >= +10: {'met' if r.d_clean >= -4 and r.d_noise_s5 >= 10 else 'not met'})."]
+    for c in controls:
+        if c not in m.index:
+            lines.append(f"{ABLATION_LABELS[c]}: not run on the {half} half yet.")
+            continue
+        k = m.loc[c]
+        # r_* is control minus run: the run's advantage is its negative
+        adv, adv_se, cl, cl_se = 0.0 - k.r_noise_s5, k.r_se_noise_s5, 0.0 - k.r_clean, k.r_se_clean
+        verdict = ("ahead by at least 3 points" if adv - z * adv_se >= 3 else
+                   "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
+        lines.append(f"{run} minus {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} "
+                     f"points: {verdict} on noise.")
+    return lines
+
+
 # --- the GPU run (scripts/gpu_reproduction.py) ---------------------------------------------------
 
 GPU_BASES = {"gpu": "CPU base", "gpu_strong": "GPU-trained base"}
 # What the script fine-tunes from each base: the paper's config, its plain control, the InfoNCE
-# ablation and the CPU reproduction's best config; from the stronger base the first two.
-GPU_A_RUNS = ("demhec", "plain", "no_infonce", "late_frozen_tuned")
+# ablation and the CPU reproduction's best config, and issue 16's two controls of the paper's
+# config (random noise in the eps-ball, Gaussian-noise augmentation); from the stronger base the
+# first two.
+GPU_A_RUNS = ("demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug")
 GPU_B_RUNS = ("demhec", "plain")
 
 
@@ -354,7 +465,7 @@ def gpu_records(results_dir: str | os.PathLike, smoke: bool = False) -> dict[str
         if not before.exists():
             continue
         runs = {}
-        for run in ABLATIONS:
+        for run in RUNS:
             path = exp.cell_dir / f"{'after' if run == 'demhec' else f'after_{run}'}_cifar-c.json"
             if path.exists():
                 runs[(run, 0)] = read_result(path)

@@ -1,0 +1,301 @@
+"""Issue 16: the selection protocol (two halves of the evaluation split) and the new options
+(random-noise control, Gaussian-noise augmentation, masked InfoNCE, KD's literal direction)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from demhec import (
+    DemHECConfig,
+    finetune,
+    high_entropy_samples,
+    info_nce,
+    prediction_entropy,
+    training,
+)
+from demhec import experiments as ex
+from demhec._common import DemHECError
+from demhec.evaluation import paired_difference
+from demhec.generation import uniform_ball_samples
+from demhec.results import fingerprint
+from tests.conftest import TinyNet
+
+# --- masked InfoNCE -----------------------------------------------------------------------------
+
+
+def _masked_info_nce_loop(v, w, labels, tau):
+    """Eq. 10 written as two loops over anchors, the other images of an anchor's class left out
+    of its negatives."""
+    vn, wn = F.normalize(v, dim=1), F.normalize(w, dim=1)
+    n, total = len(v), 0.0
+    for i in range(n):
+        keep = [j for j in range(n) if j == i or labels[j] != labels[i]]
+        for a, b in ((vn, wn), (wn, vn)):
+            num = math.exp(float(a[i] @ b[i]) / tau)
+            den = sum(math.exp(float(a[i] @ b[j]) / tau) for j in keep)
+            total += math.log(num / den)
+    return -total / (2 * n)
+
+
+def test_masked_info_nce_equals_loop_reference():
+    torch.manual_seed(0)
+    v, w = torch.randn(8, 5), torch.randn(8, 5)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])
+    for tau in (0.2, 0.5):
+        assert info_nce(v, w, tau, labels).item() == pytest.approx(_masked_info_nce_loop(v, w, labels, tau), rel=1e-5)
+    # all labels distinct: nothing is removed, eq. 10 itself
+    assert info_nce(v, w, 0.2, torch.arange(8)).item() == pytest.approx(info_nce(v, w, 0.2).item(), rel=1e-6)
+    # one class only: each anchor keeps its positive alone, the loss is 0
+    assert info_nce(v, w, 0.2, torch.zeros(8, dtype=torch.long)).item() == pytest.approx(0.0, abs=1e-6)
+    # the masked loss is lower: fewer negatives in every denominator
+    assert info_nce(v, w, 0.2, labels) < info_nce(v, w, 0.2)
+    with pytest.raises(DemHECError, match="labels"):
+        info_nce(v, w, 0.2, labels[:3])
+
+
+def test_finetune_passes_labels_to_info_nce_only_when_masked(monkeypatch):
+    seen = []
+    real = training.info_nce
+
+    def spy(v, w, tau, labels=None):
+        seen.append(None if labels is None else labels.clone())
+        return real(v, w, tau, labels)
+
+    monkeypatch.setattr(training, "info_nce", spy)
+    g = torch.Generator().manual_seed(0)
+    data = ((torch.rand(8, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (8,), generator=g))
+    for negatives in ("all", "other_classes"):
+        cfg = DemHECConfig(epochs=1, batch_size=8, max_steps=1, warmup_epochs=0, augment="none", steps=1,
+                           negatives=negatives)
+        torch.manual_seed(0)
+        finetune(TinyNet(), data, cfg)
+    assert seen[0] is None and torch.equal(seen[1].sort().values, data[1].sort().values)  # the batch's labels
+
+
+# --- the random-noise control -------------------------------------------------------------------
+
+
+def test_uniform_samples_are_in_the_ball_and_not_ascended(tiny_net):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 8, 8, generator=g)
+    x[:4] = 0.0  # images at the edge of [0, 1]: the clip must hold
+    x[4:8] = 1.0
+    eps = 8 / 255
+
+    def draw(model):
+        return uniform_ball_samples(x, eps, generator=torch.Generator().manual_seed(3))
+
+    u = draw(tiny_net)
+    assert (u - x).abs().max() <= eps + 1e-6 and u.min() >= 0 and u.max() <= 1
+    assert (u - x).abs().mean() > eps / 4  # spread through the ball, not at its centre
+    # not ascended: the very random start of Alg. 2 (same draws), whatever the model
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(u, (x + (2 * noise - 1) * eps).clamp(0, 1))
+    torch.manual_seed(1)
+    assert torch.equal(draw(TinyNet()), u)
+    # the ascent from the same start raises the entropy; the control leaves it where noise puts it
+    he = high_entropy_samples(tiny_net, x, eps, 2 / 255, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h_u, h_he = prediction_entropy(tiny_net.eval()(u)).mean(), prediction_entropy(tiny_net(he)).mean()
+    assert h_he > h_u
+
+
+def test_finetune_random_noise_control_never_runs_the_ascent(monkeypatch):
+    made = []
+
+    def no_ascent(*a, **kw):
+        raise AssertionError("the random-noise control ran the entropy ascent")
+
+    real = training.uniform_ball_samples
+
+    def spy(x, eps, **kw):
+        out = real(x, eps, **kw)
+        made.append((x, out, eps))
+        return out
+
+    monkeypatch.setattr(training, "high_entropy_samples", no_ascent)
+    monkeypatch.setattr(training, "uniform_ball_samples", spy)
+    g = torch.Generator().manual_seed(0)
+    data = ((torch.rand(16, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (16,), generator=g))
+    cfg = DemHECConfig(epochs=1, batch_size=8, max_steps=2, warmup_epochs=0, augment="none", samples="uniform")
+    torch.manual_seed(0)
+    finetune(TinyNet(), data, cfg)
+    assert len(made) == 2
+    for x, u, eps in made:
+        assert eps == cfg.eps and (u - x).abs().max() <= cfg.eps + 1e-6 and not torch.equal(u, x)
+
+
+# --- Gaussian-noise augmentation ----------------------------------------------------------------
+
+
+def test_gaussian_augment_draws_sigma_per_image_and_leaves_a_clean_share():
+    x = torch.full((2000, 3, 16, 16), 0.5)
+    out = training.gaussian_augment(x, 0.1, 0.5, torch.Generator().manual_seed(0))
+    std = (out - x).flatten(1).std(1)
+    clean = std == 0
+    assert 0.45 < clean.float().mean() < 0.55
+    noisy = std[~clean]
+    assert noisy.max() < 0.1 * 1.1 and noisy.min() < 0.01  # sigmas spread over [0, 0.1]
+    assert abs(noisy.mean().item() - 0.05) < 0.005  # uniform in [0, 0.1]: mean 0.05
+    assert out.min() >= 0 and out.max() <= 1
+    again = training.gaussian_augment(x, 0.1, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(training.gaussian_augment(x, 0.1, 1.0, torch.Generator().manual_seed(0)), x)
+
+
+def test_gaussian_aug_finetune_trains_on_noisy_images(monkeypatch):
+    seen = []
+    real = training.gaussian_augment
+    monkeypatch.setattr(training, "gaussian_augment", lambda x, *a: seen.append(x) or real(x, *a))
+    g = torch.Generator().manual_seed(0)
+    data = ((torch.rand(16, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (16,), generator=g))
+    cfg = ex.demhec_config(ex.Experiment(profile="smoke"), **ex.RUNS["gaussian_aug"](DemHECConfig()))
+    assert (cfg.alpha, cfg.lambda_c, cfg.lambda_kd, cfg.noise_sigma) == (0, 0, 0, pytest.approx(0.10))
+    finetune(TinyNet(), data, dataclasses.replace(cfg, augment="none", batch_size=8, max_steps=2))
+    assert len(seen) == 2
+    finetune(TinyNet(), data, dataclasses.replace(cfg, augment="none", batch_size=8, max_steps=2, noise_sigma=0.0))
+    assert len(seen) == 2  # off at 0
+
+
+# --- config fields and the run registry ---------------------------------------------------------
+
+
+def test_new_fields_keep_the_paper_defaults_and_the_old_fingerprints():
+    cfg = DemHECConfig()
+    assert (cfg.samples, cfg.negatives, cfg.noise_sigma, cfg.kd_direction) == ("ascent", "all", 0.0, "teacher_student")
+    keys = fingerprint({"c": cfg})
+    assert not any(k in keys for k in ("c.samples", "c.negatives", "c.noise_sigma", "c.noise_clean_share"))
+    assert fingerprint({"c": dataclasses.replace(cfg, samples="uniform")})["c.samples"] == "uniform"
+    with pytest.raises(DemHECError, match="sample generation"):
+        DemHECConfig(samples="gauss")
+    with pytest.raises(DemHECError, match="negatives"):
+        DemHECConfig(negatives="same")
+    with pytest.raises(DemHECError, match="noise_sigma"):
+        DemHECConfig(noise_sigma=-0.1)
+
+
+@pytest.mark.parametrize("run, changed", [
+    ("random_noise", {"samples": "uniform"}),
+    ("infonce_masked", {"negatives": "other_classes"}),
+    ("kd_literal", {"kd_direction": "student_teacher"}),
+    ("bn_frozen", {"bn": "frozen"}),
+    ("steps1", {"steps": 1}),
+    ("eps2", {"eps": 2 / 255, "step_size": 0.5 / 255}),
+    ("gaussian_aug", {"alpha": 0.0, "lambda_c": 0.0, "lambda_kd": 0.0, "noise_sigma": 0.1}),
+])
+def test_each_control_is_one_change_from_the_profile_config(run, changed):
+    from demhec.experiments.ablations import _ablation_config
+
+    exp = ex.Experiment(profile="cpu")
+    cfg, tag = _ablation_config(exp, run)
+    base = exp.demhec_config
+    diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+    assert diff == pytest.approx(changed) if all(isinstance(v, float) for v in changed.values()) else diff == changed
+    assert tag == f"after_{run}" and run in ex.ABLATION_LABELS and run not in ex.ABLATIONS
+    assert {"random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
+
+
+# --- the two halves -----------------------------------------------------------------------------
+
+
+def test_eval_halves_split_each_class_in_two_fixed_halves():
+    labels = np.repeat(np.arange(10), 500)[np.random.default_rng(5).permutation(5000)]
+    h = ex.eval_halves(labels)
+    sel, rep = h["selection"], h["report"]
+    assert len(np.intersect1d(sel, rep)) == 0 and len(sel) + len(rep) == 5000
+    for c in range(10):
+        assert (labels[sel] == c).sum() == 250 and (labels[rep] == c).sum() == 250
+    assert all(np.array_equal(h[k], ex.eval_halves(labels)[k]) for k in h)  # fixed by its seed
+    assert not np.array_equal(sel, ex.eval_halves(labels, seed=1)["selection"])
+    odd = ex.eval_halves(np.array([0, 0, 0, 1]))
+    assert sorted(np.concatenate([odd["selection"], odd["report"]])) == [0, 1, 2, 3]
+
+
+def test_outcomes_round_trip():
+    bits = np.random.default_rng(0).random(2503) < 0.7
+    assert np.array_equal(ex.unpack_outcomes(ex.pack_outcomes(bits), len(bits)), bits)
+
+
+def test_halves_add_up_to_the_whole_split(tmp_path):
+    """Both halves come from one scoring of the whole split: their correct counts add up to
+    the whole split's result, cell by cell; each file names its half."""
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    kw = dict(corruptions=["gaussian_noise"], severities=[5])
+    halves = ex.halves_result(exp, "before", **kw)
+    whole = ex.result_table(ex.robustness_result(exp, "before", **kw)).set_index(["corruption", "severity"])
+    parts = [ex.result_table(halves[h]).set_index(["corruption", "severity"]) for h in ex.EVAL_HALVES]
+    assert (parts[0].correct + parts[1].correct).equals(whole.correct)
+    assert (parts[0].n + parts[1].n).equals(whole.n)
+    for h in ex.EVAL_HALVES:
+        rec = halves[h]
+        assert rec["split"] == h and rec["config"]["split"] == h and rec["fingerprint"]["split"] == h
+        assert (tmp_path / "smoke" / "digits" / "resnet20" / "halves" / f"before_cifar-c_{h}.json").exists()
+        out = ex.outcomes(rec, "gaussian_noise", 5)
+        assert out.sum() == int(parts[ex.EVAL_HALVES.index(h)].loc[("gaussian_noise", 5), "correct"])
+    # a second call reads the files
+    assert ex.halves_result(dataclasses.replace(exp, allow_train=False), "before", **kw)["report"] == halves["report"]
+
+
+def _half_record(split, clean, noise, seed=0):
+    cells = {("clean", 0): clean, **{(c, 5): noise for c in ex.NOISE}}
+    table = [{"corruption": c, "severity": s, "accuracy": 100 * float(np.mean(o))} for (c, s), o in cells.items()]
+    return {"seed": seed, "split": split,
+            "metrics": {"clean_accuracy": 100 * float(np.mean(clean)), "table": table, "n": len(clean),
+                        "correct": {f"{c}/{s}": ex.pack_outcomes(o) for (c, s), o in cells.items()}}}
+
+
+def test_halves_summary_paired_errors_and_the_selection_rule():
+    rng = np.random.default_rng(0)
+    n = 400
+    base_clean, base_noise = rng.random(n) < 0.85, rng.random(n) < 0.5
+    flip = rng.random(n) < 0.1
+    runs = {("demhec", 0): _half_record("selection", base_clean & ~flip, base_noise | flip),
+            ("plain", 0): _half_record("selection", base_clean, base_noise)}
+    base = _half_record("selection", base_clean, base_noise)
+    s = ex.halves_summary(base, runs, reference=("demhec", 0)).set_index("run")
+    ref = paired_difference(torch.tensor(base_clean), torch.tensor(base_clean & ~flip))
+    assert s.loc["demhec", "d_clean"] == pytest.approx(ref["diff"]) and s.loc["demhec", "se_clean"] == pytest.approx(ref["se"])
+    assert s.loc["plain", "r_clean"] == pytest.approx(-ref["diff"])
+    assert s.loc["plain", "se_clean"] == 0 and set(s.split) == {"selection"}
+    choice = ex.select_run(s.reset_index(), max_clean_cost=100)
+    assert choice["run"] == "demhec" and choice["candidates"] == ["demhec", "plain"]
+    report = {k: dict(v, split="report") for k, v in runs.items()}
+    with pytest.raises(DemHECError, match="one half"):
+        ex.halves_summary(base, report)
+    with pytest.raises(DemHECError, match="selection half only"):
+        ex.select_run(ex.halves_summary(dict(base, split="report"), report))
+    assert isinstance(s, pd.DataFrame)
+
+
+def test_controls_verdict_reads_the_paired_errors():
+    rng = np.random.default_rng(1)
+    n = 2000
+    clean, noise = rng.random(n) < 0.85, rng.random(n) < 0.4
+    gain = rng.random(n) < 0.3  # Dem-HEC fixes 30% of the noise images, the control 3%
+    small = rng.random(n) < 0.03
+    base = _half_record("report", clean, noise)
+    runs = {("demhec", 0): _half_record("report", clean, noise | gain),
+            ("random_noise", 0): _half_record("report", clean, noise | small)}
+    s = ex.halves_summary(base, runs, reference=("demhec", 0))
+    lines = ex.controls_verdict(s, controls=("random_noise", "gaussian_aug"))
+    assert "report half" in lines[0] and lines[0].endswith(": met).")  # +17 noise, no clean cost
+    assert "ahead by at least 3 points" in lines[1] and "random-noise" in lines[1]
+    assert "not run" in lines[2]
+    with pytest.raises(DemHECError, match="reference"):
+        ex.controls_verdict(ex.halves_summary(base, runs))
+
+
+def test_existing_halves_reads_only_what_is_there(tmp_path):
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    assert ex.existing_halves(exp, ["demhec"]) == (None, {})
+    made = ex.ablation_halves(exp, "random_noise")
+    base, runs = ex.existing_halves(exp, ["demhec", "random_noise"])
+    assert base is None and list(runs) == [("random_noise", 0)]
+    assert runs[("random_noise", 0)]["report"]["metrics"] == made["report"]["metrics"]
