@@ -68,6 +68,8 @@ def record_fingerprint(path: Path, record: dict) -> dict:
         return P.result_spec(exp, kind, model, run=c["run"], **P.scored_on(
             c["suite"], corruptions=c["corruptions"], severity=c["severity"]))
     scored = P.scored_on(c["suite"], corruptions=c["corruptions"], severities=c["severities"])
+    if "split" in c:  # a half of the evaluation split (experiments.halves_result)
+        scored.update(split=c["split"], split_seed=c["split_seed"])
     if adapt:
         from demhec.adaptation import AdaptConfig
 
