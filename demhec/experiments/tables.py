@@ -385,6 +385,16 @@ def halves_summary(base: dict, runs: dict[tuple[str, int], dict], reference: tup
     return df
 
 
+def half_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, dict]], half: str) -> pd.DataFrame:
+    """:func:`halves_summary` of one half (``base`` and each run map a half to its record, as
+    :func:`existing_halves` returns them), paired to the paper's config when it is among the runs,
+    and checked to show its result files' numbers (:func:`check_ablation_shown`)."""
+    recs = {k: v[half] for k, v in runs.items()}
+    summary = halves_summary(base[half], recs, reference=("demhec", 0) if ("demhec", 0) in recs else None)
+    check_ablation_shown(summary, base[half], recs)
+    return summary
+
+
 def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0) -> dict:
     """The selection rule of issue 16's acceptance, applied to a :func:`halves_summary` of the
     selection half only (refused otherwise): among the runs (seed means) whose clean accuracy is
