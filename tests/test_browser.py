@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXECUTED = sorted((ROOT / "notebooks" / "executed").glob("*.ipynb"))
+EXECUTED = sorted((ROOT / "notebooks" / "executed").glob("*/*.ipynb"))  # executed/<profile>/
 TOKEN = "demhec-browser-test"
 # A busy 2-core machine: JupyterLab takes ~10 s to start there, a notebook page ~10 s to render.
 START_S, PAGE_S = 120, 90
@@ -229,12 +229,12 @@ def test_the_check_sees_a_broken_figure_and_an_error(browser, lab, executed):
     assert len(seen["errors"]) == 1 and "ZeroDivisionError" in seen["errors"][0], seen
 
 
-@pytest.mark.parametrize("notebook", EXECUTED, ids=[p.name for p in EXECUTED])
+@pytest.mark.parametrize("notebook", EXECUTED, ids=[f"{p.parent.name}/{p.name}" for p in EXECUTED])
 def test_committed_executed_notebook_in_jupyterlab(browser, lab, notebook):
     """Each committed executed page: every figure it holds is rendered, no cell shows an error."""
     _, served = lab
-    copy_ = served / "executed" / notebook.name  # a copy: JupyterLab may save what it opens
-    copy_.parent.mkdir(exist_ok=True)
+    copy_ = served / "executed" / notebook.parent.name / notebook.name  # a copy: JupyterLab may save what it opens
+    copy_.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(notebook, copy_)
     seen = _open(browser, lab, copy_)
     assert seen["broken_figures"] == 0 and seen["errors"] == [], seen
