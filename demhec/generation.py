@@ -82,14 +82,7 @@ def high_entropy_samples(
         p.requires_grad_(False)
     try:
         with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False):
-            if random_start:
-                if noise is None:
-                    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                elif noise.shape != x.shape:
-                    raise DemHECError(f"noise must be shaped like x {tuple(x.shape)}, got {tuple(noise.shape)}")
-                x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
-            else:
-                x_adv = x.clone()
+            x_adv = uniform_ball_samples(x, eps, generator=generator, noise=noise) if random_start else x.clone()
             for _ in range(steps):
                 x_adv.requires_grad_(True)
                 with torch.enable_grad():
