@@ -247,6 +247,20 @@ def paired_difference(correct_a: Tensor, correct_b: Tensor) -> dict[str, float]:
     return {"diff": 100 * float(d.mean()), "se": 100 * float(d.std() / len(d) ** 0.5), "n": len(d)}
 
 
+def _run_options(kw: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Split keywords into an :class:`~demhec.runs.EvalRun`, where the corrupted images come from
+    (the rest) and :func:`predict`'s keywords."""
+    import dataclasses
+
+    from .runs import EvalRun
+
+    run_keys = {f.name for f in dataclasses.fields(EvalRun)}
+    options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
+    where = {k: v for k, v in kw.items() if k not in run_keys}
+    return options, where, dict(batch_size=options.batch_size, device=options.device,
+                                channels_last=options.channels_last)
+
+
 def paired_gain(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -263,16 +277,10 @@ def paired_gain(
     ``kw``: where the corrupted images come from, as for :func:`evaluate` (``seed``,
     ``cache_dir``, ``key``, ``data_root``, ``download``), and the keywords of
     :class:`~demhec.runs.EvalRun`."""
-    import dataclasses
-
     from .corruptions import corrupted_sets
-    from .runs import EvalRun
 
-    run_keys = {f.name for f in dataclasses.fields(EvalRun)}
-    options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
-    where = {k: v for k, v in kw.items() if k not in run_keys}
+    options, where, how = _run_options(kw)
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
-    how = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
 
     def correct(model: nn.Module, x: Any, y: Any) -> Tensor:
         y = torch.as_tensor(np.asarray(y), dtype=torch.long)
@@ -299,16 +307,10 @@ def cell_logits(
     (corruption, severity) cell, in the images' order: what :func:`evaluate` scores, kept per
     image so that subsets of the images (the halves of a selection protocol) are scored from one
     pass. ``kw`` as for :func:`paired_gain`."""
-    import dataclasses
-
     from .corruptions import corrupted_sets
-    from .runs import EvalRun
 
-    run_keys = {f.name for f in dataclasses.fields(EvalRun)}
-    options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
-    where = {k: v for k, v in kw.items() if k not in run_keys}
+    options, where, how = _run_options(kw)
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
-    how = dict(batch_size=options.batch_size, device=options.device, channels_last=options.channels_last)
     out = {("clean", 0): predict(model, images, **how).cpu()}
     for c, s, x, _ in corrupted_sets(images, labels, corruptions, severities, suite, workers=options.workers,
                                      progress=options.progress, classes=getattr(data, "classes", None), **where):
