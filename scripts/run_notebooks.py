@@ -36,7 +36,7 @@ _LOCAL_PATHS = tuple(dict.fromkeys(str(p) for p in (ROOT, ROOT.parent, Path.home
 
 def scrub(path: Path) -> None:
     """Drop what makes an executed notebook differ between identical runs (papermill's timings,
-    its input/output paths, kernel warnings) and fail when an output names a local folder."""
+    its input/output paths, kernel warnings, execution counts) and fail when an output names a local folder."""
     nb = json.loads(path.read_text())
     pm = nb.get("metadata", {}).get("papermill", {})
     nb["metadata"]["papermill"] = {"parameters": pm.get("parameters", {})}
@@ -46,6 +46,11 @@ def scrub(path: Path) -> None:
             cell["id"] = "injected-parameters"  # papermill draws a new random id on every run
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
+        if cell["cell_type"] == "code":  # outputs are the page; counts only say how it was run
+            cell["execution_count"] = None
+            for out in cell.get("outputs", []):
+                if "execution_count" in out:
+                    out["execution_count"] = None
     text = json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
     leaks = [p for p in _LOCAL_PATHS if p in text]
     if leaks:

@@ -154,6 +154,8 @@ def test_executed_notebook_shows_its_figures_without_paths_or_timings(nb):
     assert set(data["metadata"].get("papermill", {})) <= {"parameters"}
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     assert all("papermill" not in c["metadata"] and "execution" not in c["metadata"] for c in code)
+    assert all(c["execution_count"] is None and all(o.get("execution_count") is None for o in c["outputs"])
+               for c in code)
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
     if not (nb.name.startswith("01_") and "are not on this machine" in text):
         assert not figure_cells_without_image(data["cells"]), nb.name
