@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -434,8 +435,19 @@ class Runner:
             tmp = out / f".{name}.partial"
             with tarfile.open(tmp, "w:gz" if name.endswith(".gz") else "w") as tar:
                 for p in sorted(set(paths)):
-                    tar.add(p, arcname=str(p.relative_to(base)))
+                    if p.suffix == ".log":  # the library logs absolute paths; the archive keeps none
+                        data = portable_log(p.read_text(errors="replace")).encode()
+                        info = tar.gettarinfo(p, arcname=str(p.relative_to(base)))
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                    else:
+                        tar.add(p, arcname=str(p.relative_to(base)))
             os.replace(tmp, out / name)
+
+
+def portable_log(text: str) -> str:
+    """A log with this checkout's absolute paths made relative to it (they name the machine)."""
+    return text.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
 
 
 def device_name(device: str) -> str:

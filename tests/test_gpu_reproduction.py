@@ -100,6 +100,10 @@ def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):
                if "status" not in p.parts}
     assert written <= names and "gpu_smoke/run.json" in names
     assert any(n.startswith("gpu_smoke/logs/") for n in names)
+    with tarfile.open(out / "gpu_results.tar.gz") as tar:  # logs name no folder of this checkout
+        logs = [tar.extractfile(n).read().decode() for n in names if n.endswith(".log")]
+    assert any("results/cpu/checkpoints/resnet20_base.pt" in text for text in logs)
+    assert not any(str(ROOT) in text for text in logs)
     with tarfile.open(out / "gpu_weights.tar") as tar:
         weights = set(tar.getnames())
     assert {"gpu_smoke/cpu_base/checkpoints/resnet20_demhec.pt",
