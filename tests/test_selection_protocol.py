@@ -299,3 +299,19 @@ def test_existing_halves_reads_only_what_is_there(tmp_path):
     base, runs = ex.existing_halves(exp, ["demhec", "random_noise"])
     assert base is None and list(runs) == [("random_noise", 0)]
     assert runs[("random_noise", 0)]["report"]["metrics"] == made["report"]["metrics"]
+
+
+def test_same_base_halves_takes_another_profiles_base_only_for_the_same_state_dict(tmp_path):
+    import hashlib
+
+    exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path))
+    path = exp.checkpoint("base")
+    other = {h: {"config": {"experiment": {"base_weights": {"sha256": hashlib.sha256(b"weights").hexdigest()}}}}
+             for h in ex.EVAL_HALVES}
+    assert ex.same_base_halves(exp, other) is None  # no checkpoint of its own
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    assert ex.same_base_halves(exp, other) is other
+    assert ex.same_base_halves(exp, None) is None
+    path.write_bytes(b"other weights")
+    assert ex.same_base_halves(exp, other) is None

@@ -25,6 +25,7 @@ from .ablations import (
     ablation_result,
     existing_halves,
     paired_gain_result,
+    same_base_halves,
 )
 from .notebook import (
     AUTO_TRAIN_PROFILES,
@@ -110,6 +111,7 @@ from .tables import (
 
 __all__ = [
     "existing_halves",
+    "same_base_halves",
     "controls_verdict",
     "CONTROLS",
     "RUNS",

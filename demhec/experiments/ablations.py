@@ -212,6 +212,20 @@ def existing_halves(exp: Experiment, runs: Sequence[str], seeds: Sequence[int] =
     return base, runs_out
 
 
+def same_base_halves(exp: Experiment, other_base: dict[str, dict] | None) -> dict[str, dict] | None:
+    """``other_base`` (another profile's base halves, as :func:`existing_halves` returns them) when
+    that profile starts from ``exp``'s committed base checkpoint: its results record the state
+    dict's sha256 (``Profile.base_weights``), so they score the same model on the same images;
+    None otherwise."""
+    import hashlib
+
+    path = exp.checkpoint("base")
+    if other_base is None or not path.exists():
+        return None
+    recorded = other_base["report"]["config"]["experiment"].get("base_weights", {}).get("sha256")
+    return other_base if recorded == hashlib.sha256(path.read_bytes()).hexdigest() else None
+
+
 def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severity: int = 5) -> dict:
     """The acceptance quantities of ``run`` (its change from the base model on clean images and
     on the three noises' mean at ``severity``) with the standard errors that the finite
