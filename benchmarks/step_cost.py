@@ -6,6 +6,10 @@ callback, the first steps are discarded as warm-up, and the median is reported. 
 bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see README.md).
 
     python benchmarks/step_cost.py --steps 12 --the 1 5 10 --rounds 3
+    python benchmarks/step_cost.py --the 1 2 5 --freeze auto --out results/cpu/bench/step_cost_the.json
+
+``--out`` writes the ratios as a result JSON (config, versions, git commit; no absolute times),
+the file notebook 09 reads for the price of each T_he (issue 16).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 import torch
 
 import demhec
+import demhec.results
 from demhec.models import get_model
 
 
@@ -38,6 +43,7 @@ def main() -> None:
     p.add_argument("--freeze", default="none", help="'none' (full cost, as in the bound) or 'auto'")
     p.add_argument("--compile", action="store_true", help="torch.compile the training passes")
     p.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds")
+    p.add_argument("--out", default=None, help="write the ratios to this result JSON")
     args = p.parse_args()
     torch.manual_seed(0)
     n = args.batch_size * args.steps
@@ -81,6 +87,16 @@ def main() -> None:
               f"(compute bound {(2 * t_he + 7) / 3:.2f})")
     key = 5 if 5 in ratios else args.the[-1]
     print(f"ratio (T_he={key}): {statistics.median(ratios[key]):.2f}")
+    if args.out:
+        demhec.results.write_result(
+            args.out, kind="cost/dem-hec-step", profile="cpu" if args.device == "cpu" else args.device,
+            config={k: v for k, v in vars(args).items() if k != "out"},
+            metrics={"ratio": {str(t): statistics.median(v) for t, v in ratios.items()},
+                     "round_ratios": {str(t): v for t, v in ratios.items()},
+                     "compute_bound": {str(t): (2 * t + 7) / 3 for t in ratios}},
+            data={"source": "random uint8 images (timing only)", "threads": str(torch.get_num_threads())},
+            seed=0)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

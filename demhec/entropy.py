@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ._common import DemHECError, eval_mode
 
-__all__ = ["layer_entropy", "normalised", "prediction_entropy", "softmax_entropy"]
+__all__ = ["layer_entropy", "layer_widths", "normalised", "prediction_entropy", "softmax_entropy"]
 
 
 def softmax_entropy(z: Tensor, dim: int = -1) -> Tensor:
@@ -108,16 +108,21 @@ def layer_entropy(
     return {n: torch.cat(v) for n, v in results.items()}
 
 
-def normalised(entropies: dict[str, Tensor], model: nn.Module, x: Tensor,
-               *, pooled: bool = False) -> dict[str, Tensor]:
-    """Divide each layer's entropy by its maximum log(d), d = that layer's width for ``x``."""
+def layer_widths(model: nn.Module, x: Tensor, layers: Sequence[str] | None = None,
+                 *, pooled: bool = False) -> dict[str, int]:
+    """Each layer's width d for inputs shaped like ``x``: the number of values eq. 4's softmax
+    runs over, so that log(d) is the largest entropy the layer can reach."""
+    names = tuple(layers) if layers is not None else default_layers(model)
     widths: dict[str, int] = {}
     modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise DemHECError(f"unknown layer(s) {missing}; see model.named_modules()")
     handles = [
         modules[n].register_forward_hook(
             lambda _m, _i, out, n=n: widths.__setitem__(n, _flatten(_activation(out), pooled).shape[1])
         )
-        for n in entropies
+        for n in names
     ]
     try:
         with eval_mode(model), torch.no_grad():
@@ -125,4 +130,12 @@ def normalised(entropies: dict[str, Tensor], model: nn.Module, x: Tensor,
     finally:
         for h in handles:
             h.remove()
+    return widths
+
+
+def normalised(entropies: dict[str, Tensor], model: nn.Module, x: Tensor,
+               *, pooled: bool = False) -> dict[str, Tensor]:
+    """Divide each layer's entropy by its maximum log(d), d = that layer's width for ``x``, so
+    layers of different widths share one scale (a width-1 layer is left as it is)."""
+    widths = layer_widths(model, x, list(entropies), pooled=pooled)
     return {n: e / math.log(widths[n]) if widths[n] > 1 else e for n, e in entropies.items()}

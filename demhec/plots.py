@@ -39,6 +39,7 @@ __all__ = [
     "corruption_grid_figure",
     "delta_heatmap",
     "entropy_figure",
+    "entropy_grid_figure",
     "pretty_name",
     "robustness_figure",
     "save_figure",
@@ -253,6 +254,52 @@ def entropy_figure(
     :func:`demhec.entropy.normalised`) so layers of different widths share one scale; the
     layer "" (the whole model) is shown as "logits" unless ``layer_labels`` names it.
     """
+    fig = Figure(figsize=(max(4.0, 1.1 * len(clean) + 1.5), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    _entropy_violins(ax, clean, corrupted, layer_labels, normalise_by)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@_styled
+def entropy_grid_figure(
+    panels: Mapping[tuple[str, str], tuple[Mapping[str, Any], Mapping[str, Any]]],
+    title: str | None = None,
+    layer_labels: Mapping[str, str] | None = None,
+    normalise_by: Mapping[str, float] | None = None,
+) -> Figure:
+    """Figures 3/4 for several models and corruptions at once: ``panels`` maps (row, column)
+    labels, e.g. (model, corruption), to the (clean, corrupted) per-layer entropies that
+    :func:`entropy_figure` draws; one shared y axis so the rows compare at a glance."""
+    if not panels:
+        raise DemHECError("entropy_grid_figure needs at least one panel")
+    rows = _unique(r for r, _ in panels)
+    cols = _unique(c for _, c in panels)
+    n_layers = len(next(iter(panels.values()))[0])
+    fig = Figure(figsize=(max(4.0, 1.0 * n_layers + 1.0) * len(cols), 2.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(cols), sharey=True, squeeze=False)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            if (row, col) not in panels:
+                ax.set_axis_off()
+                continue
+            clean, corrupted = panels[(row, col)]
+            _entropy_violins(ax, clean, corrupted, layer_labels, normalise_by, legend=(i, j) == (0, 0))
+            ax.set_title(f"{row}: {col}", fontsize="medium")
+            if i < len(rows) - 1:
+                ax.set_xlabel("")
+            if j > 0:
+                ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _entropy_violins(ax: Any, clean: Mapping[str, Any], corrupted: Mapping[str, Any],
+                     layer_labels: Mapping[str, str] | None, normalise_by: Mapping[str, float] | None,
+                     legend: bool = True) -> None:
     layers = list(clean)
     if not layers:
         raise DemHECError("entropy_figure needs at least one layer")
@@ -273,9 +320,6 @@ def entropy_figure(
             values = _as_numpy(source[name], name) / scale.get(name, 1.0)
             frames.append(pd.DataFrame({"layer": shown, "kind": kind, "entropy": values}))
     long = pd.concat(frames, ignore_index=True)
-
-    fig = Figure(figsize=(max(4.0, 1.1 * len(layers) + 1.5), 3.8), layout="constrained")
-    ax = fig.add_subplot()
     kinds = ["clean", "corrupted"]
     # cut=0 keeps the violins inside the observed range (entropy cannot exceed log d);
     # width-normalised so shallow layers with tight distributions stay visible.
@@ -283,14 +327,12 @@ def entropy_figure(
                    hue_order=kinds, palette=_colours(kinds), saturation=1.0, split=True,
                    inner="quart", cut=0, density_norm="width", linewidth=0.8, legend=False,
                    ax=ax)
-    ax.legend(handles=[Patch(facecolor=PALETTE[k], label=k) for k in kinds], loc="best")
+    if legend:
+        ax.legend(handles=[Patch(facecolor=PALETTE[k], label=k) for k in kinds], loc="best")
     ax.set_xlabel("layer (shallow \u2192 deep)")
     ax.set_ylabel("normalised entropy H / log d" if scale else "entropy H (nats, eq. 4)")
     if len(layers) > 6:
         ax.tick_params(axis="x", labelrotation=30)
-    if title:
-        ax.set_title(title)
-    return fig
 
 
 @_styled

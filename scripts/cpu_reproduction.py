@@ -7,12 +7,15 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
     python scripts/cpu_reproduction.py --data-root /path/to/imagefolder_or_archive
     python scripts/cpu_reproduction.py --halves demhec,plain,random_noise --seeds 0   # issue 16
     python scripts/cpu_reproduction.py --gpu-halves    # the GPU run's committed checkpoints, re-scored
+    python scripts/cpu_reproduction.py --figures34     # Figures 3-4 on the report half (issue 16)
 
 ``--halves`` scores the base model and each named run (a key of ``experiments.RUNS``; fine-tuned
 where its checkpoint is missing) on both halves of the evaluation split, the selection protocol of
 issue 16: configurations are chosen on the "selection" half and reported on the "report" half.
 ``--gpu-halves`` does the same for the committed state dicts of scripts/gpu_reproduction.py's
-phase A (the "gpu" profile), without training anything.
+phase A (the "gpu" profile), without training anything. ``--figures34`` computes notebook 09's
+Figures 3-4 on the report half: the base model, the paper's config and the configuration chosen on
+the selection half among the runs with halves results (fine-tuned where its checkpoint is missing).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
     ABLATIONS,
+    FIGURE34_CORRUPTIONS,
     GPU_A_RUNS,
     LATE_RUNS,
     RUNS,
@@ -32,6 +36,8 @@ from demhec.experiments import (
     ablation_halves,
     ablation_result,
     base_model,
+    chosen_run,
+    entropy_records,
     halves_result,
     paired_gain_result,
     robustness_result,
@@ -58,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
                         "evaluation split, after the base model (issue 16); only this stage runs")
     p.add_argument("--gpu-halves", action="store_true",
                    help="score the committed GPU phase-A checkpoints on both halves (no training); only this stage runs")
+    p.add_argument("--figures34", action="store_true",
+                   help="compute notebook 09's Figures 3-4 on the report half (base, paper config, the "
+                        "selection half's choice); only this stage runs")
     p.add_argument("--no-base", action="store_true",
                    help="with --halves: do not score the base model (its halves results exist, or the GPU "
                         "profile's of the same committed base state dict stand in for them)")
@@ -78,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     first = exp(seeds[0])
     if args.gpu_halves:
         return gpu_halves_stage(args, stage)
+    if args.figures34:
+        return figures34_stage(first, stage)
     if args.halves is not None:
         return halves_stage(args.halves.split(","), seeds, exp, stage, base=not args.no_base)
     if args.tta_only:
@@ -138,6 +149,15 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
     for name in names:
         if name in GPU_A_RUNS:
             stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)
+
+
+def figures34_stage(first: Experiment, stage) -> None:
+    """Notebook 09's Figures 3-4 (section 8.3) on the report half, for the runs it shows."""
+    choice = chosen_run(first, list(RUNS))
+    runs = ["before", "demhec", *([choice["run"]] if choice and choice["run"] != "demhec" else [])]
+    print(f"[figures34] runs: {runs}" + (f" ({choice['run']} chosen on the selection half)" if choice else ""), flush=True)
+    stage(f"Figures 3-4 of {', '.join(runs)} on the report half", entropy_records, first, runs,
+          FIGURE34_CORRUPTIONS, 5)
 
 
 def tta_stage(first: Experiment, stage) -> None:

@@ -56,10 +56,18 @@ def record_fingerprint(path: Path, record: dict) -> dict:
             raise DemHECError(f"{path}: its base recipe is not the {exp.profile} profile's")
         model = P.model_spec(exp, "base" if phase == "before" else phase)
     elif kind.startswith("entropy/"):
-        model = P.model_spec(exp, "base") if phase == "before" else P.model_spec(exp, "demhec", exp.demhec_config)
-        return P.result_spec(exp, kind, model, **P.scored_on(
-            c["suite"], corruption=c["corruption"], severity=c["severity"], pooled=c["pooled"],
-            images=exp.prof.entropy_images, images_seed=1))
+        if "log_width" not in record["metrics"]:
+            raise DemHECError(f"{path}: an entropy result without its layers' widths (made before they were "
+                              "recorded) is not what the pipeline asks for; recompute it")
+        if phase == "before":
+            model = P.model_spec(exp, "base")
+        else:
+            model = P.model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]) if "model" in c else exp.demhec_config)
+        scored = P.scored_on(c["suite"], corruption=c["corruption"], severity=c["severity"], pooled=c["pooled"],
+                             images=exp.prof.entropy_images, images_seed=1, log_width=True)
+        if "split" in c:  # drawn from a half of the evaluation split
+            scored.update(split=c["split"], split_seed=c["split_seed"])
+        return P.result_spec(exp, kind, model, **scored)
     else:
         raise DemHECError(f"{path}: unknown result kind {kind!r}")
     if kind == "paired/after":

@@ -74,7 +74,49 @@ def gpu(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu}
+def _pm(v: float, se: float) -> str:
+    return "--" if v != v else f"{v:+.2f} ± {se:.2f}"
+
+
+def _cost(v: float) -> str:
+    return "not measured" if v != v else f"{v:.2f}"
+
+
+def cpu_controls(results: Path) -> str:
+    """Issue 16 at the CPU budget (150 steps, seed 0): every run with halves results on the
+    report half, ranked by how much of the paper config's clean cost it gives back; the
+    configuration chosen on the selection half; the controls' verdict; the price of T_he."""
+    exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
+    runs = ["demhec", *[r for r in ex.RUNS if r != "demhec"]]
+    base, got = ex.existing_halves(exp, runs)
+    if base is None or ("demhec", 0) not in got:
+        return "No CPU halves results of the paper's config are committed yet.\n"
+    report = ex.half_summary(base, got, "report").sort_values("r_clean", ascending=False, kind="stable")
+    cost = ex.step_cost_ratios(results)
+    table = pd.DataFrame({
+        "run": [f"`{r}`" for r in report.run], "change": report.label,
+        "clean": [f"{v:.2f}" for v in report.clean],
+        "clean vs base": [_pm(d, se) for d, se in zip(report.d_clean, report.se_clean)],
+        "noise S5 vs base": [_pm(d, se) for d, se in zip(report.d_noise_s5, report.se_noise_s5)],
+        "clean vs paper config": [_pm(d, se) for d, se in zip(report.r_clean, report.r_se_clean)],
+        "noise S5 vs paper config": [_pm(d, se) for d, se in zip(report.r_noise_s5, report.r_se_noise_s5)],
+        "step cost (plain = 1)": ["--" if r == "base" else _cost(ex.run_step_cost(exp, r, cost)) for r in report.run]})
+    lines = [f"Report half ({int(base['report']['metrics']['n'])} images), seed 0, cifar-c suite; "
+             "± is the paired standard error over the half's images:", "", markdown_table(table), ""]
+    choice = ex.select_run(ex.half_summary(base, got, "selection"))
+    rep = report.set_index("run").loc[choice["run"]]
+    lines.append(f"- Chosen on the selection half ({choice['rule']}, among {len(choice['candidates'])} "
+                 f"configuration{'s' if len(choice['candidates']) > 1 else ''} of the paper's loss): `{choice['run']}`; on the report half clean "
+                 f"{_pm(rep.d_clean, rep.se_clean)}, noise S5 mean {_pm(rep.d_noise_s5, rep.se_noise_s5)} "
+                 "points from the base (one seed: a first look, not the 3-seed answer).")
+    lines += [f"- {line}" for line in ex.controls_verdict(report)]
+    missing = [r for r in ex.CONTROLS if (r, 0) not in got]
+    if missing:
+        lines.append(f"- Not run yet at the CPU budget: {', '.join(f'`{r}`' for r in missing)}.")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls}
 
 
 def render(text: str, results: Path) -> str:

@@ -315,7 +315,9 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
 
     if not (CPU_RESULTS / "cifar10_jpeg").is_dir():
         pytest.skip("no committed CPU reproduction results")
-    shutil.copytree(CPU_RESULTS / "cifar10_jpeg", tmp_path / "results" / "cpu" / "cifar10_jpeg")
+    for part in ("cifar10_jpeg", "bench"):
+        if (CPU_RESULTS / part).is_dir():
+            shutil.copytree(CPU_RESULTS / part, tmp_path / "results" / "cpu" / part)
     out = tmp_path / "out.ipynb"
     cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "09_cpu_reproduction.ipynb"),
            str(out), "-p", "profile", "cpu", "-p", "results_dir", str(tmp_path / "results"),
@@ -329,7 +331,9 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     assert len(made_csvs) >= 15
     for table in made_csvs:
         assert table.read_text() == (CPU_RESULTS / "tables" / table.name).read_text(), table.name
-    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6  # with the test-time adaptation figure
+    # six figures (with the test-time adaptation one), and section 8.3's Figures 3-4 once committed
+    fig34 = any((CPU_RESULTS / "cifar10_jpeg").rglob("entropy_*_report.json"))
+    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6 + fig34
     for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -265,7 +265,10 @@ def test_halves_summary_paired_errors_and_the_selection_rule():
     assert s.loc["plain", "r_clean"] == pytest.approx(-ref["diff"])
     assert s.loc["plain", "se_clean"] == 0 and set(s.split) == {"selection"}
     choice = ex.select_run(s.reset_index(), max_clean_cost=100)
-    assert choice["run"] == "demhec" and choice["candidates"] == ["demhec", "plain"]
+    assert choice["run"] == "demhec" and choice["candidates"] == ["demhec"]  # a control is never chosen
+    assert ex.select_run(s.reset_index(), max_clean_cost=100, exclude=())["candidates"] == ["demhec", "plain"]
+    with pytest.raises(DemHECError, match="no candidate"):
+        ex.select_run(s.drop("demhec").reset_index())
     report = {k: dict(v, split="report") for k, v in runs.items()}
     with pytest.raises(DemHECError, match="one half"):
         ex.halves_summary(base, report)
@@ -315,3 +318,101 @@ def test_same_base_halves_takes_another_profiles_base_only_for_the_same_state_di
     assert ex.same_base_halves(exp, None) is None
     path.write_bytes(b"other weights")
     assert ex.same_base_halves(exp, other) is None
+
+
+# --- Figures 3-4 on a half, normalised by layer width -------------------------------------------
+
+
+def test_layer_widths_are_the_sizes_eq4_runs_over():
+    from demhec import get_model
+    from demhec.entropy import layer_entropy, layer_widths, normalised
+
+    model = get_model("resnet20", num_classes=10)
+    x = torch.rand(2, 3, 32, 32)
+    widths = layer_widths(model, x)
+    # stem 16x32x32, stages 16/32/64 channels at 32/16/8 pixels, pooled 64, logits 10
+    assert widths == {"net.relu": 16 * 32 * 32, "net.layer1": 16 * 32 * 32, "net.layer2": 32 * 16 * 16,
+                      "net.layer3": 64 * 8 * 8, "net.avgpool": 64, "net.fc": 10}
+    assert layer_widths(model, x, ["net.layer3"], pooled=True) == {"net.layer3": 64}
+    ent = layer_entropy(model, x)
+    norm = normalised(ent, model, x)
+    for n, e in ent.items():
+        assert torch.allclose(norm[n], e / math.log(widths[n]))
+        assert (norm[n] <= 1 + 1e-6).all()
+    with pytest.raises(DemHECError, match="unknown layer"):
+        layer_widths(model, x, ["nope"])
+
+
+def test_entropy_result_on_a_half_for_a_named_run(tmp_path):
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    data = ex.eval_data(exp)
+    report = set(ex.eval_halves(data.labels)["report"].tolist())
+    rec = ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="report")
+    assert rec["split"] == "report" and rec["config"]["split"] == "report"
+    assert "report half" in rec["data"]["half"]
+    m = rec["metrics"]
+    assert set(m["log_width"]) == set(m["clean"]) == set(m["corrupted"])
+    n = len(next(iter(m["clean"].values())))
+    assert n == min(exp.prof.entropy_images, len(report))
+    # the normalised summary divides each layer's means by its recorded log width
+    raw, norm = ex.entropy_summary(rec), ex.entropy_summary(rec, normalised=True)
+    scale = pd.Series(m["log_width"])
+    np.testing.assert_allclose(norm.set_index("layer")["clean"], raw.set_index("layer")["clean"] / scale[raw.layer].values)
+    ex.check_entropy_shown(norm.assign(model="base"), {"base": rec}, normalised=True, key="model")
+    with pytest.raises(DemHECError, match="differ"):
+        ex.check_entropy_shown(raw.assign(model="base"), {"base": rec}, normalised=True, key="model")
+    # another half or another run is another request: its own file, never this one reused
+    other = ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="selection")
+    assert other["metrics"]["clean"] != m["clean"]
+    run = ex.ablation_entropy(exp, "random_noise", "gaussian_noise", 5, half="report")
+    assert run["kind"] == "entropy/after" and run["config"]["model"]["samples"] == "uniform"
+    files = sorted(p.name for p in (tmp_path / "smoke").rglob("entropy_*.json"))
+    assert len(files) == 3 and all(f.endswith(("_report.json", "_selection.json")) for f in files)
+    with pytest.raises(DemHECError, match="half"):
+        ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="test")
+    with pytest.raises(DemHECError, match="no layer widths"):
+        ex.entropy_summary({"metrics": {"clean": m["clean"], "corrupted": m["corrupted"]}}, normalised=True)
+
+
+def test_describe_entropy_claim_reads_the_gaps():
+    def rows(model, corruption, gaps):
+        return pd.DataFrame({"model": model, "corruption": corruption, "layer": ["a", "b", "c", "d"],
+                             "clean": 0.5, "corrupted": [0.5 + g for g in gaps], "gap": gaps})
+
+    holds = pd.concat([rows("base", "pixelate", [0.0, 0.1, 0.2, 0.3]), rows("Dem-HEC", "pixelate", [0.0, 0.0, 0.1, 0.1])])
+    text = ex.describe_entropy_claim(holds)
+    assert "raises the base model's middle-layer entropy" in text and "grows" in text
+    assert "Dem-HEC narrows it" in text
+    fails = pd.concat([rows("base", "pixelate", [0.2, -0.1, 0.0, 0.1]), rows("Dem-HEC", "pixelate", [0.3, 0.3, 0.3, 0.3])])
+    text = ex.describe_entropy_claim(fails)
+    assert "does not raise" in text and "does not grow" in text and "Dem-HEC does not narrow it" in text
+
+
+def test_entropy_grid_figure_draws_each_panel():
+    from demhec import plots
+
+    rng = np.random.default_rng(0)
+    layers = ["a", ""]
+    panel = ({n: rng.normal(1, 0.1, 16) for n in layers}, {n: rng.normal(2, 0.1, 16) for n in layers})
+    fig = plots.entropy_grid_figure({("base", "pixelate"): panel, ("base", "noise"): panel,
+                                     ("Dem-HEC", "pixelate"): panel}, title="t", normalise_by={"a": 2.0})
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["base: pixelate", "base: noise", "Dem-HEC: pixelate"]
+    assert sum(not ax.axison for ax in fig.axes) == 1  # the missing (Dem-HEC, noise) panel
+    with pytest.raises(DemHECError, match="at least one panel"):
+        plots.entropy_grid_figure({})
+
+
+def test_step_cost_of_each_run_reads_the_benchmark_json(tmp_path):
+    from demhec.results import write_result
+
+    assert ex.step_cost_ratios(tmp_path) == {}
+    write_result(tmp_path / ex.STEP_COST_PATH, kind="cost/dem-hec-step", profile="cpu", config={},
+                 metrics={"ratio": {"1": 2.5, "5": 5.5}}, data={"source": "test"}, seed=0)
+    ratios = ex.step_cost_ratios(tmp_path)
+    assert ratios == {1: 2.5, 5: 5.5}
+    exp = ex.Experiment(profile="cpu")
+    assert ex.run_step_cost(exp, "plain", ratios) == 1.0 == ex.run_step_cost(exp, "gaussian_aug", ratios)
+    assert ex.run_step_cost(exp, "demhec", ratios) == 5.5 and ex.run_step_cost(exp, "steps1", ratios) == 2.5
+    assert math.isnan(ex.run_step_cost(exp, "steps2", ratios))  # not measured
+    assert math.isnan(ex.run_step_cost(exp, "random_noise", ratios))  # no ascent: not this benchmark's step

@@ -18,6 +18,7 @@ from .pipeline import (
     corrupted_eval_kw,
     demhec_config,
     demhec_model,
+    entropy_result,
     eval_data,
     experiment_config,
     halves_result,
@@ -153,6 +154,12 @@ ABLATION_LABELS.update({
     "lambda_kd1": "lambda_KD = 1",
     "lambda_kd2": "lambda_KD = 2",
 })
+# The controls of a configuration (same base, freezing, learning rate and budget, not the paper's
+# loss): compared against, never chosen (:func:`~.tables.select_run`).
+CONTROL_RUNS = ("plain", "random_noise", "gaussian_aug")
+# Figures 3-4 on real images (notebook 09): the paper's corruption (pixelate) and the noise the
+# method gains most on, both at S5.
+FIGURE34_CORRUPTIONS = ("gaussian_noise", "pixelate")
 # Every named run: the ablations and the controls.
 RUNS = {**ABLATIONS, **CONTROLS}
 
@@ -186,6 +193,36 @@ def ablation_halves(exp: Experiment, run: str, suite: str = "cifar-c",
     (:func:`~.pipeline.halves_result`): {"selection": record, "report": record}."""
     cfg, tag = _ablation_config(exp, run)
     return halves_result(exp, "after", suite, severities=severities, config=cfg, tag=tag, run=run)
+
+
+def ablation_entropy(exp: Experiment, run: str, corruption: str, severity: int, suite: str = "cifar-c",
+                     half: str | None = "report", pooled: bool = False) -> dict:
+    """Figures 3-4's per-layer entropies (:func:`~.pipeline.entropy_result`) of ``run``: "before"
+    is the base model, any other name a key of :data:`RUNS` ("demhec" the profile's config); by
+    default on the report half, the one no configuration is chosen on."""
+    if run == "before":
+        return entropy_result(exp, "before", corruption, severity, suite, pooled, half=half)
+    cfg, tag = _ablation_config(exp, run)
+    return entropy_result(exp, "after", corruption, severity, suite, pooled, config=cfg, tag=tag, half=half)
+
+
+def entropy_records(exp: Experiment, runs: Sequence[str], corruptions: Sequence[str], severity: int = 5,
+                    suite: str = "cifar-c", half: str | None = "report"
+                    ) -> tuple[dict[tuple[str, str], dict], list[tuple[str, str]]]:
+    """Figures 3-4's records (:func:`ablation_entropy`) of each (run, corruption): computed where
+    ``exp.allow_train`` allows it, otherwise read where the file exists; the rest are returned as
+    missing, so a notebook shows what there is and names what is not there yet."""
+    from .pipeline import entropy_path
+
+    got, missing = {}, []
+    for run in runs:
+        tag = "before" if run == "before" else _ablation_config(exp, run)[1]
+        for corruption in corruptions:
+            if exp.allow_train or entropy_path(exp, tag, corruption, severity, suite, False, half).exists():
+                got[(run, corruption)] = ablation_entropy(exp, run, corruption, severity, suite, half)
+            else:
+                missing.append((run, corruption))
+    return got, missing
 
 
 def existing_halves(exp: Experiment, runs: Sequence[str], seeds: Sequence[int] = (0,), suite: str = "cifar-c"

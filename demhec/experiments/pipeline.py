@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -737,30 +738,56 @@ def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
 
 
 def entropy_path(exp: Experiment, phase: str, corruption: str, severity: int, suite: str = "cifar-c",
-                 pooled: bool = False) -> Path:
-    """Where :func:`entropy_result` keeps its result."""
-    return exp.cell_dir / f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}.json"
+                 pooled: bool = False, half: str | None = None) -> Path:
+    """Where :func:`entropy_result` keeps its result (``phase``: "before", "after" or a run's
+    "after_..." tag)."""
+    return exp.cell_dir / (f"entropy_{phase}_{corruption}_s{severity}_{suite}{'_pooled' if pooled else ''}"
+                           f"{'' if exp.seed == 0 else f'_seed{exp.seed}'}{f'_{half}' if half else ''}.json")
 
 
 def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
-                   suite: str = "cifar-c", pooled: bool = False) -> dict:
-    """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4)."""
+                   suite: str = "cifar-c", pooled: bool = False, *, config: DemHECConfig | None = None,
+                   tag: str | None = None, half: str | None = None) -> dict:
+    """Per-layer entropies (eq. 4) of clean vs corrupted evaluation images (Figures 3-4), with
+    each layer's log(width) (``metrics.log_width``) so that layers of different widths can be
+    compared on one scale (:func:`~.tables.entropy_summary` with ``normalised=True``).
+
+    ``phase`` "after" is the profile's Dem-HEC model, or the run fine-tuned with ``config`` (file
+    tag ``tag``, as :func:`halves_result` names it). ``half`` ("selection" or "report") draws the
+    images from that half of the evaluation split (:func:`eval_halves`), so that the entropy of
+    a configuration chosen on one half is shown on the other."""
     from ..corruptions import SUITES, corrupt_split
-    from ..entropy import layer_entropy
+    from ..entropy import layer_entropy, layer_widths
     from ..evaluation import as_float_images
 
     # Figures 3-4 corrupt a subset of the evaluation images, which the released files (the
     # whole test set, corrupted) do not hold by index.
     check_choice("suite of the entropy figures", suite, SUITES)
-    path = entropy_path(exp, phase, corruption, severity, suite, pooled)
-    spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", exp.demhec_config)
+    check_choice("phase of an entropy result", phase, ("before", "after"))
+    if half is not None:
+        check_choice("half of the evaluation split", half, EVAL_HALVES)
+    name = phase if phase == "before" else (tag or config_tag(exp, config))
+    path = entropy_path(exp, name, corruption, severity, suite, pooled, half)
+    spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", _run_config(exp, config))
     scored = {"corruption": corruption, "severity": severity, "suite": suite, "pooled": pooled,
-              "corruption_seed": CORRUPTION_SEED, "images": exp.prof.entropy_images, "images_seed": 1}
+              "corruption_seed": CORRUPTION_SEED, "images": exp.prof.entropy_images, "images_seed": 1,
+              "log_width": True}
+    if half is not None:
+        scored.update(split=half, split_seed=HALF_SEED)
 
     def compute() -> dict:
-        data = subset(eval_data(exp), exp.prof.entropy_images, seed=scored["images_seed"])
+        data = eval_data(exp)
+        if half is not None:
+            idx = eval_halves(data.labels)[half]
+            data = dataclasses.replace(data, images=data.images[idx], labels=data.labels[idx],
+                                       provenance={**data.provenance, "half": f"{half} half of the evaluation "
+                                                   f"split (half of each class, seed {HALF_SEED})"})
+        data = subset(data, exp.prof.entropy_images, seed=scored["images_seed"])
         k = len(data.classes)
-        model = base_model(exp, k) if phase == "before" else demhec_model(exp, num_classes=k)
+        if phase == "before":
+            model = base_model(exp, k)
+        else:
+            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
         corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=CORRUPTION_SEED)
 
         def run(images: np.ndarray) -> dict:
@@ -768,15 +795,19 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
             ent = layer_entropy(model, x, pooled=pooled, batch_size=exp.prof.eval_batch_size)
             return {n: [round(float(v), 6) for v in e] for n, e in ent.items()}
 
-        return dict(kind=f"entropy/{phase}", profile=exp.profile,
-                    config={"experiment": experiment_config(exp), "corruption": corruption,
-                            "severity": severity, "suite": suite, "pooled": pooled},
-                    metrics={"clean": run(data.images), "corrupted": run(corrupted)},
+        clean = run(data.images)
+        widths = layer_widths(model, as_float_images(data.images[:1], exp.device), list(clean), pooled=pooled)
+        return dict(kind=f"entropy/{phase}", profile=exp.profile, **({"split": half} if half else {}),
+                    config={"experiment": experiment_config(exp), "model": spec["config"],
+                            "corruption": corruption, "severity": severity, "suite": suite, "pooled": pooled,
+                            **({"split": half, "split_seed": HALF_SEED} if half else {})},
+                    metrics={"clean": clean, "corrupted": run(corrupted),
+                             "log_width": {n: round(math.log(d), 6) for n, d in widths.items()}},
                     data=provenance(data), seed=exp.seed)
 
     return get_or_compute(path, compute, fingerprint=result_spec(exp, f"entropy/{phase}", spec, **scored),
                           allow_train=exp.allow_train, recompute=exp.recompute,
-                          what=f"entropy {phase} {corruption} S{severity}")
+                          what=f"entropy {name} {corruption} S{severity}{f' ({half} half)' if half else ''}")
 
 
 def experiment_config(exp: Experiment) -> dict:

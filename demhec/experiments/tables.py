@@ -6,13 +6,14 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._common import DemHECError
 from ..results import compare_with_paper, paper_table, read_result
-from .ablations import ABLATION_LABELS, NOISE, RUNS
+from .ablations import ABLATION_LABELS, CONTROL_RUNS, NOISE, RUNS
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,27 @@ def collect_clean_accuracy(results_root: str | os.PathLike) -> pd.DataFrame:
     return df.drop_duplicates(["dataset", "backbone", "phase"]).reset_index(drop=True)
 
 
-def entropy_summary(record: dict) -> pd.DataFrame:
-    """Mean entropy per layer for clean and corrupted inputs and their gap (Figures 3-4)."""
+def entropy_summary(record: dict, normalised: bool = False) -> pd.DataFrame:
+    """Mean entropy per layer for clean and corrupted inputs and their gap (Figures 3-4);
+    ``normalised`` divides each layer's entropies by its log(width) (``metrics.log_width``, a
+    layer of width 1 as it is) so layers of different widths share one scale."""
     m = record["metrics"]
-    rows = [{"layer": layer, "clean": float(np.mean(m["clean"][layer])),
-             "corrupted": float(np.mean(m["corrupted"][layer]))} for layer in m["clean"]]
+    scale = entropy_scale(record) if normalised else {}
+    rows = [{"layer": layer, "clean": float(np.mean(m["clean"][layer])) / scale.get(layer, 1.0),
+             "corrupted": float(np.mean(m["corrupted"][layer])) / scale.get(layer, 1.0)} for layer in m["clean"]]
     df = pd.DataFrame(rows)
     df["gap"] = df["corrupted"] - df["clean"]
     return df
+
+
+def entropy_scale(record: dict) -> dict[str, float]:
+    """Each layer's log(width) from an entropy result, for ``normalise_by`` of
+    :func:`demhec.plots.entropy_figure` (layers of width 1, log 1 = 0, are left out)."""
+    widths = record["metrics"].get("log_width")
+    if widths is None:
+        raise DemHECError("this entropy result records no layer widths (it predates them); "
+                          "recompute it (recompute=True) to show normalised entropies")
+    return {layer: float(v) for layer, v in widths.items() if v > 0}
 
 
 def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours") -> None:
@@ -110,13 +124,17 @@ def check_shown(long: pd.DataFrame, records: dict[str, dict], value: str = "ours
             log.warning("after equals before in every cell: was the fine-tuned model used?")
 
 
-def check_entropy_shown(summary: pd.DataFrame, records: dict[str, dict]) -> None:
-    """Figures 3-4 as shown (:func:`entropy_summary` rows with a ``phase``): each phase's layer
-    means are its record's, every one finite. Raises :class:`DemHECError`."""
+def check_entropy_shown(summary: pd.DataFrame, records: dict[str, dict], normalised: bool = False,
+                        key: str = "phase") -> None:
+    """Figures 3-4 as shown (:func:`entropy_summary` rows with a column ``key`` naming the
+    record): each record's layer means (divided by log width when ``normalised``) are the
+    record's, every one finite. Raises :class:`DemHECError`."""
     for phase, record in records.items():
-        shown = summary[summary.phase == phase].set_index("layer")
+        shown = summary[summary[key] == phase].set_index("layer")
+        scale = entropy_scale(record) if normalised else {}
         for which in ("clean", "corrupted"):
-            want = pd.Series({layer: float(np.mean(v)) for layer, v in record["metrics"][which].items()})
+            want = pd.Series({layer: float(np.mean(v)) / scale.get(layer, 1.0)
+                              for layer, v in record["metrics"][which].items()})
             got = shown[which].reindex(want.index).astype(float)
             if not np.isfinite(got).all() or (got - want).abs().max() > 1e-9:
                 raise DemHECError(f"the {phase} {which} entropies shown differ from the result file")
@@ -395,15 +413,20 @@ def half_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, di
     return summary
 
 
-def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0) -> dict:
+def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0,
+               exclude: Sequence[str] = CONTROL_RUNS) -> dict:
     """The selection rule of issue 16's acceptance, applied to a :func:`halves_summary` of the
     selection half only (refused otherwise): among the runs (seed means) whose clean accuracy is
     within ``max_clean_cost`` points of the base, the one with the largest noise S5 gain; when none
-    is, the largest noise gain minus clean cost. Returns the choice, the rule and whether the
-    choice meets both targets on the selection half."""
+    is, the largest noise gain minus clean cost. The controls (``exclude``) are never candidates:
+    the choice is a configuration of the paper's loss. Returns the choice, the rule and whether
+    the choice meets both targets on the selection half."""
     if set(summary.split) != {"selection"}:
         raise DemHECError(f"a configuration is chosen on the selection half only, got {sorted(set(summary.split))}")
-    means = summary[summary.run != "base"].groupby("run", sort=False)[["d_clean", "d_noise_s5"]].mean()
+    keep = ~summary.run.isin(["base", *exclude])
+    if not keep.any():
+        raise DemHECError("no candidate configuration to choose from (only the base and the controls)")
+    means = summary[keep].groupby("run", sort=False)[["d_clean", "d_noise_s5"]].mean()
     within = means[means.d_clean >= -max_clean_cost]
     if len(within):
         run, rule = within.d_noise_s5.idxmax(), f"largest noise S5 gain with clean cost <= {max_clean_cost:g}"
@@ -413,6 +436,46 @@ def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gai
     return {"run": run, "rule": rule, "d_clean": float(row.d_clean), "d_noise_s5": float(row.d_noise_s5),
             "meets_targets": bool(row.d_clean >= -max_clean_cost and row.d_noise_s5 >= min_noise_gain),
             "candidates": list(means.index)}
+
+
+# Where benchmarks/step_cost.py --out writes the measured price of each T_he (issue 16).
+STEP_COST_PATH = Path("cpu") / "bench" / "step_cost_the.json"
+
+
+def step_cost_ratios(results_root: str | os.PathLike) -> dict[int, float]:
+    """T_he -> median ratio of a Dem-HEC step to a plain CE step, as ``benchmarks/step_cost.py
+    --out`` measured it (empty when not committed)."""
+    path = Path(results_root) / STEP_COST_PATH
+    if not path.exists():
+        return {}
+    return {int(t): float(v) for t, v in read_result(path)["metrics"]["ratio"].items()}
+
+
+def run_step_cost(exp: Any, run: str, ratios: dict[int, float]) -> float:
+    """The measured price of one training step of ``run`` (a key of :data:`RUNS`) relative to a
+    plain CE step: 1 for a run without the high-entropy branch (plain, Gaussian augmentation), the
+    ratio of its T_he for an ascent run, NaN where that was not measured (the random-noise control's
+    step, which has no ascent, is not)."""
+    from .ablations import _ablation_config
+
+    cfg = _ablation_config(exp, run)[0]
+    if cfg.alpha == 0 and cfg.lambda_c == 0 and cfg.lambda_kd == 0:
+        return 1.0
+    if cfg.samples != "ascent":
+        return float("nan")
+    return ratios.get(cfg.steps, float("nan"))
+
+
+def chosen_run(exp: Any, runs: Sequence[str], seed: int = 0) -> dict | None:
+    """:func:`select_run` on the selection half of the runs of ``runs`` whose halves results
+    exist (with the paper's config, "demhec", as the reference), or None while the base model's
+    or the paper config's are missing."""
+    from .ablations import existing_halves
+
+    base, got = existing_halves(exp, ["demhec", *[r for r in runs if r != "demhec"]], seeds=(seed,))
+    if base is None or ("demhec", seed) not in got:
+        return None
+    return select_run(half_summary(base, got, "selection"))
 
 
 def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
@@ -538,10 +601,12 @@ def describe_gains(before: dict, after: dict, label: str = "Dem-HEC") -> str:
     return text + "."
 
 
-def describe_entropy(summary: pd.DataFrame) -> str:
+def describe_entropy(summary: pd.DataFrame, normalised: bool = False) -> str:
     """What Figures 3-4 show in numbers: per phase, the corrupted-minus-clean entropy gap at the
     first and last layer and where it peaks, then whether the last layer's gap shrank after
-    Dem-HEC (the paper's claim: the gap grows with depth before and shrinks after)."""
+    Dem-HEC (the paper's claim: the gap grows with depth before and shrinks after). ``normalised``:
+    the summary's entropies are divided by log width (no longer nats)."""
+    unit = "(entropy / log width)" if normalised else "nats"
     parts = []
     last = {}
     for phase, t in summary.groupby("phase", sort=False):
@@ -549,15 +614,42 @@ def describe_entropy(summary: pd.DataFrame) -> str:
         peak = t.loc[t.gap.idxmax()]
         grows = t.gap.iloc[-1] > t.gap.iloc[0]
         last[phase] = float(t.gap.iloc[-1])
-        parts.append(f"{phase} Dem-HEC the gap is {t.gap.iloc[0]:+.3f} nats at {t.layer.iloc[0] or 'logits'} and "
+        parts.append(f"{phase} Dem-HEC the gap is {t.gap.iloc[0]:+.3f} {unit} at {t.layer.iloc[0] or 'logits'} and "
                      f"{t.gap.iloc[-1]:+.3f} at {t.layer.iloc[-1] or 'logits'} ({'grows' if grows else 'does not grow'} "
                      f"from first to last layer; largest at {peak.layer or 'logits'}, {peak.gap:+.3f})")
     text = "; ".join(parts)
     if {"before", "after"} <= set(last):
         change = last["after"] - last["before"]
         text += (f". At the last layer the gap {'shrank' if change < 0 else 'did not shrink'} after Dem-HEC "
-                 f"({change:+.3f} nats)")
+                 f"({change:+.3f} {unit})")
     return text[0].upper() + text[1:] + "."
+
+
+def describe_entropy_claim(summary: pd.DataFrame, base: str = "base") -> str:
+    """Whether the text around Figures 3-4 holds in ``summary`` (:func:`entropy_summary` rows
+    with ``model`` and ``corruption`` columns, ideally normalised): (1) corruptions raise the
+    entropy of the base model's middle layers (every layer but the first and the last) and the
+    gap grows from the first layer to the last; (2) each fine-tuned model's clean/corrupted gap,
+    the mean absolute gap over its layers, is narrower than the base model's."""
+    out = []
+    for corruption, t in summary.groupby("corruption", sort=False):
+        b = t[t.model == base].reset_index(drop=True)
+        if b.empty:
+            continue
+        middle = b.gap.iloc[1:-1] if len(b) > 2 else b.gap
+        raised = bool((middle > 0).all())
+        text = (f"{corruption}: the corruption {'raises' if raised else 'does not raise'} the base model's "
+                f"middle-layer entropy (gaps {', '.join(f'{g:+.3f}' for g in middle)}), and its gap "
+                f"{'grows' if b.gap.iloc[-1] > b.gap.iloc[0] else 'does not grow'} from the first layer to "
+                f"the last ({b.gap.iloc[0]:+.3f} to {b.gap.iloc[-1]:+.3f})")
+        width = float(b.gap.abs().mean())
+        others = []
+        for model, m in t[t.model != base].groupby("model", sort=False):
+            w = float(m.gap.abs().mean())
+            others.append(f"{model} {'narrows' if w < width else 'does not narrow'} it "
+                          f"(mean |gap| {w:.3f} against the base model's {width:.3f})")
+        out.append(text + ("; " + "; ".join(others) if others else "") + ".")
+    return " ".join(out) if out else "No base-model entropies to compare."
 
 
 def describe_clean(table: pd.DataFrame) -> str:
