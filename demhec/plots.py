@@ -576,7 +576,10 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     are listed together in the legend.
 
     ``df`` is :func:`demhec.experiments.ablation_summary`'s table; rows labelled "base model"
-    are left out.
+    are left out. With a ``split`` column holding both halves of the selection protocol
+    (:func:`demhec.experiments.halves_summary` of each half, concatenated), each run is drawn on
+    both: hollow where it was chosen (selection half), filled where it is reported (report half),
+    joined by a thin line, so a reader sees how far the choice moved between the halves.
     """
     (xc, xname), (yc, yname) = x, y
     _check_columns(df, "tradeoff_figure", ["label", "seed", xc, yc, *(["run"] if families else [])])
@@ -599,9 +602,13 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
         fam = family_of[lab]
         style[lab] = (tab10[counts[fam] % 10], markers[fam])
         counts[fam] += 1
+    halves = "split" in df.columns and df["split"].nunique() > 1
+    if halves and set(df["split"]) != {"selection", "report"}:
+        raise DemHECError(f"tradeoff_figure: split must hold 'selection' and 'report', got {sorted(set(df['split']))}")
+    shown = df[df["split"] == "report"] if halves else df
     fig = Figure(figsize=(8.5, 5.4), layout="constrained")
     ax = fig.subplots()
-    means = df.groupby("label", sort=False)[[xc, yc]].mean().reindex(labels)
+    means = shown.groupby("label", sort=False)[[xc, yc]].mean().reindex(labels)
     handles: list[Any] = []
     if target is not None:
         x_lo = min(target[0], float(df[xc].min())) - 1.0
@@ -612,17 +619,28 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
         ax.set_xlim(left=x_lo)
     current = None
     for lab in labels:
-        seeds = df[df["label"] == lab]
+        seeds = shown[shown["label"] == lab]
         colour, marker = style[lab]
         if families and family_of[lab] != current:
             current = family_of[lab]
             handles.append(Line2D([], [], linestyle="none", label=current.upper()))
+        if halves:
+            sel = df[(df["label"] == lab) & (df["split"] == "selection")]
+            if len(sel):
+                sx, sy = float(sel[xc].mean()), float(sel[yc].mean())
+                ax.plot([sx, means.loc[lab, xc]], [sy, means.loc[lab, yc]], color=colour, linewidth=0.7, alpha=0.6)
+                ax.plot(sx, sy, linestyle="none", marker=marker, markersize=7, markerfacecolor="none",
+                        markeredgecolor=colour, markeredgewidth=1.0)
         ax.plot(seeds[xc], seeds[yc], linestyle="none", marker="o", markersize=3, color=colour, alpha=0.6)
         handles.append(ax.plot(means.loc[lab, xc], means.loc[lab, yc], linestyle="none", marker=marker,
                                markersize=7, color=colour, markeredgecolor="black", markeredgewidth=0.4,
                                label=f"{lab} (n={len(seeds)})")[0])
     handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3, color="grey",
                           label="small dot: one seed; large marker: mean over seeds"))
+    if halves:
+        handles.append(Line2D([], [], linestyle="-", linewidth=0.7, marker="o", markersize=6, color="grey",
+                              markerfacecolor="none",
+                              label="hollow: selection half (chosen on); filled: report half (reported)"))
     ax.axhline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
     ax.axvline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
     ax.set_xlabel(f"{xname}: change from base (points)")

@@ -8,6 +8,7 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
     python scripts/cpu_reproduction.py --halves demhec,plain,random_noise --seeds 0   # issue 16
     python scripts/cpu_reproduction.py --gpu-halves    # the GPU run's committed checkpoints, re-scored
     python scripts/cpu_reproduction.py --figures34     # Figures 3-4 on the report half (issue 16)
+    python scripts/cpu_reproduction.py --recommend --seeds 0,1,2   # the chosen config vs its controls
 
 ``--halves`` scores the base model and each named run (a key of ``experiments.RUNS``; fine-tuned
 where its checkpoint is missing) on both halves of the evaluation split, the selection protocol of
@@ -16,6 +17,10 @@ issue 16: configurations are chosen on the "selection" half and reported on the 
 phase A (the "gpu" profile), without training anything. ``--figures34`` computes notebook 09's
 Figures 3-4 on the report half: the base model, the paper's config and the configuration chosen on
 the selection half among the runs with halves results (fine-tuned where its checkpoint is missing).
+``--recommend`` records that choice once (``halves/choice_cifar-c.json``), trains it and its three
+controls (same freezing, learning rate, radius and budget) on every seed, scores them on both halves
+in both suites, and copies the seed-0 state dicts to ``checkpoints/resnet20_{recommended,plain,
+random_noise,gaussian_aug}.pt``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
     ABLATIONS,
+    CONTROL_RUNS,
     FIGURE34_CORRUPTIONS,
     GPU_A_RUNS,
     LATE_RUNS,
@@ -37,9 +43,12 @@ from demhec.experiments import (
     ablation_result,
     base_model,
     chosen_run,
+    control_of,
     entropy_records,
+    export_checkpoints,
     halves_result,
     paired_gain_result,
+    record_choice,
     robustness_result,
 )
 
@@ -67,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--figures34", action="store_true",
                    help="compute notebook 09's Figures 3-4 on the report half (base, paper config, the "
                         "selection half's choice); only this stage runs")
+    p.add_argument("--recommend", action="store_true",
+                   help="issue 16, point 5: choose the configuration on the selection half (recorded once), "
+                        "then train it and its plain, random-noise and Gaussian-augmentation controls on --seeds, "
+                        "score them on both halves in both suites and export the seed-0 state dicts; only this "
+                        "stage runs")
     p.add_argument("--no-base", action="store_true",
                    help="with --halves: do not score the base model (its halves results exist, or the GPU "
                         "profile's of the same committed base state dict stand in for them)")
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         return gpu_halves_stage(args, stage)
     if args.figures34:
         return figures34_stage(first, stage)
+    if args.recommend:
+        return recommend_stage(seeds, exp, stage)
     if args.halves is not None:
         return halves_stage(args.halves.split(","), seeds, exp, stage, base=not args.no_base)
     if args.tta_only:
@@ -149,6 +165,24 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
     for name in names:
         if name in GPU_A_RUNS:
             stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)
+
+
+def recommend_stage(seeds: list[int], exp, stage) -> None:
+    """Issue 16, point 5: the configuration chosen on the selection half (``record_choice``, kept
+    once written) against its own controls: the acceptance's suite on every seed first (each
+    seed's four runs together, the seed-0 state dicts exported under their committed names as soon
+    as they exist), then the other suite."""
+    first = exp(seeds[0])
+    choice = record_choice(first, list(RUNS))["metrics"]["run"]
+    print(f"[recommend] chosen on the selection half: {choice}", flush=True)
+    runs = [choice, *(control_of(c, choice) for c in CONTROL_RUNS)]
+    for suite in SUITES:  # the acceptance's suite (cifar-c) on every seed first
+        stage(f"base model on both halves, {suite}", halves_result, first, "before", suite)
+        for seed in seeds:
+            for run in runs:
+                stage(f"{run} seed {seed} on both halves, {suite}", ablation_halves, exp(seed), run, suite)
+            if seed == 0 and suite == SUITES[0]:
+                stage("seed-0 state dicts exported", export_checkpoints, exp(0), choice)
 
 
 def figures34_stage(first: Experiment, stage) -> None:

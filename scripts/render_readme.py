@@ -116,7 +116,41 @@ def cpu_controls(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls}
+def cpu_recommended(results: Path) -> str:
+    """Issue 16, point 5: the configuration recorded as chosen on the selection half, against its
+    own controls on the report half (means over the seeds that exist, both suites), and the
+    plain-language conclusion built from those numbers."""
+    exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
+    choice, base, runs = ex.recommended_halves(exp, (0, 1, 2), "cifar-c")
+    if choice is None or base is None or (choice["metrics"]["run"], 0) not in runs:
+        return "No recommended configuration is scored yet (`scripts/cpu_reproduction.py --recommend`).\n"
+    run = choice["metrics"]["run"]
+    controls = [ex.control_of(c, run) for c in ex.CONTROL_RUNS]
+    m = choice["metrics"]
+    lines = [f"Recorded choice (`{ex.choice_path(exp).relative_to(results.parent)}`): `{run}`, chosen on the "
+             f"{choice['split']} half ({m['rule']}) among {', '.join(f'`{c}`' for c in m['candidates'])}.", ""]
+    for suite in ("cifar-c", "imagecorruptions"):
+        _, b, r = ex.recommended_halves(exp, (0, 1, 2), suite)
+        if b is None or (run, 0) not in r:
+            lines += [f"Not scored in the `{suite}` suite yet.", ""]
+            continue
+        summary = ex.recommended_summary(b, r, run, "report")
+        rows = summary[summary.run != "base"].groupby(["run", "label"], sort=False)
+        table = pd.DataFrame([{"run": f"`{k[0]}`", "change": k[1], "seeds": len(g),
+                               "clean vs base": _signed(g.d_clean.mean()),
+                               "noise S5 vs base": _signed(g.d_noise_s5.mean()),
+                               "noise S5 vs recommended": "--" if k[0] == run else _signed(g.r_noise_s5.mean())}
+                              for k, g in rows])
+        lines += [f"`{suite}` suite, report half ({int(b['report']['metrics']['n'])} images), means over the seeds:", "",
+                  markdown_table(table), ""]
+        if suite == "cifar-c":
+            verdict = ex.recommendation_verdict(summary, run, controls)
+            conclusion = ex.describe_recommendation(exp, verdict, ex.run_step_cost(exp, run, ex.step_cost_ratios(results)))
+    lines += [f"- {line}" for line in conclusion]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended}
 
 
 def render(text: str, results: Path) -> str:

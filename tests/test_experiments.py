@@ -331,10 +331,14 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     assert len(made_csvs) >= 15
     for table in made_csvs:
         assert table.read_text() == (CPU_RESULTS / "tables" / table.name).read_text(), table.name
-    # six figures (with the test-time adaptation one), and section 8.3's Figures 3-4 once committed
+    # six figures (with the test-time adaptation one), and section 8.3's Figures 3-4 and 8.4's
+    # trade-off on both halves once their results are committed
     fig34 = any((CPU_RESULTS / "cifar10_jpeg").rglob("entropy_*_report.json"))
-    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6 + fig34
-    for name in ("resnet20_base.pt", "resnet20_demhec.pt"):
+    halves = any((CPU_RESULTS / "cifar10_jpeg").rglob("halves/after_cifar-c_selection.json"))
+    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6 + fig34 + halves
+    # issue 16's exported state dicts (the recommended config and its controls) once committed
+    exported = [f"resnet20_{n}.pt" for n in ex.EXPORTED] if (CPU_RESULTS / "checkpoints" / "resnet20_recommended.json").exists() else []
+    for name in ("resnet20_base.pt", "resnet20_demhec.pt", *exported):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 

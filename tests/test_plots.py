@@ -431,3 +431,20 @@ def test_show_figure_saves_outside_a_notebook(tmp_path) -> None:
 def test_robustness_figure_title_moves_the_legend_down() -> None:
     fig = plots.robustness_figure(_table(["snow"], [1, 3]), title="ResNet-20 on Digits")
     assert fig.get_suptitle() == "ResNet-20 on Digits"
+
+
+def test_tradeoff_figure_draws_both_halves() -> None:
+    df = pd.DataFrame({"run": ["x", "x", "x"], "label": ["run x"] * 3, "seed": [0, 0, 1],
+                       "split": ["selection", "report", "report"],
+                       "d_clean": [-2.0, -3.0, -5.0], "d_noise_s5": [9.0, 8.0, 6.0]})
+    fig = plots.tradeoff_figure(df)
+    ax = fig.axes[0]
+    # The filled marker is the report half's mean; the hollow one the selection half's, joined to it.
+    filled = [line.get_xydata().tolist() for line in ax.lines if line.get_label() == "run x (n=2)"]
+    assert filled == [[[-4.0, 7.0]]]
+    hollow = [line.get_xydata().tolist() for line in ax.lines if line.get_markerfacecolor() == "none"]
+    assert [[-2.0, 9.0]] in hollow
+    assert [[-2.0, 9.0], [-4.0, 7.0]] in [line.get_xydata().tolist() for line in ax.lines]
+    assert any("selection half" in t for t in _legend_texts(fig))
+    with pytest.raises(DemHECError, match="split"):
+        plots.tradeoff_figure(df.assign(split=["selection", "whole", "whole"]))

@@ -202,6 +202,79 @@ def test_each_control_is_one_change_from_the_profile_config(run, changed):
     assert {"random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
 
 
+def test_controls_of_another_config_share_its_changes():
+    from demhec.experiments.ablations import _ablation_config
+
+    exp = ex.Experiment(profile="cpu")
+    config, _ = _ablation_config(exp, "late_frozen_tuned")
+    assert ex.control_of("plain", "demhec") == "plain"  # the paper config's controls keep their names
+    name = ex.control_of("random_noise", "late_frozen_tuned")
+    assert name == "random_noise@late_frozen_tuned"
+    cfg, tag = _ablation_config(exp, name)
+    assert tag == "after_random_noise_at_late_frozen_tuned"
+    # the config's freezing, learning rate and radius, the control's sampling
+    assert cfg == dataclasses.replace(config, samples="uniform")
+    gauss, _ = _ablation_config(exp, ex.control_of("gaussian_aug", "late_frozen_tuned"))
+    assert (gauss.freeze, gauss.lr, gauss.alpha, gauss.lambda_c, gauss.lambda_kd) == (config.freeze, config.lr, 0, 0, 0)
+    assert gauss.noise_sigma > 0
+    assert all(ex.is_control(r) for r in ("plain", "gaussian_aug", name, "plain_late_frozen_tuned"))
+    assert not any(ex.is_control(r) for r in ("demhec", "late_frozen_tuned", "eps2"))
+    assert "late_frozen_tuned" in ex.run_label(name) and ex.run_label("eps2") == ex.ABLATION_LABELS["eps2"]
+    assert ex.run_family(name) == "controls of late_frozen_tuned"
+    with pytest.raises(DemHECError, match="valid configurations"):
+        ex.control_of("plain", "random_noise")  # a control has no controls
+    with pytest.raises(DemHECError, match="valid controls"):
+        _ablation_config(exp, "eps2@late_frozen_tuned")
+    with pytest.raises(DemHECError, match="valid runs"):
+        _ablation_config(exp, "no_such_run")
+
+
+def test_the_recorded_choice_names_its_half_and_inputs_and_is_kept(tmp_path):
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    ex.halves_result(exp, "before")
+    for run in ("demhec", "eps2"):
+        ex.ablation_halves(exp, run)
+    rec = ex.record_choice(exp, ["demhec", "eps2", "plain"])  # plain has no halves here: left out
+    m = rec["metrics"]
+    assert rec["split"] == "selection" and rec["config"]["split"] == "selection" and rec["kind"] == "choice"
+    assert m["run"] in ("demhec", "eps2") and m["candidates"] == ["demhec", "eps2"]
+    base, got = ex.existing_halves(exp, ["demhec", "eps2"])
+    assert m["inputs"] == {"base": base["selection"]["fingerprint"],
+                           **{r: got[(r, 0)]["selection"]["fingerprint"] for r in ("demhec", "eps2")}}
+    assert ex.choice_path(exp).exists()
+    ex.ablation_halves(exp, "steps1")  # scored later: extends chosen_run's candidates, not the record
+    again = ex.record_choice(exp, ["demhec", "eps2", "plain", "steps1"])
+    assert again["metrics"]["candidates"] == ["demhec", "eps2"]
+    assert "steps1" in ex.chosen_run(exp, ["demhec", "eps2", "steps1"])["candidates"]
+    fresh = ex.record_choice(dataclasses.replace(exp, recompute=True), ["demhec", "eps2", "steps1"])
+    assert fresh["metrics"]["candidates"] == ["demhec", "eps2", "steps1"]
+
+
+def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path):
+    import hashlib
+    import json
+
+    from demhec import get_model
+
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    paths = ex.export_checkpoints(exp, "eps2")
+    assert sorted(paths) == sorted(ex.EXPORTED)
+    record = json.loads(exp.checkpoint("recommended").with_suffix(".json").read_text())
+    assert record["profile"] == "smoke" and record["git_commit"] and record["versions"]["torch"]
+    manifest = record["files"]
+    assert {k: v["run"] for k, v in manifest.items()} == {
+        "recommended": "eps2", "plain": "plain@eps2", "random_noise": "random_noise@eps2",
+        "gaussian_aug": "gaussian_aug@eps2"}
+    for name, path in paths.items():
+        assert path.name == f"{exp.model_key}_{name}.pt" and path.with_suffix(".fingerprint.json").exists()
+        assert manifest[name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        trained = ex.ablation_model(dataclasses.replace(exp, allow_train=False), manifest[name]["run"])
+        loaded = get_model(exp.effective_backbone, num_classes=len(ex.train_data(exp).classes), pretrained=str(path))
+        for (k, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), k
+    assert manifest["recommended"]["config"]["eps"] == pytest.approx(2 / 255)
+
+
 # --- the two halves -----------------------------------------------------------------------------
 
 
@@ -266,7 +339,8 @@ def test_halves_summary_paired_errors_and_the_selection_rule():
     assert s.loc["plain", "se_clean"] == 0 and set(s.split) == {"selection"}
     choice = ex.select_run(s.reset_index(), max_clean_cost=100)
     assert choice["run"] == "demhec" and choice["candidates"] == ["demhec"]  # a control is never chosen
-    assert ex.select_run(s.reset_index(), max_clean_cost=100, exclude=())["candidates"] == ["demhec", "plain"]
+    renamed = s.reset_index().replace({"run": {"plain": "late_frozen_tuned", "demhec": "plain@late_frozen_tuned"}})
+    assert ex.select_run(renamed, max_clean_cost=100)["candidates"] == ["late_frozen_tuned"]  # nor its controls
     with pytest.raises(DemHECError, match="no candidate"):
         ex.select_run(s.drop("demhec").reset_index())
     report = {k: dict(v, split="report") for k, v in runs.items()}
@@ -416,3 +490,35 @@ def test_step_cost_of_each_run_reads_the_benchmark_json(tmp_path):
     assert ex.run_step_cost(exp, "demhec", ratios) == 5.5 and ex.run_step_cost(exp, "steps1", ratios) == 2.5
     assert math.isnan(ex.run_step_cost(exp, "steps2", ratios))  # not measured
     assert math.isnan(ex.run_step_cost(exp, "random_noise", ratios))  # no ascent: not this benchmark's step
+
+
+def test_recommendation_verdict_and_its_sentences():
+    rng = np.random.default_rng(2)
+    n = 2000
+    clean, noise = rng.random(n) < 0.85, rng.random(n) < 0.4
+    base = {h: _half_record(h, clean, noise) for h in ex.EVAL_HALVES}
+    run, controls = "late_frozen_tuned", [ex.control_of(c, "late_frozen_tuned") for c in ex.CONTROL_RUNS]
+    runs = {}
+    for seed in (0, 1):
+        g = np.random.default_rng(10 + seed)
+        big, small, cost = g.random(n) < 0.3, g.random(n) < 0.05, g.random(n) < 0.02
+        for name, fixed, lost in ((run, big, cost), (controls[0], small, cost), (controls[2], big, cost)):
+            runs[(name, seed)] = {h: _half_record(h, clean & ~lost, noise | fixed, seed) for h in ex.EVAL_HALVES}
+    s = ex.recommended_summary(base, runs, run)
+    assert set(s.split) == {"report"} and (s.run == "base").sum() == 1
+    # each control is paired with the recommended run of its own seed
+    for seed in (0, 1):
+        row = s[(s.run == controls[0]) & (s.seed == seed)].iloc[0]
+        own = s[(s.run == run) & (s.seed == seed)].iloc[0]
+        assert row.r_noise_s5 == pytest.approx(row.d_noise_s5 - own.d_noise_s5)
+    v = ex.recommendation_verdict(s, run, controls)
+    assert v["seeds"] == [0, 1] and v["noise_met"] and v["clean_met"]
+    assert v["controls"][controls[0]]["met"] and not v["controls"][controls[2]]["met"]  # the same gain
+    assert v["controls"][controls[1]] is None and not v["controls_met"] and not v["all_met"]
+    lines = ex.describe_recommendation(ex.Experiment(profile="cpu"), v, 4.91)
+    assert "eps = 4/255 (paper config: 8/255)" in lines[0] and "later stages are frozen" in lines[0]
+    assert "mean of 2 seeds" in lines[1] and "sd " in lines[1] and "4.91 plain steps" in lines[1]
+    assert "not run yet" in lines[3] and "less than 3 points" in lines[4]
+    assert "not met" in lines[-1] and "best trade-off" in lines[-1]
+    with pytest.raises(DemHECError, match="no halves results"):
+        ex.recommended_summary(base, runs, "eps2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -27,6 +28,7 @@ from .pipeline import (
     result_spec,
     robustness_result,
     scored_on,
+    train_data,
 )
 
 
@@ -157,6 +159,11 @@ ABLATION_LABELS.update({
 # The controls of a configuration (same base, freezing, learning rate and budget, not the paper's
 # loss): compared against, never chosen (:func:`~.tables.select_run`).
 CONTROL_RUNS = ("plain", "random_noise", "gaussian_aug")
+# The controls of any other configuration are named "<control>@<config>" (:func:`control_of`): the
+# config's changes first, then the control's, so they share its freezing, learning rate, radius and
+# budget. The recommended configuration of issue 16 is one chosen on the selection half, not known
+# in advance, so its controls cannot be listed here.
+_AT = "@"
 # Figures 3-4 on real images (notebook 09): the paper's corruption (pixelate) and the noise the
 # method gains most on, both at S5.
 FIGURE34_CORRUPTIONS = ("gaussian_noise", "pixelate")
@@ -164,12 +171,53 @@ FIGURE34_CORRUPTIONS = ("gaussian_noise", "pixelate")
 RUNS = {**ABLATIONS, **CONTROLS}
 
 
-def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
+def control_of(control: str, config: str) -> str:
+    """The name of ``control`` (one of :data:`CONTROL_RUNS`) run with the changes of ``config`` (a
+    key of :data:`RUNS`): the paper config's controls are the plain names themselves."""
+    check_choice("control", control, CONTROL_RUNS)
+    check_choice("configuration", config, [r for r in RUNS if not is_control(r)])
+    return control if config == "demhec" else f"{control}{_AT}{config}"
+
+
+def is_control(run: str) -> bool:
+    """Whether ``run`` is a control (compared against, never chosen): a name of
+    :data:`CONTROL_RUNS`, one made by :func:`control_of`, or an ablation that drops the paper's
+    loss for clean cross-entropy alone (the late-freezing config's plain control)."""
+    name = run.split(_AT, 1)[0]
+    return name in CONTROL_RUNS or name.startswith("plain_")
+
+
+def run_label(run: str) -> str:
+    """What ``run`` changes, in words (:data:`ABLATION_LABELS`, extended to :func:`control_of`'s names)."""
+    control, _, config = run.partition(_AT)
+    if not config:
+        return ABLATION_LABELS[run]
+    return f"{ABLATION_LABELS[control]}, as {config} ({ABLATION_LABELS[config]})"
+
+
+def run_family(run: str) -> str:
+    """The group of ``run`` in figures (:data:`ABLATION_FAMILIES`; the issue-16 runs by question)."""
+    control, _, config = run.partition(_AT)
+    if config:
+        return f"controls of {config}"
+    if run in ABLATION_FAMILIES:
+        return ABLATION_FAMILIES[run]
+    return "controls of the paper config" if run in CONTROL_RUNS else "one change from the paper config"
+
+
+def _overrides(exp: Experiment, run: str) -> dict[str, Any]:
     check_choice("run", run, RUNS)
     overrides = RUNS[run]
-    if callable(overrides):
-        overrides = overrides(exp.demhec_config)
-    return demhec_config(exp, **overrides), "after" if run == "demhec" else f"after_{run}"
+    return dict(overrides(exp.demhec_config) if callable(overrides) else overrides)
+
+
+def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
+    control, _, config = run.partition(_AT)
+    if config:
+        control_of(control, config)  # both names valid, the config not itself a control
+        overrides = {**_overrides(exp, config), **_overrides(exp, control)}
+        return demhec_config(exp, **overrides), f"after_{control}_at_{config}"
+    return demhec_config(exp, **_overrides(exp, run)), "after" if run == "demhec" else f"after_{run}"
 
 
 def ablation_model(exp: Experiment, run: str) -> nn.Module:
@@ -292,3 +340,63 @@ def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severi
     spec = result_spec(exp, "paired/after", model_spec(exp, "demhec", run_cfg), **scored)
     return get_or_compute(path, compute, fingerprint=spec, allow_train=exp.allow_train,
                           recompute=exp.recompute, what=f"{run} vs base, paired, on {suite}")
+
+
+# The names under which issue 16's seed-0 models are committed, loadable with
+# ``demhec.get_model(backbone, num_classes=10, pretrained=path)``: the recommended configuration and
+# its three controls (the base and the paper config are ``<backbone>_base.pt`` / ``_demhec.pt``).
+EXPORTED = ("recommended", *CONTROL_RUNS)
+
+
+def export_checkpoints(exp: Experiment, run: str) -> dict[str, Path]:
+    """Copy the seed-``exp.seed`` state dicts of ``run`` (the recommended configuration) and of
+    its controls (:func:`control_of`) to ``<checkpoints>/<backbone>_<name>.pt`` for each name of
+    :data:`EXPORTED`, each with its fingerprint and a manifest (``<backbone>_recommended.json``:
+    which run each file holds, its config and sha256), so a file can be checked on other images
+    without this repository's caches. The models are trained where missing (like
+    :func:`ablation_model`)."""
+    import hashlib
+    import json
+    import shutil
+
+    from .._common import atomic_write
+
+    sources = {"recommended": run, **{c: control_of(c, run) for c in CONTROL_RUNS}}
+    manifest = {}
+    out = {}
+    for name, source in sources.items():
+        ablation_model(exp, source)  # trains it where its checkpoint is missing
+        cfg, tag = _ablation_config(exp, source)
+        cached = exp.checkpoint(tag.replace("after", "demhec", 1) + ("" if exp.seed == 0 else f"_seed{exp.seed}"))
+        target = exp.checkpoint(name)
+        shutil.copyfile(cached, target)
+        shutil.copyfile(cached.with_suffix(".fingerprint.json"), target.with_suffix(".fingerprint.json"))
+        manifest[name] = {"run": source, "label": run_label(source), "seed": exp.seed,
+                          "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+                          "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+        out[name] = target
+    from ..results import git_commit, versions
+
+    record = {"kind": "checkpoints", "profile": exp.profile, "seed": exp.seed, "files": manifest,
+              "data": provenance(train_data(exp)),
+              "versions": versions(), "git_commit": git_commit()}
+    with atomic_write(exp.checkpoint("recommended").with_suffix(".json"), "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    return out
+
+
+def recommended_halves(exp: Experiment, seeds: Sequence[int] = (0, 1, 2), suite: str = "cifar-c"
+                       ) -> tuple[dict | None, dict[str, dict] | None, dict[tuple[str, int], dict[str, dict]]]:
+    """What exists of issue 16's recommended configuration (read, nothing computed): the recorded
+    choice (:func:`~.tables.record_choice`, None before it is made), the base model's halves in
+    ``suite`` and those of the chosen run and its controls per seed, as :func:`existing_halves`."""
+    from ..results import read_result
+    from .tables import choice_path
+
+    path = choice_path(exp)
+    if not path.exists():
+        return None, None, {}
+    choice = read_result(path)
+    run = choice["metrics"]["run"]
+    base, runs = existing_halves(exp, [run, *(control_of(c, run) for c in CONTROL_RUNS)], seeds, suite)
+    return choice, base, runs

@@ -1,10 +1,12 @@
-"""Table shapers: the paper's tables and figure inputs from result records (no computing)."""
+"""Table shapers: the paper's tables and figure inputs from result records (no training or scoring;
+the one record written here, :func:`record_choice`, is a choice made from other records)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .._common import DemHECError
-from ..results import compare_with_paper, paper_table, read_result
-from .ablations import ABLATION_LABELS, CONTROL_RUNS, NOISE, RUNS
+from ..results import compare_with_paper, get_or_compute, paper_table, read_result
+from .ablations import ABLATION_LABELS, NOISE, RUNS, is_control, run_label
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +257,7 @@ def paired_summary(records: dict[tuple[str, int], dict], z: float = 1.96) -> pd.
     with its standard error and a normal ``z`` interval (1.96: 95%)."""
     rows = []
     for (run, seed), rec in records.items():
-        row = {"run": run, "label": ABLATION_LABELS[run], "seed": seed}
+        row = {"run": run, "label": run_label(run), "seed": seed}
         for name, key in (("clean", "clean"), ("noise", "corrupted")):
             m = rec["metrics"][key]
             row.update({f"d_{name}": m["diff"], f"se_{name}": m["se"],
@@ -285,7 +287,7 @@ def ablation_summary(base: dict, runs: dict[tuple[str, int], dict]) -> pd.DataFr
     ref = metrics(base)
     rows = [{"run": "base", "label": "base model", "seed": base["seed"], **ref}]
     for (run, seed), rec in runs.items():
-        rows.append({"run": run, "label": ABLATION_LABELS[run], "seed": seed, **metrics(rec)})
+        rows.append({"run": run, "label": run_label(run), "seed": seed, **metrics(rec)})
     df = pd.DataFrame(rows)
     for col in ("clean", "noise_s5", "all_s5"):
         df[f"d_{col}"] = df[col] - ref[col]
@@ -306,7 +308,7 @@ def severity_gains(base: dict, runs: dict[tuple[str, int], dict]) -> pd.DataFram
             every = sorted(set(t.corruption[(t.corruption != "clean") & (t.severity == s)]))
             if not every:
                 raise DemHECError(f"run {run!r} seed {seed} was not evaluated at severity {s}")
-            rows.append({"run": run, "label": ABLATION_LABELS[run], "seed": seed, "severity": s,
+            rows.append({"run": run, "label": run_label(run), "seed": seed, "severity": s,
                          "d_clean": rec["metrics"]["clean_accuracy"] - base["metrics"]["clean_accuracy"],
                          "d_noise": _mean_accuracy(rec, NOISE, s) - _mean_accuracy(base, NOISE, s),
                          "d_all": _mean_accuracy(rec, every, s) - _mean_accuracy(base, every, s)})
@@ -413,17 +415,16 @@ def half_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, di
     return summary
 
 
-def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0,
-               exclude: Sequence[str] = CONTROL_RUNS) -> dict:
+def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0) -> dict:
     """The selection rule of issue 16's acceptance, applied to a :func:`halves_summary` of the
     selection half only (refused otherwise): among the runs (seed means) whose clean accuracy is
     within ``max_clean_cost`` points of the base, the one with the largest noise S5 gain; when none
     is, the largest noise gain minus clean cost. The controls (``exclude``) are never candidates:
-    the choice is a configuration of the paper's loss. Returns the choice, the rule and whether
-    the choice meets both targets on the selection half."""
+    the choice is a configuration of the paper's loss (:func:`~.ablations.is_control`). Returns the
+    choice, the rule and whether the choice meets both targets on the selection half."""
     if set(summary.split) != {"selection"}:
         raise DemHECError(f"a configuration is chosen on the selection half only, got {sorted(set(summary.split))}")
-    keep = ~summary.run.isin(["base", *exclude])
+    keep = ~(summary.run.eq("base") | summary.run.map(is_control))
     if not keep.any():
         raise DemHECError("no candidate configuration to choose from (only the base and the controls)")
     means = summary[keep].groupby("run", sort=False)[["d_clean", "d_noise_s5"]].mean()
@@ -436,6 +437,47 @@ def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gai
     return {"run": run, "rule": rule, "d_clean": float(row.d_clean), "d_noise_s5": float(row.d_noise_s5),
             "meets_targets": bool(row.d_clean >= -max_clean_cost and row.d_noise_s5 >= min_noise_gain),
             "candidates": list(means.index)}
+
+
+# The selection rule's targets (issue 16's acceptance): points from the base model.
+CHOICE_RULE = {"max_clean_cost": 4.0, "min_noise_gain": 10.0}
+
+
+def choice_path(exp: Any, suite: str = "cifar-c") -> Path:
+    """Where :func:`record_choice` keeps the recommended configuration."""
+    return exp.cell_dir / "halves" / f"choice_{suite}.json"
+
+
+def record_choice(exp: Any, runs: Sequence[str], seed: int = 0, suite: str = "cifar-c") -> dict:
+    """Issue 16's recommended configuration: :func:`select_run` on the selection half among the
+    ``runs`` whose halves results exist, written once as a result JSON that names the half it was
+    chosen on, the candidates and the fingerprint of every selection-half file it read. The
+    record is then kept: configurations scored later extend :func:`chosen_run`'s candidates, not
+    this choice, on which the recommended config's seeds and controls were trained (delete the
+    file, or ``recompute``, to choose again)."""
+    from .ablations import existing_halves
+    from .pipeline import experiment_config
+
+    spec = {"kind": "choice", "experiment": {"profile": exp.profile, "seed": seed}, "suite": suite,
+            "split": "selection", "rule": CHOICE_RULE}
+
+    def compute() -> dict:
+        base, got = existing_halves(replace(exp, allow_train=False, recompute=False), runs, seeds=(seed,), suite=suite)
+        if base is None:
+            raise DemHECError("no base-model halves results: score the base model on both halves first")
+        summary = half_summary(base, got, "selection")
+        choice = select_run(summary, **CHOICE_RULE)
+        read = {"base": base["selection"]["fingerprint"],
+                **{run: got[(run, seed)]["selection"]["fingerprint"] for run in choice["candidates"]}}
+        return dict(kind="choice", profile=exp.profile, split="selection",
+                    config={"experiment": experiment_config(exp), "suite": suite, "rule": CHOICE_RULE,
+                            "split": "selection", "runs_asked": list(runs)},
+                    metrics={**choice, "selection_table": summary[["run", "d_clean", "d_noise_s5"]],
+                             "inputs": read},
+                    data={**base["selection"]["data"]}, seed=seed)
+
+    return get_or_compute(choice_path(exp, suite), compute, fingerprint=spec, allow_train=True,
+                          recompute=exp.recompute, what="the configuration chosen on the selection half")
 
 
 # Where benchmarks/step_cost.py --out writes the measured price of each T_he (issue 16).
@@ -497,20 +539,119 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
         return f"{d:+.2f} ± {se:.2f}" + ("" if abs(d) > z * se else " (within the images' noise)")
 
     r = m.loc[run]
-    lines = [f"{ABLATION_LABELS[run]} on the {half} half: clean {said(r.d_clean, r.se_clean)} points, "
+    lines = [f"{run_label(run)} on the {half} half: clean {said(r.d_clean, r.se_clean)} points, "
              f"noise S5 mean {said(r.d_noise_s5, r.se_noise_s5)} points from the base "
              f"(targets: clean >= -4, noise >= +10: {'met' if r.d_clean >= -4 and r.d_noise_s5 >= 10 else 'not met'})."]
     for c in controls:
         if c not in m.index:
-            lines.append(f"{ABLATION_LABELS[c]}: not run on the {half} half yet.")
+            lines.append(f"{run_label(c)}: not run on the {half} half yet.")
             continue
         k = m.loc[c]
         # r_* is control minus run: the run's advantage is its negative
         adv, adv_se, cl, cl_se = 0.0 - k.r_noise_s5, k.r_se_noise_s5, 0.0 - k.r_clean, k.r_se_clean
         verdict = ("ahead by at least 3 points" if adv - z * adv_se >= 3 else
                    "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
-        lines.append(f"{run} minus {ABLATION_LABELS[c]}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} "
+        lines.append(f"{run} minus {run_label(c)}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} "
                      f"points: {verdict} on noise.")
+    return lines
+
+
+def recommended_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, dict]], run: str,
+                        half: str = "report") -> pd.DataFrame:
+    """:func:`halves_summary` of the recommended ``run`` and its controls on ``half``, seed by
+    seed: each control's ``r_*`` is its change from the recommended run of the same seed, paired
+    over the same images (checked to show its files' numbers)."""
+    frames = []
+    for seed in sorted({s for _, s in runs}):
+        recs = {k: v[half] for k, v in runs.items() if k[1] == seed}
+        if (run, seed) not in recs:
+            continue
+        summary = halves_summary(base[half], recs, reference=(run, seed))
+        check_ablation_shown(summary, base[half], recs)
+        frames.append(summary if not frames else summary[summary.run != "base"])
+    if not frames:
+        raise DemHECError(f"no halves results of {run!r} on the {half} half")
+    return pd.concat(frames, ignore_index=True)
+
+
+def recommendation_verdict(summary: pd.DataFrame, run: str, controls: Sequence[str],
+                           rule: dict[str, float] = CHOICE_RULE, margin: float = 3.0) -> dict:
+    """Issue 16's acceptance on a :func:`recommended_summary` of the report half: the means over
+    the seeds of the run's noise S5 and clean changes from the base against ``rule``'s targets, and
+    its noise S5 advantage over each control (control minus run, negated) against ``margin``; with
+    each mean's standard deviation over seeds. Returns the numbers and whether each target holds."""
+    m = summary[summary.run != "base"]
+    own = m[m.run == run]
+    out = {"run": run, "seeds": sorted(own.seed.tolist()), "half": summary.split.iloc[0],
+           "d_clean": float(own.d_clean.mean()), "d_clean_sd": float(own.d_clean.std(ddof=1)) if len(own) > 1 else float("nan"),
+           "d_noise_s5": float(own.d_noise_s5.mean()),
+           "d_noise_s5_sd": float(own.d_noise_s5.std(ddof=1)) if len(own) > 1 else float("nan"), "controls": {}}
+    out["clean_met"] = out["d_clean"] >= -rule["max_clean_cost"]
+    out["noise_met"] = out["d_noise_s5"] >= rule["min_noise_gain"]
+    for c in controls:
+        rows = m[m.run == c]
+        if rows.empty:
+            out["controls"][c] = None
+            continue
+        adv = -rows.r_noise_s5
+        out["controls"][c] = {"advantage": float(adv.mean()), "sd": float(adv.std(ddof=1)) if len(adv) > 1 else float("nan"),
+                              "clean_advantage": float(-rows.r_clean.mean()), "seeds": sorted(rows.seed.tolist()),
+                              "met": bool(adv.mean() >= margin)}
+    done = [v for v in out["controls"].values() if v is not None]
+    out["controls_met"] = bool(len(done) == len(controls) and all(v["met"] for v in done))
+    out["all_met"] = bool(out["clean_met"] and out["noise_met"] and out["controls_met"])
+    return out
+
+
+def _setting(field: str, value: Any) -> str:
+    if field in ("eps", "step_size"):
+        return f"{field} = {value * 255:g}/255"
+    if field == "freeze":
+        return {"after:2": "the stem and the first two stages train, the later stages are frozen"}.get(
+            str(value), f"freeze = {value}")
+    return f"{field} = {value:g}" if isinstance(value, float) else f"{field} = {value}"
+
+
+def config_changes(exp: Any, run: str) -> list[str]:
+    """What ``run`` (a key of :data:`RUNS`) sets differently from the profile's Dem-HEC config (the
+    paper's), in words, each with the paper config's value beside it."""
+    from .ablations import _ablation_config
+
+    cfg, paper = _ablation_config(exp, run)[0], exp.demhec_config
+    return [f"{_setting(f, getattr(cfg, f))} (paper config: {_setting(f, getattr(paper, f)).split(' = ')[-1]})"
+            for f in cfg.__dataclass_fields__ if f != "seed" and getattr(cfg, f) != getattr(paper, f)]
+
+
+def describe_recommendation(exp: Any, verdict: dict, step_cost: float) -> list[str]:
+    """The plain-language conclusion of issue 16, built from :func:`recommendation_verdict`'s
+    numbers: what to set, what it costs and gains, how it compares with its controls, and whether
+    the targets hold; no claim that the numbers do not carry."""
+    run, n = verdict["run"], len(verdict["seeds"])
+
+    def sd(v: float, k: int = n) -> str:
+        return f" (sd {v:.2f} over {k} seeds)" if k > 1 else ""
+
+    lines = [f"What to set (chosen on the selection half): {run_label(run)}; against the paper's config: "
+             + "; ".join(config_changes(exp, run)) + "." if run != "demhec" else
+             "What to set (chosen on the selection half): the paper's config itself."]
+    lines.append(f"What it costs and gains on the {verdict['half']} half, "
+                 f"{f'mean of {n} seeds' if n > 1 else 'one seed'}: clean "
+                 f"{verdict['d_clean']:+.2f} points{sd(verdict['d_clean_sd'])}, noise S5 mean {verdict['d_noise_s5']:+.2f}"
+                 f" points{sd(verdict['d_noise_s5_sd'])} from the base; a training step costs "
+                 + (f"{step_cost:.2f} plain steps." if step_cost == step_cost else "an unmeasured multiple of a plain step."))
+    for c, v in verdict["controls"].items():
+        if v is None:
+            lines.append(f"Against {run_label(c)}: not run yet.")
+            continue
+        lines.append(f"Against {run_label(c)}: noise S5 {v['advantage']:+.2f} points{sd(v['sd'], len(v['seeds']))}, clean "
+                     f"{v['clean_advantage']:+.2f} points ({'at least' if v['met'] else 'less than'} 3 points ahead on noise).")
+    targets = [("clean within 4 points of the base", verdict["clean_met"]),
+               ("noise S5 at least 10 points above the base", verdict["noise_met"]),
+               ("at least 3 points above each control on noise", verdict["controls_met"])]
+    lines.append("Targets: " + "; ".join(f"{t}: {'met' if ok else 'not met'}" for t, ok in targets) + ". "
+                 + ("All three hold." if verdict["all_met"] else
+                    "Not every target holds: this is the best trade-off found within the paper's loss at this budget, "
+                    "not a configuration that reaches the targets."))
     return lines
 
 
@@ -704,5 +845,5 @@ def describe_runs(summary: pd.DataFrame, runs: Sequence[str], metrics: Sequence[
         if run in means.index:
             vals = ", ".join(f"{names.get(m, m)} {_pts(means.loc[run, m])}" for m in metrics)
             n = int(seeds.loc[run])
-            out.append(f"{ABLATION_LABELS[run]} ({vals}{f'; mean of {n} seeds' if n > 1 else ''})")
+            out.append(f"{run_label(run)} ({vals}{f'; mean of {n} seeds' if n > 1 else ''})")
     return "; ".join(out)
