@@ -23,6 +23,15 @@ class DemHECError(ValueError):
     """A bad user input or a missing prerequisite; its message is one line meant for a human."""
 
 
+class TrainingDiverged(DemHECError):
+    """Training stopped on non-finite losses, gradients or weights at ``step``; ``parts`` holds
+    the loss terms of that step, so a study can record the divergence as its outcome."""
+
+    def __init__(self, message: str, step: int, what: str, parts: dict[str, float]) -> None:
+        super().__init__(message)
+        self.step, self.what, self.parts = step, what, dict(parts)
+
+
 def check_choice(kind: str, value: Any, choices: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``; otherwise raise naming the valid ones."""
     choices = list(choices)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._common import DemHECError, atomic_write, check_choice, check_range
+from ._common import DemHECError, TrainingDiverged, atomic_write, check_choice, check_range
 from .batches import AUGMENTS
 from .distributed import gather, gather_with_grad, is_main, mean_over_ranks, rank_and_world
 from .generation import DIRECTIONS, OBJECTIVES, SAMPLES, high_entropy_samples, uniform_ball_samples
@@ -347,10 +347,10 @@ def _non_finite(model: nn.Module) -> list[str]:
 
 
 def _diverged(kind: str, step: int, what: str, parts: dict[str, float], cfg: Any,
-              last_good: str) -> DemHECError:
+              last_good: str) -> TrainingDiverged:
     terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-    return DemHECError(f"{kind} diverged at step {step}: {what} (losses: {terms}); {last_good}; "
-                       f"lower the learning rate (lr={cfg.lr:g}) or check the data")
+    return TrainingDiverged(f"{kind} diverged at step {step}: {what} (losses: {terms}); {last_good}; "
+                            f"lower the learning rate (lr={cfg.lr:g}) or check the data", step, what, parts)
 
 
 def _digest(tensors: Any) -> str:

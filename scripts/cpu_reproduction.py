@@ -29,6 +29,7 @@ import argparse
 import logging
 import time
 
+from demhec._common import TrainingDiverged
 from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
@@ -49,6 +50,7 @@ from demhec.experiments import (
     halves_result,
     paired_gain_result,
     record_choice,
+    record_divergence,
     robustness_result,
 )
 
@@ -161,7 +163,11 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
         stage("base model on both halves", halves_result, exp(seeds[0]), "before")
     for seed in seeds:
         for name in names:
-            stage(f"{name} seed {seed} on both halves", ablation_halves, exp(seed), name)
+            try:
+                stage(f"{name} seed {seed} on both halves", ablation_halves, exp(seed), name)
+            except TrainingDiverged as e:  # an outcome of the run, recorded, not a crash of the study
+                record_divergence(exp(seed), name, e)
+                print(f"[diverged] {name} seed {seed} at step {e.step}: {e.what}; recorded", flush=True)
     for name in names:
         if name in GPU_A_RUNS:
             stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)

@@ -110,7 +110,9 @@ def cpu_controls(results: Path) -> str:
                  f"{_pm(rep.d_clean, rep.se_clean)}, noise S5 mean {_pm(rep.d_noise_s5, rep.se_noise_s5)} "
                  "points from the base (one seed: a first look, not the 3-seed answer).")
     lines += [f"- {line}" for line in ex.controls_verdict(report)]
-    missing = [r for r in ex.CONTROLS if (r, 0) not in got]
+    diverged = ex.existing_divergences(exp, list(ex.CONTROLS))
+    lines += [f"- {line}" for line in ex.describe_divergences(diverged)]
+    missing = [r for r in ex.CONTROLS if (r, 0) not in got and r not in diverged]
     if missing:
         lines.append(f"- Not run yet at the CPU budget: {', '.join(f'`{r}`' for r in missing)}.")
     return "\n".join(lines) + "\n"

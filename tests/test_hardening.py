@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from demhec import DemHECConfig, TrainConfig, evaluate, finetune, high_entropy_samples, train
-from demhec._common import DemHECError, atomic_write, check_choice, check_device
+from demhec._common import DemHECError, TrainingDiverged, atomic_write, check_choice, check_device
 from demhec.cli import main
 from tests.conftest import TinyNet
 
@@ -85,8 +85,10 @@ def test_a_finished_run_with_non_finite_weights_is_an_error():
     x, y = _data()
     model = _Exploding()
     model.mode = "buffer"
-    with pytest.raises(DemHECError, match="diverged.*no checkpoint was being written"):
+    with pytest.raises(DemHECError, match="diverged.*no checkpoint was being written") as info:
         train(model, (x, y), TrainConfig(epochs=1, batch_size=8))
+    # a study can record the divergence as the run's outcome (issue 16's bn_frozen)
+    assert isinstance(info.value, TrainingDiverged) and info.value.step >= 0 and "loss" in info.value.parts
 
 
 @pytest.mark.parametrize("cfg", [lambda: DemHECConfig(lr=float("inf")), lambda: DemHECConfig(lr=1e6),

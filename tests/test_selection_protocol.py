@@ -522,3 +522,30 @@ def test_recommendation_verdict_and_its_sentences():
     assert "not met" in lines[-1] and "best trade-off" in lines[-1]
     with pytest.raises(DemHECError, match="no halves results"):
         ex.recommended_summary(base, runs, "eps2")
+
+
+def test_a_diverged_fine_tune_is_recorded_as_its_outcome(tmp_path):
+    from demhec._common import TrainingDiverged
+
+    # what the engine raises (tests/test_hardening.py makes it raise for real)
+    err = training._diverged("finetune", 9, "non-finite gradients", {"loss": 9.6e23, "kd": 9.7e23},
+                             DemHECConfig(), "no checkpoint was written")
+    assert isinstance(err, TrainingDiverged) and isinstance(err, DemHECError)
+    assert err.step == 9 and err.parts["kd"] == 9.7e23 and "diverged at step 9" in str(err)
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    rec = ex.record_divergence(exp, "bn_frozen", err)
+    assert rec["kind"] == "diverged" and rec["metrics"]["step"] == err.step and rec["config"]["run"] == "bn_frozen"
+    assert rec["config"]["model"]["bn"] == "frozen" and rec["git_commit"] and rec["data"]
+    assert ex.divergence_path(exp, "bn_frozen").name == "after_bn_frozen_cifar-c_diverged.json"
+    assert ex.existing_divergences(exp, ["bn_frozen", "eps2"]) == {"bn_frozen": rec}
+    # a record is the outcome of one config and seed only
+    assert ex.existing_divergences(dataclasses.replace(exp, seed=1), ["bn_frozen"]) == {}
+    ex.divergence_path(exp, "bn_frozen").rename(ex.divergence_path(exp, "eps2"))
+    assert ex.existing_divergences(exp, ["bn_frozen", "eps2"]) == {}
+
+
+def test_describe_divergences_names_step_and_learning_rate():
+    rec = {"metrics": {"step": 9, "what": "non-finite gradients"}, "config": {"model": {"lr": 0.05}}}
+    (line,) = ex.describe_divergences({"bn_frozen": rec})
+    assert "bn_frozen" in line and "step 9" in line and "lr 0.05" in line and "no accuracy" in line
+    assert ex.describe_divergences({}) == []

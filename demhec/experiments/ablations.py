@@ -400,3 +400,44 @@ def recommended_halves(exp: Experiment, seeds: Sequence[int] = (0, 1, 2), suite:
     run = choice["metrics"]["run"]
     base, runs = existing_halves(exp, [run, *(control_of(c, run) for c in CONTROL_RUNS)], seeds, suite)
     return choice, base, runs
+
+
+def divergence_path(exp: Experiment, run: str, suite: str = "cifar-c") -> Path:
+    """Where :func:`record_divergence` writes that ``run``'s fine-tune diverged."""
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    return exp.cell_dir / "halves" / f"{_ablation_config(exp, run)[1]}_{suite}{suffix}_diverged.json"
+
+
+def _divergence_spec(exp: Experiment, run: str, suite: str) -> dict[str, Any]:
+    cfg = replace(_ablation_config(exp, run)[0], seed=exp.seed)
+    return result_spec(exp, "diverged", model_spec(exp, "demhec", cfg), suite=suite)
+
+
+def record_divergence(exp: Experiment, run: str, error: Any, suite: str = "cifar-c") -> dict:
+    """Write that ``run``'s fine-tune diverged (``error``, a :class:`~demhec._common.TrainingDiverged`:
+    the step, what was non-finite, the loss terms of that step) as its result, so the tables list
+    the run as diverged instead of leaving it out."""
+    from ..results import write_result
+
+    cfg = replace(_ablation_config(exp, run)[0], seed=exp.seed)
+    return write_result(divergence_path(exp, run, suite), kind="diverged", profile=exp.profile,
+                        config={"experiment": experiment_config(exp), "model": model_spec(exp, "demhec", cfg)["config"],
+                                "run": run, "suite": suite},
+                        metrics={"step": error.step, "what": error.what, "losses": error.parts, "message": str(error)},
+                        data=provenance(train_data(exp)), seed=exp.seed,
+                        fingerprint=_divergence_spec(exp, run, suite))
+
+
+def existing_divergences(exp: Experiment, runs: Sequence[str], suite: str = "cifar-c") -> dict[str, dict]:
+    """The divergence records of ``runs`` (seed ``exp.seed``) whose file exists and was made with
+    the run's current config (a record of another config is not this run's)."""
+    from ..results import read_result
+
+    out = {}
+    for run in runs:
+        path = divergence_path(exp, run, suite)
+        if path.exists():
+            rec = read_result(path)
+            if rec.get("fingerprint") == _divergence_spec(exp, run, suite):
+                out[run] = rec
+    return out

@@ -556,6 +556,15 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
     return lines
 
 
+def describe_divergences(records: dict[str, dict]) -> list[str]:
+    """One line per run whose fine-tune diverged (:func:`~.ablations.existing_divergences`): at
+    which step, what was non-finite and at which learning rate; such a run has no accuracy, and
+    a table that left it out would hide the outcome."""
+    return [f"{run_label(run)} (`{run}`): the fine-tune diverged at step {rec['metrics']['step']} "
+            f"({rec['metrics']['what']}) with lr {rec['config']['model']['lr']:g}; no accuracy to report."
+            for run, rec in records.items()]
+
+
 def recommended_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, dict]], run: str,
                         half: str = "report") -> pd.DataFrame:
     """:func:`halves_summary` of the recommended ``run`` and its controls on ``half``, seed by
