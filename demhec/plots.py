@@ -606,7 +606,9 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     if halves and set(df["split"]) != {"selection", "report"}:
         raise DemHECError(f"tradeoff_figure: split must hold 'selection' and 'report', got {sorted(set(df['split']))}")
     shown = df[df["split"] == "report"] if halves else df
-    fig = Figure(figsize=(8.5, 5.4), layout="constrained")
+    # many runs: the legend goes under the axes in two columns, so long labels do not squeeze them
+    below = len(labels) > 8
+    fig = Figure(figsize=(10.0, 9.0) if below else (8.5, 5.4), layout="constrained")
     ax = fig.subplots()
     means = shown.groupby("label", sort=False)[[xc, yc]].mean().reindex(labels)
     handles: list[Any] = []
@@ -645,7 +647,10 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     ax.axvline(0.0, color=_PAPER_MARKER_COLOUR, linewidth=0.8)
     ax.set_xlabel(f"{xname}: change from base (points)")
     ax.set_ylabel(f"{yname}: change from base (points)")
-    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    if below:
+        fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=2, frameon=False)
+    else:
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
 
 

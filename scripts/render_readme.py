@@ -141,7 +141,7 @@ def cpu_recommended(results: Path) -> str:
         table = pd.DataFrame([{"run": f"`{k[0]}`", "change": k[1], "seeds": len(g),
                                "clean vs base": _signed(g.d_clean.mean()),
                                "noise S5 vs base": _signed(g.d_noise_s5.mean()),
-                               "noise S5 vs recommended": "--" if k[0] == run else _signed(g.r_noise_s5.mean())}
+                               "noise S5, control minus recommended": "--" if k[0] == run else _signed(g.r_noise_s5.mean())}
                               for k, g in rows])
         lines += [f"`{suite}` suite, report half ({int(b['report']['metrics']['n'])} images), means over the seeds:", "",
                   markdown_table(table), ""]

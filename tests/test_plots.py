@@ -448,3 +448,13 @@ def test_tradeoff_figure_draws_both_halves() -> None:
     assert any("selection half" in t for t in _legend_texts(fig))
     with pytest.raises(DemHECError, match="split"):
         plots.tradeoff_figure(df.assign(split=["selection", "whole", "whole"]))
+
+
+def test_tradeoff_figure_puts_a_long_legend_under_the_axes() -> None:
+    runs = [f"r{i}" for i in range(9)]
+    df = pd.DataFrame({"run": runs, "label": [f"run {r} with a long label" for r in runs], "seed": 0,
+                       "d_clean": range(9), "d_noise_s5": range(9)})
+    fig = plots.tradeoff_figure(df)
+    assert len(fig.legends) == 1 and fig.axes[0].get_legend() is None
+    assert "run r8 with a long label (n=1)" in _legend_texts(fig)
+    assert plots.tradeoff_figure(df.head(3)).axes[0].get_legend() is not None  # a short one stays beside

@@ -516,10 +516,11 @@ def test_recommendation_verdict_and_its_sentences():
     assert v["controls"][controls[0]]["met"] and not v["controls"][controls[2]]["met"]  # the same gain
     assert v["controls"][controls[1]] is None and not v["controls_met"] and not v["all_met"]
     lines = ex.describe_recommendation(ex.Experiment(profile="cpu"), v, 4.91)
-    assert "eps = 4/255 (paper config: 8/255)" in lines[0] and "later stages are frozen" in lines[0]
+    assert "eps = 4/255 (paper config: 8/255)" in lines[0]
+    assert "freezing: the later stages frozen, the stem and the first two stages train (paper config: the stem and the first stage frozen)" in lines[0]
     assert "mean of 2 seeds" in lines[1] and "sd " in lines[1] and "4.91 plain steps" in lines[1]
     assert "not run yet" in lines[3] and "less than 3 points" in lines[4]
-    assert "not met" in lines[-1] and "best trade-off" in lines[-1]
+    assert "plain fine-tune control" in lines[2] and "not met" in lines[-1] and "selection rule picks" in lines[-1]
     with pytest.raises(DemHECError, match="no halves results"):
         ex.recommended_summary(base, runs, "eps2")
 

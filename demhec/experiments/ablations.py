@@ -192,7 +192,7 @@ def run_label(run: str) -> str:
     control, _, config = run.partition(_AT)
     if not config:
         return ABLATION_LABELS[run]
-    return f"{ABLATION_LABELS[control]}, as {config} ({ABLATION_LABELS[config]})"
+    return f"{ABLATION_LABELS[control]}; {config}'s freezing, lr, eps and budget"
 
 
 def run_family(run: str) -> str:
@@ -200,9 +200,13 @@ def run_family(run: str) -> str:
     control, _, config = run.partition(_AT)
     if config:
         return f"controls of {config}"
-    if run in ABLATION_FAMILIES:
-        return ABLATION_FAMILIES[run]
-    return "controls of the paper config" if run in CONTROL_RUNS else "one change from the paper config"
+    if run == "demhec":
+        return "the paper config"
+    if run in CONTROL_RUNS:
+        return "controls of the paper config"
+    if run in CONTROLS:
+        return "one change from the paper config"
+    return ABLATION_FAMILIES[run]
 
 
 def _overrides(exp: Experiment, run: str) -> dict[str, Any]:

@@ -616,8 +616,8 @@ def _setting(field: str, value: Any) -> str:
     if field in ("eps", "step_size"):
         return f"{field} = {value * 255:g}/255"
     if field == "freeze":
-        return {"after:2": "the stem and the first two stages train, the later stages are frozen"}.get(
-            str(value), f"freeze = {value}")
+        return "freezing: " + {"after:2": "the later stages frozen, the stem and the first two stages train",
+                               "auto": "the stem and the first stage frozen"}.get(str(value), str(value))
     return f"{field} = {value:g}" if isinstance(value, float) else f"{field} = {value}"
 
 
@@ -627,8 +627,11 @@ def config_changes(exp: Any, run: str) -> list[str]:
     from .ablations import _ablation_config
 
     cfg, paper = _ablation_config(exp, run)[0], exp.demhec_config
-    return [f"{_setting(f, getattr(cfg, f))} (paper config: {_setting(f, getattr(paper, f)).split(' = ')[-1]})"
+    return [f"{_setting(f, getattr(cfg, f))} (paper config: {_setting(f, getattr(paper, f)).split(' = ')[-1].split(': ')[-1]})"
             for f in cfg.__dataclass_fields__ if f != "seed" and getattr(cfg, f) != getattr(paper, f)]
+
+
+_CONTROL_NAMES = {"plain": "plain fine-tune", "random_noise": "random-noise", "gaussian_aug": "Gaussian-augmentation"}
 
 
 def describe_recommendation(exp: Any, verdict: dict, step_cost: float) -> list[str]:
@@ -650,17 +653,18 @@ def describe_recommendation(exp: Any, verdict: dict, step_cost: float) -> list[s
                  + (f"{step_cost:.2f} plain steps." if step_cost == step_cost else "an unmeasured multiple of a plain step."))
     for c, v in verdict["controls"].items():
         if v is None:
-            lines.append(f"Against {run_label(c)}: not run yet.")
+            lines.append(f"Against its {_CONTROL_NAMES[c.split('@')[0]]} control: not run yet.")
             continue
-        lines.append(f"Against {run_label(c)}: noise S5 {v['advantage']:+.2f} points{sd(v['sd'], len(v['seeds']))}, clean "
-                     f"{v['clean_advantage']:+.2f} points ({'at least' if v['met'] else 'less than'} 3 points ahead on noise).")
+        lines.append(f"Against its {_CONTROL_NAMES[c.split('@')[0]]} control (same freezing, learning rate and budget), "
+                     f"the recommended run is {v['advantage']:+.2f} points on noise S5{sd(v['sd'], len(v['seeds']))} and "
+                     f"{v['clean_advantage']:+.2f} on clean ({'at least' if v['met'] else 'less than'} 3 points ahead on noise).")
     targets = [("clean within 4 points of the base", verdict["clean_met"]),
                ("noise S5 at least 10 points above the base", verdict["noise_met"]),
                ("at least 3 points above each control on noise", verdict["controls_met"])]
     lines.append("Targets: " + "; ".join(f"{t}: {'met' if ok else 'not met'}" for t, ok in targets) + ". "
                  + ("All three hold." if verdict["all_met"] else
-                    "Not every target holds: this is the best trade-off found within the paper's loss at this budget, "
-                    "not a configuration that reaches the targets."))
+                    "Not every target holds: this is the configuration the selection rule picks among those tried "
+                    "within the paper's loss at this budget, not one that reaches the targets."))
     return lines
 
 
