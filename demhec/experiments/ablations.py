@@ -364,6 +364,7 @@ def export_checkpoints(exp: Experiment, run: str) -> dict[str, Path]:
     import shutil
 
     from .._common import atomic_write
+    from ..results import git_commit, versions
 
     sources = {"recommended": run, **{c: control_of(c, run) for c in CONTROL_RUNS}}
     manifest = {}
@@ -379,8 +380,6 @@ def export_checkpoints(exp: Experiment, run: str) -> dict[str, Path]:
                           "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
                           "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
         out[name] = target
-    from ..results import git_commit, versions
-
     record = {"kind": "checkpoints", "profile": exp.profile, "seed": exp.seed, "files": manifest,
               "data": provenance(train_data(exp)),
               "versions": versions(), "git_commit": git_commit()}
