@@ -123,7 +123,8 @@ def cpu_recommended(results: Path) -> str:
     own controls on the report half (means over the seeds that exist, both suites), and the
     plain-language conclusion built from those numbers."""
     exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
-    choice, base, runs = ex.recommended_halves(exp, (0, 1, 2), "cifar-c")
+    read = {suite: ex.recommended_halves(exp, (0, 1, 2), suite) for suite in ("cifar-c", "imagecorruptions")}
+    choice, base, runs = read["cifar-c"]
     if choice is None or base is None or (choice["metrics"]["run"], 0) not in runs:
         return "No recommended configuration is scored yet (`scripts/cpu_reproduction.py --recommend`).\n"
     run = choice["metrics"]["run"]
@@ -131,8 +132,7 @@ def cpu_recommended(results: Path) -> str:
     m = choice["metrics"]
     lines = [f"Recorded choice (`{ex.choice_path(exp).relative_to(results.parent)}`): `{run}`, chosen on the "
              f"{choice['split']} half ({m['rule']}) among {', '.join(f'`{c}`' for c in m['candidates'])}.", ""]
-    for suite in ("cifar-c", "imagecorruptions"):
-        _, b, r = ex.recommended_halves(exp, (0, 1, 2), suite)
+    for suite, (_, b, r) in read.items():
         if b is None or (run, 0) not in r:
             lines += [f"Not scored in the `{suite}` suite yet.", ""]
             continue

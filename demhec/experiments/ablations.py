@@ -10,13 +10,14 @@ from typing import Any
 
 from torch import nn
 
-from .._common import check_choice
-from ..results import get_or_compute
+from .._common import atomic_write, check_choice
+from ..results import get_or_compute, git_commit, read_result, versions, write_result
 from ..training import DemHECConfig
 from .pipeline import (
     Experiment,
     base_model,
     corrupted_eval_kw,
+    demhec_checkpoint,
     demhec_config,
     demhec_model,
     entropy_result,
@@ -363,16 +364,13 @@ def export_checkpoints(exp: Experiment, run: str) -> dict[str, Path]:
     import json
     import shutil
 
-    from .._common import atomic_write
-    from ..results import git_commit, versions
-
     sources = {"recommended": run, **{c: control_of(c, run) for c in CONTROL_RUNS}}
     manifest = {}
     out = {}
     for name, source in sources.items():
         ablation_model(exp, source)  # trains it where its checkpoint is missing
         cfg, tag = _ablation_config(exp, source)
-        cached = exp.checkpoint(tag.replace("after", "demhec", 1) + ("" if exp.seed == 0 else f"_seed{exp.seed}"))
+        cached = demhec_checkpoint(exp, tag.replace("after", "demhec", 1))
         target = exp.checkpoint(name)
         shutil.copyfile(cached, target)
         shutil.copyfile(cached.with_suffix(".fingerprint.json"), target.with_suffix(".fingerprint.json"))
@@ -393,7 +391,6 @@ def recommended_halves(exp: Experiment, seeds: Sequence[int] = (0, 1, 2), suite:
     """What exists of issue 16's recommended configuration (read, nothing computed): the recorded
     choice (:func:`~.tables.record_choice`, None before it is made), the base model's halves in
     ``suite`` and those of the chosen run and its controls per seed, as :func:`existing_halves`."""
-    from ..results import read_result
     from .tables import choice_path
 
     path = choice_path(exp)
@@ -412,19 +409,19 @@ def divergence_path(exp: Experiment, run: str, suite: str = "cifar-c") -> Path:
 
 
 def _divergence_spec(exp: Experiment, run: str, suite: str) -> dict[str, Any]:
-    cfg = replace(_ablation_config(exp, run)[0], seed=exp.seed)
-    return result_spec(exp, "diverged", model_spec(exp, "demhec", cfg), suite=suite)
+    return result_spec(exp, "diverged", _run_spec(exp, run), suite=suite)
+
+
+def _run_spec(exp: Experiment, run: str) -> dict[str, Any]:
+    return model_spec(exp, "demhec", replace(_ablation_config(exp, run)[0], seed=exp.seed))
 
 
 def record_divergence(exp: Experiment, run: str, error: Any, suite: str = "cifar-c") -> dict:
     """Write that ``run``'s fine-tune diverged (``error``, a :class:`~demhec._common.TrainingDiverged`:
     the step, what was non-finite, the loss terms of that step) as its result, so the tables list
     the run as diverged instead of leaving it out."""
-    from ..results import write_result
-
-    cfg = replace(_ablation_config(exp, run)[0], seed=exp.seed)
     return write_result(divergence_path(exp, run, suite), kind="diverged", profile=exp.profile,
-                        config={"experiment": experiment_config(exp), "model": model_spec(exp, "demhec", cfg)["config"],
+                        config={"experiment": experiment_config(exp), "model": _run_spec(exp, run)["config"],
                                 "run": run, "suite": suite},
                         metrics={"step": error.step, "what": error.what, "losses": error.parts, "message": str(error)},
                         data=provenance(train_data(exp)), seed=exp.seed,
@@ -434,8 +431,6 @@ def record_divergence(exp: Experiment, run: str, error: Any, suite: str = "cifar
 def existing_divergences(exp: Experiment, runs: Sequence[str], suite: str = "cifar-c") -> dict[str, dict]:
     """The divergence records of ``runs`` (seed ``exp.seed``) whose file exists and was made with
     the run's current config (a record of another config is not this run's)."""
-    from ..results import read_result
-
     out = {}
     for run in runs:
         path = divergence_path(exp, run, suite)

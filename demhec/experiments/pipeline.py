@@ -444,10 +444,15 @@ def _run_config(exp: Experiment, config: DemHECConfig | None) -> DemHECConfig:
     return replace(config, seed=exp.seed) if config else exp.demhec_config
 
 
+def demhec_checkpoint(exp: Experiment, tag: str = "demhec") -> Path:
+    """Where :func:`demhec_model` keeps the state dict of run ``tag`` at ``exp``'s seed."""
+    return exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
+
+
 def demhec_model(exp: Experiment, config: DemHECConfig | None = None, tag: str = "demhec",
                  num_classes: int | None = None) -> nn.Module:
     """The base model fine-tuned with Dem-HEC (``config`` defaults to the profile's)."""
-    path = exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
+    path = demhec_checkpoint(exp, tag)
     cfg = _run_config(exp, config)
     k = num_classes or len(train_data(exp).classes)
 

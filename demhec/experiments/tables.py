@@ -415,12 +415,17 @@ def half_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, di
     return summary
 
 
-def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gain: float = 10.0) -> dict:
+# The selection rule's targets (issue 16's acceptance): points from the base model.
+CHOICE_RULE = {"max_clean_cost": 4.0, "min_noise_gain": 10.0}
+
+
+def select_run(summary: pd.DataFrame, max_clean_cost: float = CHOICE_RULE["max_clean_cost"],
+               min_noise_gain: float = CHOICE_RULE["min_noise_gain"]) -> dict:
     """The selection rule of issue 16's acceptance, applied to a :func:`halves_summary` of the
     selection half only (refused otherwise): among the runs (seed means) whose clean accuracy is
     within ``max_clean_cost`` points of the base, the one with the largest noise S5 gain; when none
-    is, the largest noise gain minus clean cost. The controls (``exclude``) are never candidates:
-    the choice is a configuration of the paper's loss (:func:`~.ablations.is_control`). Returns the
+    is, the largest noise gain minus clean cost. The controls are never candidates: the choice is
+    a configuration of the paper's loss (:func:`~.ablations.is_control`). Returns the
     choice, the rule and whether the choice meets both targets on the selection half."""
     if set(summary.split) != {"selection"}:
         raise DemHECError(f"a configuration is chosen on the selection half only, got {sorted(set(summary.split))}")
@@ -437,10 +442,6 @@ def select_run(summary: pd.DataFrame, max_clean_cost: float = 4.0, min_noise_gai
     return {"run": run, "rule": rule, "d_clean": float(row.d_clean), "d_noise_s5": float(row.d_noise_s5),
             "meets_targets": bool(row.d_clean >= -max_clean_cost and row.d_noise_s5 >= min_noise_gain),
             "candidates": list(means.index)}
-
-
-# The selection rule's targets (issue 16's acceptance): points from the base model.
-CHOICE_RULE = {"max_clean_cost": 4.0, "min_noise_gain": 10.0}
 
 
 def choice_path(exp: Any, suite: str = "cifar-c") -> Path:
@@ -539,9 +540,10 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
         return f"{d:+.2f} ± {se:.2f}" + ("" if abs(d) > z * se else " (within the images' noise)")
 
     r = m.loc[run]
+    cost, gain = CHOICE_RULE["max_clean_cost"], CHOICE_RULE["min_noise_gain"]
     lines = [f"{run_label(run)} on the {half} half: clean {said(r.d_clean, r.se_clean)} points, "
              f"noise S5 mean {said(r.d_noise_s5, r.se_noise_s5)} points from the base "
-             f"(targets: clean >= -4, noise >= +10: {'met' if r.d_clean >= -4 and r.d_noise_s5 >= 10 else 'not met'})."]
+             f"(targets: clean >= -{cost:g}, noise >= +{gain:g}: {'met' if r.d_clean >= -cost and r.d_noise_s5 >= gain else 'not met'})."]
     for c in controls:
         if c not in m.index:
             lines.append(f"{run_label(c)}: not run on the {half} half yet.")
@@ -589,12 +591,14 @@ def recommendation_verdict(summary: pd.DataFrame, run: str, controls: Sequence[s
     the seeds of the run's noise S5 and clean changes from the base against ``rule``'s targets, and
     its noise S5 advantage over each control (control minus run, negated) against ``margin``; with
     each mean's standard deviation over seeds. Returns the numbers and whether each target holds."""
+    def sd(values: pd.Series) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
     m = summary[summary.run != "base"]
     own = m[m.run == run]
     out = {"run": run, "seeds": sorted(own.seed.tolist()), "half": summary.split.iloc[0],
-           "d_clean": float(own.d_clean.mean()), "d_clean_sd": float(own.d_clean.std(ddof=1)) if len(own) > 1 else float("nan"),
-           "d_noise_s5": float(own.d_noise_s5.mean()),
-           "d_noise_s5_sd": float(own.d_noise_s5.std(ddof=1)) if len(own) > 1 else float("nan"), "controls": {}}
+           "d_clean": float(own.d_clean.mean()), "d_clean_sd": sd(own.d_clean),
+           "d_noise_s5": float(own.d_noise_s5.mean()), "d_noise_s5_sd": sd(own.d_noise_s5), "controls": {}}
     out["clean_met"] = out["d_clean"] >= -rule["max_clean_cost"]
     out["noise_met"] = out["d_noise_s5"] >= rule["min_noise_gain"]
     for c in controls:
@@ -603,7 +607,7 @@ def recommendation_verdict(summary: pd.DataFrame, run: str, controls: Sequence[s
             out["controls"][c] = None
             continue
         adv = -rows.r_noise_s5
-        out["controls"][c] = {"advantage": float(adv.mean()), "sd": float(adv.std(ddof=1)) if len(adv) > 1 else float("nan"),
+        out["controls"][c] = {"advantage": float(adv.mean()), "sd": sd(adv),
                               "clean_advantage": float(-rows.r_clean.mean()), "seeds": sorted(rows.seed.tolist()),
                               "met": bool(adv.mean() >= margin)}
     done = [v for v in out["controls"].values() if v is not None]
@@ -612,13 +616,17 @@ def recommendation_verdict(summary: pd.DataFrame, run: str, controls: Sequence[s
     return out
 
 
-def _setting(field: str, value: Any) -> str:
+def _value(field: str, value: Any) -> str:
     if field in ("eps", "step_size"):
-        return f"{field} = {value * 255:g}/255"
+        return f"{value * 255:g}/255"
     if field == "freeze":
-        return "freezing: " + {"after:2": "the later stages frozen, the stem and the first two stages train",
-                               "auto": "the stem and the first stage frozen"}.get(str(value), str(value))
-    return f"{field} = {value:g}" if isinstance(value, float) else f"{field} = {value}"
+        return {"after:2": "the later stages frozen, the stem and the first two stages train",
+                "auto": "the stem and the first stage frozen"}.get(str(value), str(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting(field: str, value: Any) -> str:
+    return f"freezing: {_value(field, value)}" if field == "freeze" else f"{field} = {_value(field, value)}"
 
 
 def config_changes(exp: Any, run: str) -> list[str]:
@@ -627,7 +635,7 @@ def config_changes(exp: Any, run: str) -> list[str]:
     from .ablations import _ablation_config
 
     cfg, paper = _ablation_config(exp, run)[0], exp.demhec_config
-    return [f"{_setting(f, getattr(cfg, f))} (paper config: {_setting(f, getattr(paper, f)).split(' = ')[-1].split(': ')[-1]})"
+    return [f"{_setting(f, getattr(cfg, f))} (paper config: {_value(f, getattr(paper, f))})"
             for f in cfg.__dataclass_fields__ if f != "seed" and getattr(cfg, f) != getattr(paper, f)]
 
 
