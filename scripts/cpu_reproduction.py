@@ -9,6 +9,7 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
     python scripts/cpu_reproduction.py --gpu-halves    # the GPU run's committed checkpoints, re-scored
     python scripts/cpu_reproduction.py --figures34     # Figures 3-4 on the report half (issue 16)
     python scripts/cpu_reproduction.py --recommend --seeds 0,1,2   # the chosen config vs its controls
+    python scripts/cpu_reproduction.py --strongest 3 --seeds 1,2   # the 3 strongest discriminating runs
 
 ``--halves`` scores the base model and each named run (a key of ``experiments.RUNS``; fine-tuned
 where its checkpoint is missing) on both halves of the evaluation split, the selection protocol of
@@ -20,7 +21,12 @@ the selection half among the runs with halves results (fine-tuned where its chec
 ``--recommend`` records that choice once (``halves/choice_cifar-c.json``), trains it and its three
 controls (same freezing, learning rate, radius and budget) on every seed, scores them on both halves
 in both suites, and copies the seed-0 state dicts to ``checkpoints/resnet20_{recommended,plain,
-random_noise,gaussian_aug}.pt``.
+random_noise,gaussian_aug}.pt``. ``--strongest K`` repeats, on ``--seeds``, the K runs of
+``experiments.DISCRIMINATING`` that give back the most clean accuracy on the selection half at seed 0.
+
+Every stage that did work records its wall time (``experiments.record_stage_time``: one JSON under
+``<cell>/stage_times/``, with the thread count and the load average), which notebook 09 and the
+README show.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import argparse
 import logging
 import time
 
-from demhec._common import TrainingDiverged
+from demhec._common import DemHECError, TrainingDiverged
 from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
 from demhec.experiments import (
     ABLATIONS,
     CONTROL_RUNS,
+    DISCRIMINATING,
     FIGURE34_CORRUPTIONS,
     GPU_A_RUNS,
     LATE_RUNS,
@@ -51,6 +58,8 @@ from demhec.experiments import (
     paired_gain_result,
     record_choice,
     record_divergence,
+    record_stage_time,
+    record_strongest,
     robustness_result,
 )
 
@@ -83,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
                         "then train it and its plain, random-noise and Gaussian-augmentation controls on --seeds, "
                         "score them on both halves in both suites and export the seed-0 state dicts; only this "
                         "stage runs")
+    p.add_argument("--strongest", type=int, default=0, metavar="K",
+                   help="issue 16, point 3: the K discriminating runs (experiments.DISCRIMINATING) that give back "
+                        "the most clean accuracy on the selection half at seed 0, on both halves for --seeds; "
+                        "refused until every discriminating run has a seed-0 outcome; only this stage runs")
     p.add_argument("--no-base", action="store_true",
                    help="with --halves: do not score the base model (its halves results exist, or the GPU "
                         "profile's of the same committed base state dict stand in for them)")
@@ -95,18 +108,23 @@ def main(argv: list[str] | None = None) -> None:
                           results_dir=args.results_dir, data_root=args.data_root, device=args.device,
                           recompute=args.recompute, progress=not args.no_progress)
 
+    first = exp(seeds[0])
+
     def stage(name: str, fn, *a, **kw) -> None:
         t0 = time.perf_counter()
         fn(*a, **kw)
-        print(f"[stage] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds = time.perf_counter() - t0
+        record_stage_time(first, name, seconds)
+        print(f"[stage] {name}: {seconds:.0f} s", flush=True)
 
-    first = exp(seeds[0])
     if args.gpu_halves:
         return gpu_halves_stage(args, stage)
     if args.figures34:
         return figures34_stage(first, stage)
     if args.recommend:
         return recommend_stage(seeds, exp, stage)
+    if args.strongest:
+        return strongest_stage(args.strongest, seeds, exp, stage)
     if args.halves is not None:
         return halves_stage(args.halves.split(","), seeds, exp, stage, base=not args.no_base)
     if args.tta_only:
@@ -171,6 +189,18 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
     for name in names:
         if name in GPU_A_RUNS:
             stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)
+
+
+def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:
+    """Issue 16, point 3: the ``k`` strongest discriminating runs, picked on the selection half
+    among every one of them (``record_strongest``: written once, refused until each has a seed-0
+    outcome), repeated on ``seeds``."""
+    try:
+        runs = record_strongest(exp(0), DISCRIMINATING, k)["metrics"]["runs"]
+    except DemHECError as e:
+        raise SystemExit(f"{e} (--halves RUN,... --seeds 0)") from None
+    print(f"[strongest] picked on the selection half at seed 0: {', '.join(runs)}", flush=True)
+    halves_stage(runs, seeds, exp, stage, base=False)
 
 
 def recommend_stage(seeds: list[int], exp, stage) -> None:

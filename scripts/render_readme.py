@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demhec import experiments as ex  # noqa: E402
-from demhec.results import markdown_table  # noqa: E402
+from demhec.results import markdown_table, read_result  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)", re.S)
 
@@ -82,34 +82,46 @@ def _cost(v: float) -> str:
     return "not measured" if v != v else f"{v:.2f}"
 
 
+def _sd(v: float) -> str:
+    return "--" if v != v else f"{v:.2f}"
+
+
 def cpu_controls(results: Path) -> str:
-    """Issue 16 at the CPU budget (150 steps, seed 0): every run with halves results on the
-    report half, ranked by how much of the paper config's clean cost it gives back; the
+    """Issue 16 at the CPU budget (150 steps): every run with halves results on the report half,
+    means over its seeds, ranked by how much of the paper config's clean cost it gives back; the
     configuration chosen on the selection half; the controls' verdict; the price of T_he."""
     exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
     runs = ["demhec", *[r for r in ex.RUNS if r != "demhec"]]
-    base, got = ex.existing_halves(exp, runs)
+    base, got = ex.existing_halves(exp, runs, (0, 1, 2))
     if base is None or ("demhec", 0) not in got:
         return "No CPU halves results of the paper's config are committed yet.\n"
-    report = ex.half_summary(base, got, "report").sort_values("r_clean", ascending=False, kind="stable")
+    summary = ex.half_summary(base, got, "report")
+    report = ex.ranked_runs(summary)
     cost = ex.step_cost_ratios(results)
     table = pd.DataFrame({
-        "run": [f"`{r}`" for r in report.run], "change": report.label,
-        "clean": [f"{v:.2f}" for v in report.clean],
+        "run": [f"`{r}`" for r in report.run], "change": report.label, "seeds": report.seeds,
         "clean vs base": [_pm(d, se) for d, se in zip(report.d_clean, report.se_clean)],
+        "clean sd over seeds": [_sd(v) for v in report.sd_clean],
+        "clean vs paper config": [_signed(v) for v in report.r_clean],
         "noise S5 vs base": [_pm(d, se) for d, se in zip(report.d_noise_s5, report.se_noise_s5)],
-        "clean vs paper config": [_pm(d, se) for d, se in zip(report.r_clean, report.r_se_clean)],
-        "noise S5 vs paper config": [_pm(d, se) for d, se in zip(report.r_noise_s5, report.r_se_noise_s5)],
-        "step cost (plain = 1)": ["--" if r == "base" else _cost(ex.run_step_cost(exp, r, cost)) for r in report.run]})
-    lines = [f"Report half ({int(base['report']['metrics']['n'])} images), seed 0, cifar-c suite; "
-             "± is the paired standard error over the half's images:", "", markdown_table(table), ""]
-    choice = ex.select_run(ex.half_summary(base, got, "selection"))
+        "noise sd over seeds": [_sd(v) for v in report.sd_noise_s5],
+        "step cost (plain = 1)": [_cost(ex.run_step_cost(exp, r, cost)) for r in report.run]})
+    lines = [f"Report half ({int(base['report']['metrics']['n'])} images), cifar-c suite, means over each run's "
+             "seeds; ± is the paired standard error over the half's images, \"sd over seeds\" the spread of the "
+             "change between seeds (-- with one seed):", "", markdown_table(table), ""]
+    strongest = ex.strongest_path(exp)
+    if strongest.exists():
+        picked = read_result(strongest)["metrics"]["runs"]
+        lines.append(f"- Repeated over seeds: {', '.join(f'`{r}`' for r in picked)}, the discriminating runs that "
+                     "give back the most clean accuracy on the selection half at seed 0.")
+    seed0 = {k: v for k, v in got.items() if k[1] == 0}
+    choice = ex.select_run(ex.half_summary(base, seed0, "selection"))
     rep = report.set_index("run").loc[choice["run"]]
-    lines.append(f"- Chosen on the selection half ({choice['rule']}, among {len(choice['candidates'])} "
+    lines.append(f"- Chosen on the selection half at seed 0 ({choice['rule']}, among {len(choice['candidates'])} "
                  f"configuration{'s' if len(choice['candidates']) > 1 else ''} of the paper's loss): `{choice['run']}`; on the report half clean "
                  f"{_pm(rep.d_clean, rep.se_clean)}, noise S5 mean {_pm(rep.d_noise_s5, rep.se_noise_s5)} "
-                 "points from the base (one seed: a first look, not the 3-seed answer).")
-    lines += [f"- {line}" for line in ex.controls_verdict(report)]
+                 f"points from the base (mean of {int(rep.seeds)} seed{'s' if rep.seeds > 1 else ''}).")
+    lines += [f"- {line}" for line in ex.controls_verdict(summary)]
     diverged = ex.existing_divergences(exp, list(ex.CONTROLS))
     lines += [f"- {line}" for line in ex.describe_divergences(diverged)]
     missing = [r for r in ex.CONTROLS if (r, 0) not in got and r not in diverged]
@@ -152,7 +164,22 @@ def cpu_recommended(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended}
+def cpu_stage_times(results: Path) -> str:
+    """The wall time of each stage of ``scripts/cpu_reproduction.py`` that recorded one."""
+    exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
+    rows = ex.stage_times(exp)
+    if not rows:
+        return "No stage times are recorded yet.\n"
+    table = pd.DataFrame({"date": [r["date"] for r in rows], "stage": [r["stage"] for r in rows],
+                          "wall time (s)": [f"{r['wall_s']:,.0f}" for r in rows],
+                          "torch threads / cores": [f"{r['torch_threads']} / {r['cpu_count']}" for r in rows],
+                          "load average": [f"{r['load_average_1min']:.1f}" for r in rows]})
+    return ("Recorded by the script (`<cell>/stage_times/*.json`); the load average, taken when the stage ended, "
+            "says how many jobs shared the cores:\n\n" + markdown_table(table) + "\n")
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
+                                            "cpu-stage-times": cpu_stage_times}
 
 
 def render(text: str, results: Path) -> str:

@@ -18,6 +18,7 @@ from demhec import (
     high_entropy_samples,
     info_nce,
     prediction_entropy,
+    results,
     training,
 )
 from demhec import experiments as ex
@@ -349,6 +350,82 @@ def test_halves_summary_paired_errors_and_the_selection_rule():
     with pytest.raises(DemHECError, match="selection half only"):
         ex.select_run(ex.halves_summary(dict(base, split="report"), report))
     assert isinstance(s, pd.DataFrame)
+
+
+def test_ranked_runs_spread_over_seeds_and_the_strongest_on_the_selection_half():
+    rng = np.random.default_rng(2)
+    n = 1000
+    clean, noise = rng.random(n) < 0.85, rng.random(n) < 0.5
+    drop = [rng.random(n) < p for p in (0.12, 0.02, 0.04, 0.06, 0.08)]
+
+    def runs(split):
+        return {("demhec", 0): _half_record(split, clean & ~drop[0], noise),
+                ("eps2", 0): _half_record(split, clean & ~drop[1], noise),
+                ("eps2", 1): _half_record(split, clean & ~drop[2], noise, seed=1),
+                ("steps1", 0): _half_record(split, clean & ~drop[3], noise),
+                ("plain", 0): _half_record(split, clean & ~drop[4], noise)}
+
+    s = ex.halves_summary(_half_record("report", clean, noise), runs("report"), reference=("demhec", 0))
+    ranked = ex.ranked_runs(s).set_index("run")
+    per_seed = s[s.run == "eps2"].set_index("seed")
+    assert list(ranked.index) == ["eps2", "steps1", "plain", "demhec"]  # most clean cost given back first
+    assert ranked.loc["eps2", "seeds"] == 2 and ranked.loc["steps1", "seeds"] == 1
+    assert ranked.loc["eps2", "d_clean"] == pytest.approx(per_seed.d_clean.mean())
+    assert ranked.loc["eps2", "sd_clean"] == pytest.approx(np.std(per_seed.d_clean, ddof=1))
+    assert ranked.loc["eps2", "se_clean"] == pytest.approx(per_seed.se_clean.mean())
+    assert ranked.loc["eps2", "r_clean"] == pytest.approx(per_seed.r_clean.mean()) and np.isnan(ranked.loc["steps1", "sd_clean"])
+    assert set(ranked.split) == {"report"} and "base" not in ranked.index
+    with pytest.raises(DemHECError, match="reference"):
+        ex.ranked_runs(ex.halves_summary(_half_record("report", clean, noise), runs("report")))
+    sel = ex.halves_summary(_half_record("selection", clean, noise), runs("selection"), reference=("demhec", 0))
+    # candidates only (the control plain is not one), at seed 0 only
+    assert ex.strongest_runs(sel, ["eps2", "steps1", "demhec"], k=2) == ["eps2", "steps1"]
+    assert ex.strongest_runs(sel, ["steps1", "no_infonce"], k=3) == ["steps1"]
+    with pytest.raises(DemHECError, match="selection half only"):
+        ex.strongest_runs(s, ["eps2"])
+
+
+def test_the_strongest_runs_are_recorded_once_among_every_candidate(tmp_path):
+    from demhec._common import TrainingDiverged
+
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    ex.halves_result(exp, "before")
+    for run in ("demhec", "eps2"):
+        ex.ablation_halves(exp, run)
+    with pytest.raises(DemHECError, match="no seed-0 result yet for: steps1, bn_frozen"):
+        ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
+    assert not ex.strongest_path(exp).exists()
+    ex.ablation_halves(exp, "steps1")
+    ex.record_divergence(exp, "bn_frozen", TrainingDiverged("diverged", step=3, what="non-finite loss", parts={}))
+    rec = ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
+    m = rec["metrics"]
+    assert rec["split"] == "selection" and rec["kind"] == "choice/strongest" and m["diverged"] == ["bn_frozen"]
+    base, got = ex.existing_halves(exp, ["demhec", "eps2", "steps1"])
+    sel = ex.half_summary(base, got, "selection")
+    assert m["runs"] == ex.strongest_runs(sel, ["eps2", "steps1"], k=1)
+    assert set(m["inputs"]) == {"base", "demhec", "eps2", "steps1"}
+    assert m["inputs"]["eps2"] == got[("eps2", 0)]["selection"]["fingerprint"]
+    mtime = ex.strongest_path(exp).stat().st_mtime_ns
+    assert ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)["metrics"]["runs"] == m["runs"]
+    assert ex.strongest_path(exp).stat().st_mtime_ns == mtime  # kept, not recomputed
+
+
+def test_stage_times_are_recorded_per_stage_and_skip_cache_hits(tmp_path):
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    assert ex.record_stage_time(exp, "eps1 seed 0 on both halves", 0.3) is None  # served from caches
+    assert ex.stage_times(exp) == []
+    ex.record_stage_time(exp, "eps1 seed 0 on both halves", 61.5)
+    ex.record_stage_time(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions", 12.0)
+    ex.record_stage_time(exp, "eps1 seed 0 on both halves", 70.0)  # a rerun replaces the time
+    rows = ex.stage_times(exp)
+    assert [r["stage"] for r in rows] == ["eps1 seed 0 on both halves",
+                                         "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions"]
+    assert rows[0]["wall_s"] == 70.0 and rows[0]["torch_threads"] == torch.get_num_threads() and rows[0]["cpu_count"] >= 1
+    assert ex.stage_times(exp, "imagecorruptions")[0]["wall_s"] == 12.0
+    path = ex.stage_time_path(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions")
+    assert path.parent.name == "stage_times" and " " not in path.name and "," not in path.name
+    rec = results.read_result(path)
+    assert rec["kind"] == "stage_time" and rec["git_commit"] and rec["versions"]
 
 
 def test_controls_verdict_reads_the_paired_errors():

@@ -160,6 +160,11 @@ ABLATION_LABELS.update({
 # The controls of a configuration (same base, freezing, learning rate and budget, not the paper's
 # loss): compared against, never chosen (:func:`~.tables.select_run`).
 CONTROL_RUNS = ("plain", "random_noise", "gaussian_aug")
+# Issue 16, point 3: the runs that discriminate where the clean cost comes from, each one change
+# from the paper config; the strongest of them (:func:`~.tables.strongest_runs`, picked on the
+# selection half) are repeated over seeds.
+DISCRIMINATING = ("eps1", "eps2", "alpha_0_1", "alpha_0_25", "no_infonce", "infonce_masked", "kd_literal",
+                  "lambda_kd1", "lambda_kd2", "bn_frozen", "steps1", "steps2")
 # The controls of any other configuration are named "<control>@<config>" (:func:`control_of`): the
 # config's changes first, then the control's, so they share its freezing, learning rate, radius and
 # budget. The recommended configuration of issue 16 is one chosen on the selection half, not known

@@ -415,6 +415,35 @@ def half_summary(base: dict[str, dict], runs: dict[tuple[str, int], dict[str, di
     return summary
 
 
+def ranked_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """Issue 16, point 3's ranked table from a :func:`halves_summary` of one half: per run, the
+    mean over its seeds of each change from the base (``d_*``) and from the paper's config at seed
+    0 (``r_*``), the spread of the change over seeds (``sd_*``, sample standard deviation; NaN
+    with one seed) and the paired standard error over the half's images (``se_*``, the mean of
+    the seeds' errors), ranked by how much of the clean cost the run gives back."""
+    if "r_clean" not in summary:
+        raise DemHECError("ranked_runs needs a halves_summary made with reference=('demhec', 0)")
+    rows = summary[summary.run != "base"].groupby(["run", "label"], sort=False)
+    out = rows.agg(seeds=("seed", "nunique"), d_clean=("d_clean", "mean"), sd_clean=("d_clean", "std"),
+                   se_clean=("se_clean", "mean"), r_clean=("r_clean", "mean"),
+                   d_noise_s5=("d_noise_s5", "mean"), sd_noise_s5=("d_noise_s5", "std"),
+                   se_noise_s5=("se_noise_s5", "mean"), r_noise_s5=("r_noise_s5", "mean")).reset_index()
+    out.insert(2, "split", summary.split.iloc[0])
+    return out.sort_values("r_clean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def strongest_runs(selection: pd.DataFrame, candidates: Sequence[str], k: int = 3, seed: int = 0) -> list[str]:
+    """The ``k`` runs of ``candidates`` that give back the most of the paper config's clean cost
+    at ``seed`` (``r_clean``), read on the selection half only (refused otherwise): the ones issue
+    16 repeats over seeds. Runs without a result at that seed are not candidates."""
+    if set(selection.split) != {"selection"}:
+        raise DemHECError(f"the strongest runs are picked on the selection half only, got {sorted(set(selection.split))}")
+    if "r_clean" not in selection:
+        raise DemHECError("strongest_runs needs a halves_summary made with reference=('demhec', 0)")
+    rows = selection[selection.run.isin(candidates) & selection.seed.eq(seed)]
+    return list(rows.sort_values("r_clean", ascending=False, kind="stable").run.head(k))
+
+
 # The selection rule's targets (issue 16's acceptance): points from the base model.
 CHOICE_RULE = {"max_clean_cost": 4.0, "min_noise_gain": 10.0}
 
@@ -479,6 +508,45 @@ def record_choice(exp: Any, runs: Sequence[str], seed: int = 0, suite: str = "ci
 
     return get_or_compute(choice_path(exp, suite), compute, fingerprint=spec, allow_train=True,
                           recompute=exp.recompute, what="the configuration chosen on the selection half")
+
+
+def strongest_path(exp: Any, suite: str = "cifar-c") -> Path:
+    """Where :func:`record_strongest` keeps the discriminating runs repeated over seeds."""
+    return exp.cell_dir / "halves" / f"strongest_{suite}.json"
+
+
+def record_strongest(exp: Any, candidates: Sequence[str], k: int = 3, seed: int = 0, suite: str = "cifar-c") -> dict:
+    """Issue 16, point 3: :func:`strongest_runs` on the selection half, written once as a result
+    JSON (the half, the candidates, the fingerprint of every file read) like :func:`record_choice`.
+    Refused until every candidate has a result at ``seed`` or a recorded divergence
+    (:func:`~.ablations.record_divergence`), so the pick is among all of them."""
+    from .ablations import existing_divergences, existing_halves
+    from .pipeline import experiment_config
+
+    spec = {"kind": "choice/strongest", "experiment": {"profile": exp.profile, "seed": seed}, "suite": suite,
+            "split": "selection", "k": k, "candidates": sorted(candidates)}
+
+    def compute() -> dict:
+        quiet = replace(exp, allow_train=False, recompute=False)
+        base, got = existing_halves(quiet, ["demhec", *candidates], seeds=(seed,), suite=suite)
+        diverged = existing_divergences(replace(quiet, seed=seed), list(candidates), suite)
+        missing = [r for r in ["demhec", *candidates] if (r, seed) not in got and r not in diverged]
+        if base is None or missing:
+            raise DemHECError("the strongest runs are picked among every candidate; no seed-"
+                              f"{seed} result yet for: {', '.join(missing) or 'the base model'}")
+        summary = half_summary(base, got, "selection")
+        runs = strongest_runs(summary, candidates, k, seed)
+        read = {"base": base["selection"]["fingerprint"],
+                **{r: got[(r, seed)]["selection"]["fingerprint"] for r in ["demhec", *candidates] if (r, seed) in got}}
+        return dict(kind="choice/strongest", profile=exp.profile, split="selection",
+                    config={"experiment": experiment_config(exp), "suite": suite, "k": k, "split": "selection",
+                            "candidates": list(candidates)},
+                    metrics={"runs": runs, "diverged": sorted(diverged),
+                             "selection_table": summary[["run", "d_clean", "r_clean", "d_noise_s5"]], "inputs": read},
+                    data={**base["selection"]["data"]}, seed=seed)
+
+    return get_or_compute(strongest_path(exp, suite), compute, fingerprint=spec, allow_train=True,
+                          recompute=exp.recompute, what="the strongest discriminating runs on the selection half")
 
 
 # Where benchmarks/step_cost.py --out writes the measured price of each T_he (issue 16).
