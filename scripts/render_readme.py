@@ -109,6 +109,7 @@ def cpu_controls(results: Path) -> str:
     lines = [f"Report half ({int(base['report']['metrics']['n'])} images), cifar-c suite, means over each run's "
              "seeds; ± is the paired standard error over the half's images, \"sd over seeds\" the spread of the "
              "change between seeds (-- with one seed):", "", markdown_table(table), ""]
+    lines += [f"- {line}" for line in ex.describe_ranking(report, ex.DISCRIMINATING)]
     strongest = ex.strongest_path(exp)
     if strongest.exists():
         picked = read_result(strongest)["metrics"]["runs"]
@@ -124,9 +125,6 @@ def cpu_controls(results: Path) -> str:
     lines += [f"- {line}" for line in ex.controls_verdict(summary)]
     diverged = ex.existing_divergences(exp, list(ex.CONTROLS))
     lines += [f"- {line}" for line in ex.describe_divergences(diverged)]
-    missing = [r for r in ex.CONTROLS if (r, 0) not in got and r not in diverged]
-    if missing:
-        lines.append(f"- Not run yet at the CPU budget: {', '.join(f'`{r}`' for r in missing)}.")
     return "\n".join(lines) + "\n"
 
 

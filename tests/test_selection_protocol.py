@@ -377,6 +377,11 @@ def test_ranked_runs_spread_over_seeds_and_the_strongest_on_the_selection_half()
     assert set(ranked.split) == {"report"} and "base" not in ranked.index
     with pytest.raises(DemHECError, match="reference"):
         ex.ranked_runs(ex.halves_summary(_half_record("report", clean, noise), runs("report")))
+    moved, within, missing = ex.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=1.96)
+    assert "`eps2`" in moved and "sd " in moved and "2 seeds" in moved and "`plain`" in moved  # 10 and 6 points
+    assert within.endswith("none.") and "`eps1`" in missing
+    _, within_wide, _ = ex.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=100)
+    assert "`eps2`" in within_wide
     sel = ex.halves_summary(_half_record("selection", clean, noise), runs("selection"), reference=("demhec", 0))
     # candidates only (the control plain is not one), at seed 0 only
     assert ex.strongest_runs(sel, ["eps2", "steps1", "demhec"], k=2) == ["eps2", "steps1"]

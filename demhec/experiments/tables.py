@@ -419,13 +419,14 @@ def ranked_runs(summary: pd.DataFrame) -> pd.DataFrame:
     """Issue 16, point 3's ranked table from a :func:`halves_summary` of one half: per run, the
     mean over its seeds of each change from the base (``d_*``) and from the paper's config at seed
     0 (``r_*``), the spread of the change over seeds (``sd_*``, sample standard deviation; NaN
-    with one seed) and the paired standard error over the half's images (``se_*``, the mean of
-    the seeds' errors), ranked by how much of the clean cost the run gives back."""
+    with one seed) and the paired standard errors over the half's images (``se_*`` from the base,
+    ``r_se_clean`` from the paper's config; the mean of the seeds' errors), ranked by how much of
+    the clean cost the run gives back."""
     if "r_clean" not in summary:
         raise DemHECError("ranked_runs needs a halves_summary made with reference=('demhec', 0)")
     rows = summary[summary.run != "base"].groupby(["run", "label"], sort=False)
     out = rows.agg(seeds=("seed", "nunique"), d_clean=("d_clean", "mean"), sd_clean=("d_clean", "std"),
-                   se_clean=("se_clean", "mean"), r_clean=("r_clean", "mean"),
+                   se_clean=("se_clean", "mean"), r_clean=("r_clean", "mean"), r_se_clean=("r_se_clean", "mean"),
                    d_noise_s5=("d_noise_s5", "mean"), sd_noise_s5=("d_noise_s5", "std"),
                    se_noise_s5=("se_noise_s5", "mean"), r_noise_s5=("r_noise_s5", "mean")).reset_index()
     out.insert(2, "split", summary.split.iloc[0])
@@ -623,6 +624,27 @@ def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
                    "ahead, but by less than 3 points or not beyond the images' noise" if adv > 0 else "not ahead")
         lines.append(f"{run} minus {run_label(c)}: noise S5 {said(adv, adv_se)}, clean {said(cl, cl_se)} "
                      f"points: {verdict} on noise.")
+    return lines
+
+
+def describe_ranking(ranked: pd.DataFrame, runs: Sequence[str], z: float = 1.96) -> list[str]:
+    """Issue 16, point 3's outcome in words, from :func:`ranked_runs`: which of ``runs`` move the
+    paper config's clean cost by more than ``z`` paired standard errors of the half's images (and
+    by how much, with the spread over seeds where there are several), and which do not; best
+    first. A run absent from ``ranked`` is named as not scored."""
+    rows = ranked.set_index("run")
+    moved, within = [], []
+    for run in (r for r in rows.index if r in runs):
+        r = rows.loc[run]
+        spread = f", sd {r.sd_clean:.2f} over {int(r.seeds)} seeds" if r.seeds > 1 else ", 1 seed"
+        text = (f"{run_label(run)} (`{run}`): {r.r_clean:+.2f} ± {r.r_se_clean:.2f} clean{spread}; noise S5 "
+                f"{r.r_noise_s5:+.2f} against the paper config")
+        (moved if abs(r.r_clean) > z * r.r_se_clean else within).append(text)
+    lines = [f"Moves the clean cost (by more than {z:g} paired standard errors): " + ("; ".join(moved) or "none") + ".",
+             "Within the images' noise: " + ("; ".join(within) or "none") + "."]
+    missing = [r for r in runs if r not in rows.index]
+    if missing:
+        lines.append(f"No accuracy yet (not run, or diverged): {', '.join(f'`{r}`' for r in missing)}.")
     return lines
 
 
