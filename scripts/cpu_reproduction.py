@@ -172,8 +172,8 @@ def gpu_halves_stage(args, stage) -> None:
 
 def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
     """Issue 16: the base model and each run of ``names``, per seed, on both halves; then, for
-    the GPU script's phase-A runs among them (seed 0), the whole split as well, which notebook 09
-    sets beside the GPU results."""
+    the GPU script's phase-A runs among them, seed 0 (when among ``seeds``) on the whole split as
+    well, which notebook 09 sets beside the GPU results."""
     for name in names:
         if name not in RUNS:
             raise SystemExit(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
@@ -187,8 +187,8 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
                 record_divergence(exp(seed), name, e)
                 print(f"[diverged] {name} seed {seed} at step {e.step}: {e.what}; recorded", flush=True)
     for name in names:
-        if name in GPU_A_RUNS:
-            stage(f"{name} seed {seeds[0]} on the whole split", ablation_result, exp(seeds[0]), name)
+        if name in GPU_A_RUNS and 0 in seeds:
+            stage(f"{name} seed 0 on the whole split", ablation_result, exp(0), name)
 
 
 def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:
