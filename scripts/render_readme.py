@@ -142,6 +142,7 @@ def cpu_recommended(results: Path) -> str:
     m = choice["metrics"]
     lines = [f"Recorded choice (`{ex.choice_path(exp).relative_to(results.parent)}`): `{run}`, chosen on the "
              f"{choice['split']} half ({m['rule']}) among {', '.join(f'`{c}`' for c in m['candidates'])}.", ""]
+    verdicts = {}
     for suite, (_, b, r) in read.items():
         if b is None or (run, 0) not in r:
             lines += [f"Not scored in the `{suite}` suite yet.", ""]
@@ -155,10 +156,10 @@ def cpu_recommended(results: Path) -> str:
                               for k, g in rows])
         lines += [f"`{suite}` suite, report half ({int(b['report']['metrics']['n'])} images), means over the seeds:", "",
                   markdown_table(table), ""]
-        if suite == "cifar-c":
-            verdict = ex.recommendation_verdict(summary, run, controls)
-            conclusion = ex.describe_recommendation(exp, verdict, ex.run_step_cost(exp, run, ex.step_cost_ratios(results)))
-    lines += [f"- {line}" for line in conclusion]
+        verdicts[suite] = ex.recommendation_verdict(summary, run, controls)
+    cost = ex.run_step_cost(exp, run, ex.step_cost_ratios(results))
+    lines += [f"- {line}" for line in ex.describe_recommendation(exp, verdicts["cifar-c"], cost)]
+    lines += [f"- {line}" for line in ex.describe_suites(verdicts)]
     return "\n".join(lines) + "\n"
 
 

@@ -605,6 +605,17 @@ def test_recommendation_verdict_and_its_sentences():
     assert "plain fine-tune control" in lines[2] and "not met" in lines[-1] and "selection rule picks" in lines[-1]
     with pytest.raises(DemHECError, match="no halves results"):
         ex.recommended_summary(base, runs, "eps2")
+    assert v["base_noise_s5"] == pytest.approx(100 * noise.mean())
+    # the same runs in another suite, where the noises are stronger and the gain is gone
+    weak = {k: {h: _half_record(h, clean & ~lost, noise, k[1]) for h in ex.EVAL_HALVES}
+            for k in runs for lost in [rng.random(n) < 0.02]}
+    hard = {h: _half_record(h, clean, noise) for h in ex.EVAL_HALVES}
+    other = ex.recommendation_verdict(ex.recommended_summary(hard, weak, run), run, controls)
+    assert ex.describe_suites({"cifar-c": v}) == []
+    (line,) = ex.describe_suites({"cifar-c": v, "imagecorruptions": other})
+    assert "`imagecorruptions` suite" in line and f"against {v['d_noise_s5']:+.2f} in `cifar-c`" in line
+    assert f"by {other['d_noise_s5']:+.2f} points" in line and "noise not met" in line
+    assert "plain fine-tune" in line and "Gaussian-augmentation" in line and "random-noise" not in line
 
 
 def test_a_diverged_fine_tune_is_recorded_as_its_outcome(tmp_path):

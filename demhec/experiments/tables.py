@@ -687,6 +687,7 @@ def recommendation_verdict(summary: pd.DataFrame, run: str, controls: Sequence[s
     m = summary[summary.run != "base"]
     own = m[m.run == run]
     out = {"run": run, "seeds": sorted(own.seed.tolist()), "half": summary.split.iloc[0],
+           "base_noise_s5": float(summary[summary.run == "base"].noise_s5.mean()),
            "d_clean": float(own.d_clean.mean()), "d_clean_sd": sd(own.d_clean),
            "d_noise_s5": float(own.d_noise_s5.mean()), "d_noise_s5_sd": sd(own.d_noise_s5), "controls": {}}
     out["clean_met"] = out["d_clean"] >= -rule["max_clean_cost"]
@@ -763,6 +764,28 @@ def describe_recommendation(exp: Any, verdict: dict, step_cost: float) -> list[s
                  + ("All three hold." if verdict["all_met"] else
                     "Not every target holds: this is the configuration the selection rule picks among those tried "
                     "within the paper's loss at this budget, not one that reaches the targets."))
+    return lines
+
+
+def describe_suites(verdicts: dict[str, dict]) -> list[str]:
+    """One line per suite after the first of ``verdicts`` (suite -> :func:`recommendation_verdict`
+    of the same run, the first suite being the acceptance's): how the recommended run's noise gain
+    and its advantage over each control read there, beside the first suite's, with each suite's
+    base accuracy on the noises at S5 (the suites' severities differ in strength)."""
+    (first, ref), *others = verdicts.items()
+    lines = []
+    for suite, v in others:
+        n = len(v["seeds"])
+        sd = f" (sd {v['d_noise_s5_sd']:.2f} over {n} seeds)" if n > 1 else ""
+        done = {c: a for c, a in v["controls"].items() if a is not None}
+        versus = ", ".join(f"{_CONTROL_NAMES[c.split('@')[0]]} {a['advantage']:+.2f} (that control gains "
+                           f"{v['d_noise_s5'] - a['advantage']:+.2f})" for c, a in done.items())
+        lines.append(f"In the `{suite}` suite (the base gets {v['base_noise_s5']:.2f}% on the three noises at S5 "
+                     f"there, {ref['base_noise_s5']:.2f}% in `{first}`), the recommended run changes noise S5 by "
+                     f"{v['d_noise_s5']:+.2f} points{sd} (against {ref['d_noise_s5']:+.2f} in `{first}`) and clean by "
+                     f"{v['d_clean']:+.2f}; its advantage on noise S5 over each control: {versus or 'no control scored'}; "
+                     f"targets there: noise {'met' if v['noise_met'] else 'not met'}, controls "
+                     f"{'met' if v['controls_met'] else 'not met'}.")
     return lines
 
 
