@@ -188,7 +188,9 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
                 print(f"[diverged] {name} seed {seed} at step {e.step}: {e.what}; recorded", flush=True)
     for name in names:
         if name in GPU_A_RUNS and 0 in seeds:
-            stage(f"{name} seed 0 on the whole split", ablation_result, exp(0), name)
+            # at the severities notebook 09 reads the run at: an ablation's at S5 as in main()
+            sev = {"severities": (5,)} if name in ABLATIONS and name not in (*MAIN_RUNS, *LATE_RUNS) else {}
+            stage(f"{name} seed 0 on the whole split", ablation_result, exp(0), name, **sev)
 
 
 def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:
