@@ -113,8 +113,9 @@ def cpu_controls(results: Path) -> str:
     strongest = ex.strongest_path(exp)
     if strongest.exists():
         picked = read_result(strongest)["metrics"]["runs"]
-        lines.append(f"- Repeated over seeds: {', '.join(f'`{r}`' for r in picked)}, the discriminating runs that "
-                     "give back the most clean accuracy on the selection half at seed 0.")
+        lines.append(f"- Picked to be repeated over seeds: {', '.join(f'`{r}`' for r in picked)}, the discriminating runs "
+                     "that give back the most clean accuracy on the selection half at seed 0 (the seeds column says "
+                     "how many seeds are scored).")
     seed0 = {k: v for k, v in got.items() if k[1] == 0}
     choice = ex.select_run(ex.half_summary(base, seed0, "selection"))
     rep = report.set_index("run").loc[choice["run"]]
