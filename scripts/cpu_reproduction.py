@@ -66,6 +66,12 @@ from demhec.experiments import (
 MAIN_RUNS = ("demhec", "plain")
 
 
+def whole_split_severities(run: str) -> tuple[int, ...] | None:
+    """The severities notebook 09 reads ``run`` at on the whole split: S5 for an ablation; the
+    paper's (None) for the main runs, the late-freezing pair and the controls."""
+    return (5,) if run in ABLATIONS and run not in (*MAIN_RUNS, *LATE_RUNS) else None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu")
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         stage(f"{run} seed {seeds[0]} on {SUITES[1]}", ablation_result, first, run, SUITES[1])
     for run in ABLATIONS:
         if run not in (*MAIN_RUNS, *LATE_RUNS):
-            stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=(5,))
+            stage(f"ablation {run} (fine-tune + S5)", ablation_result, first, run, severities=whole_split_severities(run))
     tta_stage(first, stage)
 
 
@@ -188,9 +194,8 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
                 print(f"[diverged] {name} seed {seed} at step {e.step}: {e.what}; recorded", flush=True)
     for name in names:
         if name in GPU_A_RUNS and 0 in seeds:
-            # at the severities notebook 09 reads the run at: an ablation's at S5 as in main()
-            sev = {"severities": (5,)} if name in ABLATIONS and name not in (*MAIN_RUNS, *LATE_RUNS) else {}
-            stage(f"{name} seed 0 on the whole split", ablation_result, exp(0), name, **sev)
+            stage(f"{name} seed 0 on the whole split", ablation_result, exp(0), name,
+                  severities=whole_split_severities(name))
 
 
 def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:

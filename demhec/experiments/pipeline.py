@@ -38,7 +38,14 @@ import torch
 from torch import nn
 
 from .._common import DemHECError, atomic_write, check_choice, check_range
-from ..results import cache_holds, check_writable, fingerprint, get_or_compute
+from ..results import (
+    cache_holds,
+    check_writable,
+    fingerprint,
+    get_or_compute,
+    read_result,
+    write_result,
+)
 from ..runs import EvalRun, TrainRun
 from ..training import DemHECConfig, TrainConfig, finetune, train
 
@@ -624,8 +631,6 @@ def record_stage_time(exp: Experiment, stage: str, seconds: float) -> dict[str, 
     :data:`MIN_RECORDED_S` did no work and are not recorded. Wall time is a property of the
     machine, not of the method: notebook 09 and the README show these as measured, beside the
     step-cost ratios of ``benchmarks/step_cost.py`` that do compare methods."""
-    from ..results import write_result
-
     if seconds < MIN_RECORDED_S:
         return None
     return write_result(
@@ -639,8 +644,6 @@ def record_stage_time(exp: Experiment, stage: str, seconds: float) -> dict[str, 
 
 def stage_times(exp: Experiment, contains: str = "") -> list[dict[str, Any]]:
     """The recorded stage times of this setting whose stage name contains ``contains``, by date, then by name."""
-    from ..results import read_result
-
     records = [read_result(p) for p in sorted((exp.cell_dir / "stage_times").glob("*.json"))]
     rows = [{"stage": r["config"]["stage"], **r["metrics"], "torch_threads": r["config"]["torch_threads"],
              "cpu_count": r["config"]["cpu_count"]} for r in records if contains in r["config"]["stage"]]
