@@ -9,7 +9,9 @@ bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see README.md).
     python benchmarks/step_cost.py --the 1 2 5 --freeze auto --out results/cpu/bench/step_cost_the.json
 
 ``--out`` writes the ratios as a result JSON (config, versions, git commit; no absolute times),
-the file notebook 09 reads for the price of each T_he (issue 16).
+the file notebook 09 reads for the price of each T_he (issue 16). ``--the 0`` times the
+random-noise control's step (the full loss with x' uniform in the eps-ball, ``samples="uniform"``):
+no ascent passes, so its bound is the T_he = 0 value of the formula, 7/3.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--the", type=int, nargs="+", default=[1, 5, 10], help="ascent steps T_he")
+    p.add_argument("--the", type=int, nargs="+", default=[1, 5, 10], help="ascent steps T_he; 0 = the random-noise control (no ascent)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the training passes")
@@ -63,8 +65,9 @@ def main() -> None:
                                     on_step=cb), args.steps))
 
     def demhec_step(t_he: int) -> float:
-        cfg = demhec.DemHECConfig(epochs=1, batch_size=args.batch_size, steps=t_he, augment="none",
-                                  warmup_epochs=0, freeze=args.freeze)
+        ascent = {"steps": t_he} if t_he > 0 else {"samples": "uniform"}
+        cfg = demhec.DemHECConfig(epochs=1, batch_size=args.batch_size, augment="none",
+                                  warmup_epochs=0, freeze=args.freeze, **ascent)
         return statistics.median(step_times(
             lambda cb: demhec.finetune(model(), (x, y), cfg, device=args.device,
                                        channels_last=args.channels_last, amp=args.amp,

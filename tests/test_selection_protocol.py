@@ -571,7 +571,8 @@ def test_step_cost_of_each_run_reads_the_benchmark_json(tmp_path):
     assert ex.run_step_cost(exp, "plain", ratios) == 1.0 == ex.run_step_cost(exp, "gaussian_aug", ratios)
     assert ex.run_step_cost(exp, "demhec", ratios) == 5.5 and ex.run_step_cost(exp, "steps1", ratios) == 2.5
     assert math.isnan(ex.run_step_cost(exp, "steps2", ratios))  # not measured
-    assert math.isnan(ex.run_step_cost(exp, "random_noise", ratios))  # no ascent: not this benchmark's step
+    assert math.isnan(ex.run_step_cost(exp, "random_noise", ratios))  # its T_he = 0 step not measured
+    assert ex.run_step_cost(exp, "random_noise", {**ratios, 0: 2.2}) == 2.2
 
 
 def test_recommendation_verdict_and_its_sentences():

@@ -556,7 +556,7 @@ STEP_COST_PATH = Path("cpu") / "bench" / "step_cost_the.json"
 
 def step_cost_ratios(results_root: str | os.PathLike) -> dict[int, float]:
     """T_he -> median ratio of a Dem-HEC step to a plain CE step, as ``benchmarks/step_cost.py
-    --out`` measured it (empty when not committed)."""
+    --out`` measured it (empty when not committed); T_he = 0 is the random-noise control's step."""
     path = Path(results_root) / STEP_COST_PATH
     if not path.exists():
         return {}
@@ -566,16 +566,14 @@ def step_cost_ratios(results_root: str | os.PathLike) -> dict[int, float]:
 def run_step_cost(exp: Any, run: str, ratios: dict[int, float]) -> float:
     """The measured price of one training step of ``run`` (a key of :data:`RUNS`) relative to a
     plain CE step: 1 for a run without the high-entropy branch (plain, Gaussian augmentation), the
-    ratio of its T_he for an ascent run, NaN where that was not measured (the random-noise control's
-    step, which has no ascent, is not)."""
+    ratio of its T_he for an ascent run, the T_he = 0 ratio for the random-noise control (the full
+    loss, no ascent), NaN where that was not measured."""
     from .ablations import _ablation_config
 
     cfg = _ablation_config(exp, run)[0]
     if cfg.alpha == 0 and cfg.lambda_c == 0 and cfg.lambda_kd == 0:
         return 1.0
-    if cfg.samples != "ascent":
-        return float("nan")
-    return ratios.get(cfg.steps, float("nan"))
+    return ratios.get(cfg.steps if cfg.samples == "ascent" else 0, float("nan"))
 
 
 def chosen_run(exp: Any, runs: Sequence[str], seed: int = 0) -> dict | None:
