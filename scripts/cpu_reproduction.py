@@ -47,6 +47,7 @@ from demhec.experiments import (
     LATE_RUNS,
     RUNS,
     Experiment,
+    ablation_checkpoint,
     ablation_halves,
     ablation_result,
     base_model,
@@ -176,6 +177,12 @@ def gpu_halves_stage(args, stage) -> None:
         stage(f"GPU {run} on both halves", ablation_halves, gpu, run)
 
 
+def kept(exp: Experiment, run: str) -> str:
+    """A suffix for the name of a stage that only scores a kept checkpoint, so that its wall time
+    is never read as a fine-tune's."""
+    return " (kept checkpoint, scoring only)" if ablation_checkpoint(exp, run).exists() else ""
+
+
 def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
     """Issue 16: the base model and each run of ``names``, per seed, on both halves; then, for
     the GPU script's phase-A runs among them, seed 0 (when among ``seeds``) on the whole split as
@@ -188,7 +195,7 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
     for seed in seeds:
         for name in names:
             try:
-                stage(f"{name} seed {seed} on both halves", ablation_halves, exp(seed), name)
+                stage(f"{name} seed {seed} on both halves{kept(exp(seed), name)}", ablation_halves, exp(seed), name)
             except TrainingDiverged as e:  # an outcome of the run, recorded, not a crash of the study
                 record_divergence(exp(seed), name, e)
                 print(f"[diverged] {name} seed {seed} at step {e.step}: {e.what}; recorded", flush=True)
@@ -223,7 +230,8 @@ def recommend_stage(seeds: list[int], exp, stage) -> None:
         stage(f"base model on both halves, {suite}", halves_result, first, "before", suite)
         for seed in seeds:
             for run in runs:
-                stage(f"{run} seed {seed} on both halves, {suite}", ablation_halves, exp(seed), run, suite)
+                stage(f"{run} seed {seed} on both halves, {suite}{kept(exp(seed), run)}",
+                      ablation_halves, exp(seed), run, suite)
             if seed == 0 and suite == SUITES[0]:
                 stage("seed-0 state dicts exported", export_checkpoints, exp(0), choice)
 

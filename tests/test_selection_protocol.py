@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,8 @@ from demhec.evaluation import paired_difference
 from demhec.generation import uniform_ball_samples
 from demhec.results import fingerprint
 from tests.conftest import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- masked InfoNCE -----------------------------------------------------------------------------
 
@@ -258,6 +261,7 @@ def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path)
     from demhec import get_model
 
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    assert not ex.ablation_checkpoint(exp, "plain@eps2").exists()
     paths = ex.export_checkpoints(exp, "eps2")
     assert sorted(paths) == sorted(ex.EXPORTED)
     record = json.loads(exp.checkpoint("recommended").with_suffix(".json").read_text())
@@ -269,6 +273,8 @@ def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path)
     for name, path in paths.items():
         assert path.name == f"{exp.model_key}_{name}.pt" and path.with_suffix(".fingerprint.json").exists()
         assert manifest[name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        kept = ex.ablation_checkpoint(exp, manifest[name]["run"])  # the fine-tune's own cache
+        assert kept != path and kept.read_bytes() == path.read_bytes()
         trained = ex.ablation_model(dataclasses.replace(exp, allow_train=False), manifest[name]["run"])
         loaded = get_model(exp.effective_backbone, num_classes=len(ex.train_data(exp).classes), pretrained=str(path))
         for (k, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
@@ -644,3 +650,23 @@ def test_describe_divergences_names_step_and_learning_rate():
     (line,) = ex.describe_divergences({"bn_frozen": rec})
     assert "bn_frozen" in line and "step 9" in line and "lr 0.05" in line and "no accuracy" in line
     assert ex.describe_divergences({}) == []
+
+
+def test_halves_stage_names_a_rescoring_of_a_kept_checkpoint(tmp_path, capsys):
+    """scripts/cpu_reproduction.py --halves: a stage that fine-tunes is named plainly; one that
+    only re-scores a kept checkpoint says so, so that its wall time is never read as a fine-tune's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_reproduction", ROOT / "scripts" / "cpu_reproduction.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--profile", "smoke", "--halves", "eps2", "--seeds", "0", "--results-dir", str(tmp_path), "--no-progress"]
+    script.main(args)
+    first = capsys.readouterr().out
+    assert "[stage] eps2 seed 0 on both halves: " in first and "scoring only" not in first
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    assert ex.ablation_checkpoint(exp, "eps2").exists()
+    for path in (exp.cell_dir / "halves").glob("after_eps2_*"):
+        path.unlink()
+    script.main(args)
+    assert "[stage] eps2 seed 0 on both halves (kept checkpoint, scoring only): " in capsys.readouterr().out

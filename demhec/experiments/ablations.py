@@ -230,6 +230,12 @@ def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
     return demhec_config(exp, **_overrides(exp, run)), "after" if run == "demhec" else f"after_{run}"
 
 
+def ablation_checkpoint(exp: Experiment, run: str) -> Path:
+    """Where :func:`ablation_model` keeps the fine-tuned state dict of ``run`` for this seed (a
+    script asks whether it exists to tell a fine-tune from a re-scoring of a kept model)."""
+    return demhec_checkpoint(exp, _ablation_config(exp, run)[1].replace("after", "demhec", 1))
+
+
 def ablation_model(exp: Experiment, run: str) -> nn.Module:
     """The model of one control/ablation ``run``, fine-tuned from the base model (cached like
     :func:`ablation_result`'s, which then only evaluates it)."""
@@ -374,8 +380,8 @@ def export_checkpoints(exp: Experiment, run: str) -> dict[str, Path]:
     out = {}
     for name, source in sources.items():
         ablation_model(exp, source)  # trains it where its checkpoint is missing
-        cfg, tag = _ablation_config(exp, source)
-        cached = demhec_checkpoint(exp, tag.replace("after", "demhec", 1))
+        cfg = _ablation_config(exp, source)[0]
+        cached = ablation_checkpoint(exp, source)
         target = exp.checkpoint(name)
         shutil.copyfile(cached, target)
         shutil.copyfile(cached.with_suffix(".fingerprint.json"), target.with_suffix(".fingerprint.json"))
