@@ -15,6 +15,7 @@ import torch
 from demhec import experiments as ex
 from demhec import results
 from demhec._common import DemHECError, parse_number
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,11 +252,7 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     second call recomputes nothing (every stage is a cache hit). About 30 fine-tunes and their
     evaluations: minutes on 2 cores, so `make unit-all` runs it, not `make test`; the pipeline
     calls it makes are covered one by one by the cheaper tests here."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cpu_reproduction", ROOT / "scripts" / "cpu_reproduction.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("cpu_reproduction")
     args = ["--profile", "smoke", "--seeds", "0,1", "--results-dir", str(tmp_path), "--no-progress"]
     script.main(args)
     first = capsys.readouterr().out
@@ -544,12 +541,9 @@ def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
     """scripts/fingerprint_results.py on the committed results with their fingerprints removed
     gives them back exactly (the committed ones are what the pipeline asks for: the notebook-09
     test above loads them without training)."""
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("fingerprint_results", ROOT / "scripts" / "fingerprint_results.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("fingerprint_results")
     shutil.copytree(ROOT / "results" / "demo", tmp_path / "demo")
     shutil.copytree(ROOT / "results" / "cpu" / "cifar10_jpeg", tmp_path / "cpu")
     committed = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,9 +26,7 @@ from demhec._common import DemHECError
 from demhec.evaluation import paired_difference
 from demhec.generation import uniform_ball_samples
 from demhec.results import fingerprint
-from tests.conftest import TinyNet
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import TinyNet, load_script
 
 # --- masked InfoNCE -----------------------------------------------------------------------------
 
@@ -655,11 +652,7 @@ def test_describe_divergences_names_step_and_learning_rate():
 def test_halves_stage_names_a_rescoring_of_a_kept_checkpoint(tmp_path, capsys):
     """scripts/cpu_reproduction.py --halves: a stage that fine-tunes is named plainly; one that
     only re-scores a kept checkpoint says so, so that its wall time is never read as a fine-tune's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cpu_reproduction", ROOT / "scripts" / "cpu_reproduction.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("cpu_reproduction")
     args = ["--profile", "smoke", "--halves", "eps2", "--seeds", "0", "--results-dir", str(tmp_path), "--no-progress"]
     script.main(args)
     first = capsys.readouterr().out

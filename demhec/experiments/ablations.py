@@ -25,6 +25,7 @@ from .pipeline import (
     experiment_config,
     halves_result,
     model_spec,
+    model_tag,
     provenance,
     result_spec,
     robustness_result,
@@ -233,14 +234,14 @@ def _ablation_config(exp: Experiment, run: str) -> tuple[DemHECConfig, str]:
 def ablation_checkpoint(exp: Experiment, run: str) -> Path:
     """Where :func:`ablation_model` keeps the fine-tuned state dict of ``run`` for this seed (a
     script asks whether it exists to tell a fine-tune from a re-scoring of a kept model)."""
-    return demhec_checkpoint(exp, _ablation_config(exp, run)[1].replace("after", "demhec", 1))
+    return demhec_checkpoint(exp, model_tag(_ablation_config(exp, run)[1]))
 
 
 def ablation_model(exp: Experiment, run: str) -> nn.Module:
     """The model of one control/ablation ``run``, fine-tuned from the base model (cached like
     :func:`ablation_result`'s, which then only evaluates it)."""
     cfg, tag = _ablation_config(exp, run)
-    return demhec_model(exp, replace(cfg, seed=exp.seed), tag=tag.replace("after", "demhec", 1))
+    return demhec_model(exp, replace(cfg, seed=exp.seed), tag=model_tag(tag))
 
 
 def ablation_result(exp: Experiment, run: str, suite: str = "cifar-c",
@@ -347,7 +348,7 @@ def paired_gain_result(exp: Experiment, run: str, suite: str = "cifar-c", severi
         data = eval_data(exp)
         k = len(data.classes)
         base = base_model(exp, k)
-        model = demhec_model(exp, run_cfg, tag=tag.replace("after", "demhec", 1), num_classes=k)
+        model = demhec_model(exp, run_cfg, tag=model_tag(tag), num_classes=k)
         gains = paired_gain(base, model, data, NOISE, severity, suite, **corrupted_eval_kw(exp))
         return dict(kind="paired/after", profile=exp.profile,
                     config={"experiment": experiment_config(exp), "model": run_cfg, **scored},

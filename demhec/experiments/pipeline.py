@@ -451,6 +451,12 @@ def _run_config(exp: Experiment, config: DemHECConfig | None) -> DemHECConfig:
     return replace(config, seed=exp.seed) if config else exp.demhec_config
 
 
+def model_tag(result_tag: str) -> str:
+    """The checkpoint tag of the fine-tuned model behind a result tag ("after_eps2" ->
+    "demhec_eps2"): results are named by phase, the models they score by method."""
+    return result_tag.replace("after", "demhec", 1)
+
+
 def demhec_checkpoint(exp: Experiment, tag: str = "demhec") -> Path:
     """Where :func:`demhec_model` keeps the state dict of run ``tag`` at ``exp``'s seed."""
     return exp.checkpoint(tag if exp.seed == 0 else f"{tag}_seed{exp.seed}")
@@ -564,7 +570,7 @@ def robustness_result(
         if phase == "before":
             model = base_model(exp, k)
         elif phase == "after":
-            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
+            model = demhec_model(exp, spec["config"], tag=model_tag(name), num_classes=k)
         else:
             model = baseline_model(exp, phase.split(":", 1)[1], k)
         run = functools.partial(evaluate, model, data, corruptions, severities, suite, **corrupted_eval_kw(exp))
@@ -723,7 +729,7 @@ def halves_result(
         if phase == "before":
             model = base_model(exp, k)
         else:
-            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
+            model = demhec_model(exp, spec["config"], tag=model_tag(name), num_classes=k)
         return data, cell_logits(model, data, corruptions, severities, suite, **corrupted_eval_kw(exp)), data.labels
 
     def compute(half: str) -> dict:
@@ -839,7 +845,7 @@ def entropy_result(exp: Experiment, phase: str, corruption: str, severity: int,
         if phase == "before":
             model = base_model(exp, k)
         else:
-            model = demhec_model(exp, spec["config"], tag=name.replace("after", "demhec", 1), num_classes=k)
+            model = demhec_model(exp, spec["config"], tag=model_tag(name), num_classes=k)
         corrupted = corrupt_split(data.images, corruption, severity, suite=suite, seed=CORRUPTION_SEED)
 
         def run(images: np.ndarray) -> dict:
