@@ -176,3 +176,153 @@ def parse_number(name: str, value: Any) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise DemHECError(f"{name} must be a number or a fraction like 8/255, got {value!r}")
+
+
+# --- reading files that may come from elsewhere ------------------------------------------------
+# Checkpoints, resume archives and caches are exchanged between machines and researchers: no file
+# the project reads may run code. Tensors load through torch's safe unpickler, arrays without
+# pickles, and archives only as regular files and folders inside their target.
+
+
+def _unsafe_reason(path: Path) -> str:
+    """The likely cause of an unreadable torch file, in words (never torch's advice to load it
+    unsafely, which would run code from the file)."""
+    import torch
+
+    head = path.read_bytes()[:4]
+    if head.startswith(b"PK"):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 - not even a readable archive
+            unsafe = []
+        if unsafe:
+            return (f"it holds Python objects ({', '.join(unsafe[:3])}{', ...' if len(unsafe) > 3 else ''}), "
+                    "which are not loaded for safety")
+        return "a damaged or truncated torch.save archive"
+    if head[:1] == b"\x80":
+        return "a pickle of objects other than tensors, which is not loaded for safety"
+    try:
+        path.read_bytes()[:512].decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "unrecognised bytes"
+
+
+def load_tensors(path: str | os.PathLike, what: str, holds: str = "state dict") -> Any:
+    """``torch.load`` of ``path`` with the safe unpickler (``weights_only=True``): tensors, numbers,
+    strings and plain containers only, so a file crafted to run code is refused, in one line
+    naming ``what`` it was read as, before anything in it runs."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DemHECError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise DemHECError(f"cannot read {what} {path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
+        raise DemHECError(f"cannot read {what} {path}: not a PyTorch {holds} file "
+                          f"({_unsafe_reason(path)})") from exc
+
+
+def load_array(path: str | os.PathLike, what: str, mmap: bool = False) -> Any:
+    """``np.load`` of an ``.npy`` file that must hold plain numbers: a file of Python objects (a
+    pickle) is refused in one line instead of loaded, as is a damaged one."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:  # numpy's refusal of object arrays, or a damaged header
+        reason = ("it holds Python objects, which are not loaded for safety"
+                  if "allow_pickle" in str(exc) or "Python objects" in str(exc) else f"damaged ({exc})")
+        raise DemHECError(f"cannot read {what} {path}: {reason}; delete it to rebuild it") from exc
+
+
+def _member_problem(name: str, kind: str) -> str:
+    parts = Path(name).parts
+    if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+        return "would be written outside the target folder"
+    if kind not in ("file", "dir"):
+        return f"is a {kind}, not a regular file or folder"
+    return ""
+
+
+def _is_zip(archive: Path) -> bool:
+    import tarfile
+    import zipfile
+
+    # A plain tar whose last member is a zip (a torch.save file) also passes is_zipfile.
+    return not tarfile.is_tarfile(archive) and zipfile.is_zipfile(archive)
+
+
+def archive_members(archive: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, kind) of every member of a tar or zip ``archive``; kind is "file", "dir", "link"
+    or "device/fifo"."""
+    import stat
+    import tarfile
+    import zipfile
+
+    archive = Path(archive)
+    if _is_zip(archive):
+        with zipfile.ZipFile(archive) as z:
+            out = []
+            for info in z.infolist():
+                mode = info.external_attr >> 16
+                # Zip writers often record only permission bits (no file type) for a file.
+                kind = ("link" if stat.S_ISLNK(mode) else "dir" if info.is_dir() else
+                        "file" if stat.S_IFMT(mode) in (0, stat.S_IFREG) else "device/fifo")
+                out.append((info.filename, kind))
+            return out
+    with tarfile.open(archive) as tar:
+        return [(m.name, "file" if m.isfile() else "dir" if m.isdir() else
+                 "link" if m.issym() or m.islnk() else "device/fifo") for m in tar.getmembers()]
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract a tar or zip ``archive`` into ``target`` after checking every member: one that
+    would land outside ``target`` (an absolute path, ``..``), a link or a device file refuses the
+    whole archive, in one line, before anything is written."""
+    import tarfile
+    import zipfile
+
+    archive, target = Path(archive), Path(target)
+    for name, kind in archive_members(archive):
+        problem = _member_problem(name, kind)
+        if problem:
+            raise DemHECError(f"refusing to extract {archive.name}: its member {name!r} {problem}")
+    target.mkdir(parents=True, exist_ok=True)
+    if _is_zip(archive):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(target)
+    else:
+        with tarfile.open(archive) as tar:
+            # The checks above refuse what the "data" filter would; where Python has the filter
+            # (3.10.12 and later) it stays as a second guard.
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(target, **kw)
+    return target
+
+
+def download_archive(url: str, root: str | os.PathLike, md5: str | None) -> Path:
+    """Download ``url`` into ``root`` (checked against ``md5``) and extract it there through
+    :func:`safe_extract`; a network failure is one line naming the address."""
+    import urllib.error
+
+    from torchvision.datasets.utils import download_url
+
+    root = Path(root)
+    filename = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    try:
+        download_url(url, str(root), filename=filename, md5=md5)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DemHECError(f"could not download {url} ({reason}); check the network, or put the "
+                          f"file {filename} under {root} yourself") from None
+    archive = root / filename
+    if md5 is not None:
+        from torchvision.datasets.utils import check_integrity
+
+        if not check_integrity(str(archive), md5):
+            raise DemHECError(f"{archive} does not match its published MD5 {md5}; delete it and retry")
+    return safe_extract(archive, root)

@@ -142,7 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption", default="pixelate")
     p.add_argument("--severity", default="5")
     p.add_argument("--pooled", action="store_true", help="average conv maps spatially first")
+
+    p = sub.add_parser("convert-checkpoint",
+                       help="rewrite a resume checkpoint of an older demhec in the safe format (a file you trust)")
+    p.add_argument("path", help="the .ckpt file; it is rewritten in place")
     return parser
+
+
+def convert(args: argparse.Namespace) -> int:
+    from .training import convert_checkpoint
+
+    try:
+        convert_checkpoint(args.path)
+    except DemHECError as e:
+        print(f"demhec convert-checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.path} is in the current checkpoint format")
+    return 0
 
 
 def _severity(text: str) -> int:
@@ -391,6 +407,8 @@ COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evalua
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "convert-checkpoint":
+        return convert(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from . import distributed

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,10 +37,17 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.datasets.utils import download_and_extract_archive
 from tqdm.auto import tqdm
 
-from ._common import DemHECError, atomic_write, check_choice, check_range
+from ._common import (
+    DemHECError,
+    atomic_write,
+    check_choice,
+    check_range,
+    download_archive,
+    load_array,
+    safe_extract,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -250,7 +256,7 @@ def _tinyimagenet(split: str, root: Path, download: bool, transform: Callable) -
     folders, so the extracted tree is never modified and loading is idempotent.
     """
     if download and not _tiny_dir(root).is_dir():
-        download_and_extract_archive(TINYIMAGENET_URL, str(root), md5=TINYIMAGENET_MD5)
+        download_archive(TINYIMAGENET_URL, root, TINYIMAGENET_MD5)
     base = _tiny_dir(root)
     if not base.is_dir():
         raise _missing("Tiny-ImageNet", root / _TINY_DIR, _download_hint(_TINY_DIR))
@@ -523,18 +529,7 @@ def _extract_once(archive: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:  # Python < 3.10.12 lacks extraction filters: refuse escaping paths and links
-                for m in tar.getmembers():
-                    if (
-                        m.name.startswith("/")
-                        or ".." in Path(m.name).parts
-                        or not (m.isfile() or m.isdir())
-                    ):
-                        raise DemHECError(f"{archive}: unsafe member {m.name!r}")
-                tar.extractall(tmp)
+        safe_extract(archive, tmp)
         try:
             os.replace(tmp, target)
         except OSError:
@@ -585,7 +580,7 @@ def _cached_jpeg_arrays(
     done_path = cache_dir / f"cifar10-jpeg-{fp}.json"
     if done_path.is_file():
         logger.info("loading decoded CIFAR-10 JPEG images from %s", images_path)
-        return np.load(images_path), np.load(labels_path)
+        return load_array(images_path, "decoded image cache"), load_array(labels_path, "decoded label cache")
     folder = source if source.is_dir() else _extract_once(source, cache_dir / f"extracted-{fp}")
     logger.info("decoding CIFAR-10 JPEG images from %s (once)", folder)
     images, labels = _decode_folder(_jpeg_class_root(folder), progress)

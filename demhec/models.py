@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import DemHECError, check_choice, check_range
+from ._common import DemHECError, check_choice, check_range, load_tensors
 
 __all__ = [
     "CIFAR_WEIGHT_URLS",
@@ -317,34 +317,11 @@ def _builder(name: str) -> _Builder:
 
 
 def _load_local(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DemHECError(f"pretrained checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise DemHECError(f"cannot read checkpoint {path}: the file is empty")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
-        # torch's own advice for such files (weights_only=False) would run code from the file.
-        raise DemHECError(f"cannot read checkpoint {path}: not a PyTorch state dict file "
-                          f"({_load_failure(path, exc)})") from exc
+    state = load_tensors(path, "pretrained checkpoint")
     if not isinstance(state, Mapping):
         raise DemHECError(f"cannot read checkpoint {path}: it holds a {type(state).__name__}, not a "
                           "state dict")
     return state
-
-
-def _load_failure(path: Path, exc: Exception) -> str:
-    """The likely cause of an unreadable weights file, in words (never torch's advice)."""
-    head = path.read_bytes()[:4]
-    if head.startswith(b"PK"):
-        return "a damaged or truncated torch.save archive"
-    if head[:1] == b"\x80":
-        return "a pickle of objects other than tensors, which is not loaded for safety"
-    try:
-        path.read_bytes()[:512].decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return f"unrecognised bytes ({type(exc).__name__})"
 
 
 def _download(url: str, progress: bool) -> dict[str, Any]:

@@ -41,6 +41,7 @@ __all__ = [
     "read_result",
     "save_table",
     "versions",
+    "without_unchanged",
     "write_result",
 ]
 
@@ -145,7 +146,7 @@ def fingerprint(spec: Mapping[str, Any]) -> dict[str, Any]:
     Values go through JSON, as they are stored, so a fresh fingerprint compares equal to a
     recorded one (tuples become lists)."""
     flat: dict[str, Any] = {}
-    spec = _without_unchanged(spec)
+    spec = without_unchanged(spec)
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, Mapping):
@@ -158,17 +159,17 @@ def fingerprint(spec: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _without_unchanged(obj: Any) -> Any:
+def without_unchanged(obj: Any) -> Any:
     """``obj`` with every dataclass field marked ``metadata={"fingerprint": "if_changed"}`` left out
     where it holds its default (fields added after caches were made at that default)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _without_unchanged(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        return {f.name: without_unchanged(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not (f.metadata.get("fingerprint") == "if_changed" and f.default is not dataclasses.MISSING
                         and getattr(obj, f.name) == f.default)}
     if isinstance(obj, Mapping):
-        return {k: _without_unchanged(v) for k, v in obj.items()}
+        return {k: without_unchanged(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_without_unchanged(v) for v in obj]
+        return [without_unchanged(v) for v in obj]
     return obj
 
 

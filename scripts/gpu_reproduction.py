@@ -76,6 +76,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,10 +282,10 @@ def plan() -> list[Job]:
 
 
 def _resume_step(path: Path) -> int | None:
-    import torch
+    from demhec._common import load_tensors
 
-    try:  # our own checkpoint file; it holds numpy RNG state, which weights_only refuses
-        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    try:  # read with the safe unpickler: resume archives come back from another machine
+        return int(load_tensors(path, "resume checkpoint", holds="checkpoint")["step"])
     except Exception:  # noqa: BLE001 - a run killed while writing it leaves no usable step
         return None
 
@@ -458,24 +459,58 @@ def device_name(device: str) -> str:
     return "cpu"
 
 
+def verify_unpacked(folder: Path) -> None:
+    """Check every file a device call returned before it is used: a JSON parses, a state dict or
+    resume checkpoint loads with the safe unpickler (nothing in it can run), a log is text."""
+    from demhec._common import DemHECError, load_tensors
+    from demhec.training import read_checkpoint
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder)
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".pt":
+                load_tensors(path, "state dict")
+            elif path.suffix == ".ckpt":
+                read_checkpoint(path)
+            elif path.suffix == ".log":
+                path.read_text()
+            else:
+                raise DemHECError("not a file a device call returns (.json, .pt, .ckpt, .log)")
+        except (DemHECError, ValueError) as e:
+            raise SystemExit(f"refusing the returned file {name}: {e}") from None
+
+
 def unpack(folder: Path, results_dir: Path) -> None:
     """Extract the archives the device run returned into ``results_dir`` (``results/gpu/...``):
-    the resume checkpoints replace every earlier one (a run that has finished since has none),
-    and the call's ``run.json`` and logs go to ``gpu*/calls/<n>/``, next to the earlier calls'."""
+    each archive is checked (only regular files, none outside the target) and extracted into a
+    scratch folder whose every file is verified (:func:`verify_unpacked`) before anything is moved
+    into place; the resume checkpoints replace every earlier one (a run that has finished since
+    has none), and the call's ``run.json`` and logs go to ``gpu*/calls/<n>/``, next to the earlier
+    calls'."""
+    from demhec._common import DemHECError, safe_extract
+
     archives = sorted(folder.glob("gpu_*.tar*"))
     if not archives:
         raise SystemExit(f"no gpu_*.tar* archive in {folder}")
-    for archive in archives:
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                if not member.isfile() or member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
-                    raise SystemExit(f"{archive.name}: refusing the entry {member.name!r}")
-    for stale in results_dir.glob("gpu*/*/checkpoints/*.ckpt"):
-        stale.unlink()
-    for archive in archives:
-        with tarfile.open(archive) as tar:
-            tar.extractall(results_dir, filter="data")
-        print(f"extracted {archive.name} into {results_dir}")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=results_dir, prefix=".unpack.") as tmp:
+        scratch = Path(tmp)
+        for archive in archives:
+            try:
+                safe_extract(archive, scratch)
+            except (DemHECError, tarfile.TarError) as e:
+                raise SystemExit(f"{archive.name}: {e}") from None
+        verify_unpacked(scratch)
+        for stale in results_dir.glob("gpu*/*/checkpoints/*.ckpt"):
+            stale.unlink()
+        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+            dest = results_dir / path.relative_to(scratch)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        for archive in archives:
+            print(f"extracted {archive.name} into {results_dir}")
     for run in results_dir.glob("gpu*/run.json"):
         calls = run.parent / "calls"
         done = [int(p.name) for p in calls.glob("*") if p.name.isdigit()]

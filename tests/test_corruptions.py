@@ -409,8 +409,7 @@ def test_load_tiny_imagenet_c(tmp_path, severity):
 
 def test_downloads_use_zenodo_archives(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(released, "download_and_extract_archive",
-                        lambda url, download_root, md5: calls.append((url, md5)))
+    monkeypatch.setattr(released, "download_archive", lambda url, root, md5: calls.append((url, md5)))
     C.download_cifar_c(tmp_path)
     C.download_cifar_c(tmp_path, dataset="cifar100")
     C.download_tiny_imagenet_c(tmp_path)

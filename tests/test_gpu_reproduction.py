@@ -161,18 +161,26 @@ def test_unpack_files_each_call_and_drops_finished_runs_checkpoints(tmp_path):
                         tar.addfile(info, io.BytesIO(data))
         return folder
 
+    import torch
+
+    # Unpack verifies every file before use, so the archives hold real ones: JSON that parses and
+    # a resume checkpoint the safe loader reads.
     results = tmp_path / "results"
     ckpt = "gpu/cpu_base/checkpoints/resnet20_demhec.ckpt"
-    first = archive(tmp_path / "1", {"gpu/run.json": b"{1}", "gpu/logs/a.log": b"one", ckpt: b"c"})
-    second = archive(tmp_path / "2", {"gpu/run.json": b"{2}", "gpu/logs/a.log": b"two",
+    buf = io.BytesIO()
+    torch.save({"fingerprint": {}, "step": 3}, buf)
+    first = archive(tmp_path / "1", {"gpu/run.json": b'{"call": 1}', "gpu/logs/a.log": b"one",
+                                     ckpt: buf.getvalue()})
+    second = archive(tmp_path / "2", {"gpu/run.json": b'{"call": 2}', "gpu/logs/a.log": b"two",
                                       "gpu/cpu_base/x.json": b"{}"})
     for folder in (first, second):
         subprocess.run([sys.executable, str(SCRIPT), "--unpack", str(folder), "--results-dir", str(results)],
                        check=True, capture_output=True)
         if folder is first:
-            assert (results / ckpt).read_bytes() == b"c"
+            assert (results / ckpt).read_bytes() == buf.getvalue()
     calls = results / "gpu" / "calls"
-    assert (calls / "1" / "run.json").read_bytes() == b"{1}" and (calls / "2" / "logs" / "a.log").read_bytes() == b"two"
+    assert (calls / "1" / "run.json").read_bytes() == b'{"call": 1}'
+    assert (calls / "2" / "logs" / "a.log").read_bytes() == b"two"
     assert not (results / "gpu" / "run.json").exists() and not (results / ckpt).exists()
 
 

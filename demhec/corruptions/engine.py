@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .._common import DemHECError, atomic_write, check_choice, check_range
+from .._common import DemHECError, atomic_write, check_choice, check_range, load_array
 from . import cifar_c, imagenet_c
 from .common import (
     PAPER_CORRUPTIONS,
@@ -218,7 +218,7 @@ def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.nd
             raise ValueError(f"size {path.stat().st_size} != recorded {meta['file_size']}")
         if _sha256(path) != meta["sha256"]:
             raise ValueError("sha256 checksum mismatch")
-        array = np.load(path, mmap_mode="r")
+        array = load_array(path, "corruption cache", mmap=True)
         if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
             raise ValueError(f"array {array.shape}/{array.dtype} != recorded "
                              f"{meta['shape']}/{meta['dtype']}")
@@ -281,7 +281,7 @@ def _build_cached(images: np.ndarray, path: Path, meta_path: Path, expected: dic
             tmp.unlink()
     with atomic_write(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
-    return np.load(path, mmap_mode="r")
+    return load_array(path, "corruption cache", mmap=True)
 
 
 def _split_cell(images: np.ndarray, corruption: str, severity: int, suite: str, seed: int,

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.utils import download_and_extract_archive
 
-from .._common import DemHECError, check_choice
+from .._common import DemHECError, check_choice, download_archive, load_array
 from .common import CORRUPTIONS, RELEASED_SUITES, SEVERITIES, check_corruption, check_severity
 
 # --------------------------------------------------------------------------------------------
@@ -76,8 +75,8 @@ def _cifar_c_rows(root: str | os.PathLike, corruption: str, severity: int,
     labels_path = folder / "labels.npy"
     if not labels_path.is_file():
         raise DemHECError(f"{labels_path} not found; " + _download_hint("download_cifar_c"))
-    data = np.load(folder / f"{corruption}.npy", mmap_mode="r")
-    labels = np.load(labels_path, mmap_mode="r")
+    data = load_array(folder / f"{corruption}.npy", f"{archive.folder} file", mmap=True)
+    labels = load_array(labels_path, f"{archive.folder} labels file", mmap=True)
     if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8 or len(data) % len(SEVERITIES):
         raise DemHECError(f"{folder / corruption}.npy has shape {data.shape} ({data.dtype}); expected "
                           "uint8 (5 * n, H, W, 3) with the five severities stacked")
@@ -146,7 +145,7 @@ def download_cifar_c(root: str | os.PathLike, dataset: str = "cifar10") -> Path:
     folder = Path(root) / archive.folder
     if (folder / "labels.npy").is_file():
         return folder
-    download_and_extract_archive(archive.url, download_root=str(root), md5=archive.md5)
+    download_archive(archive.url, root, archive.md5)
     return folder
 
 
@@ -207,5 +206,5 @@ def download_tiny_imagenet_c(root: str | os.PathLike,
     folder = Path(root) / TINY_IMAGENET_C_ARCHIVE.folder
     if folder.is_dir() and any((folder / c).is_dir() for c in CORRUPTIONS):
         return folder
-    download_and_extract_archive(TINY_IMAGENET_C_ARCHIVE.url, download_root=str(root), md5=md5)
+    download_archive(TINY_IMAGENET_C_ARCHIVE.url, root, md5)
     return folder
