@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ._common import DemHECError
 
-__all__ = ["forward_with_features", "head_name", "info_nce", "kd_loss"]
+__all__ = ["forward_with_features", "head_name", "info_nce", "js_divergence_loss", "kd_loss"]
 
 KDDirection = Literal["teacher_student", "student_teacher"]
 
@@ -102,3 +102,19 @@ def kd_loss(
     else:
         raise DemHECError(f"unknown KD direction {direction!r}; valid: teacher_student, student_teacher")
     return T * T * kl.mean()
+
+
+def js_divergence_loss(*logits: Tensor) -> Tensor:
+    """The Jensen-Shannon consistency loss of AugMix (Hendrycks et al., 2019, eq. 1), over any
+    number of views: ``mean_i KL(p_i || M)`` with ``M`` the mean of the views' softmax
+    distributions, averaged over the batch. AugMix, AugMax, IPMix and DV+AP+JSD use it.
+
+    As in AugMix's official code, ``M`` is clamped to [1e-7, 1] before its log, which keeps the
+    loss finite when a class probability underflows. Symmetric in its inputs; bounded by
+    log(number of views).
+    """
+    if len(logits) < 2:
+        raise DemHECError(f"the consistency loss needs at least two views, got {len(logits)}")
+    probs = [F.softmax(z.float(), dim=1) for z in logits]
+    log_mixture = torch.clamp(sum(probs) / len(probs), 1e-7, 1).log()
+    return sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in probs) / len(probs)

@@ -1,6 +1,6 @@
 """How a run runs, as opposed to what it computes: the keywords that every training entry point
 (:func:`~demhec.training.train`, :func:`~demhec.training.finetune`,
-:func:`~demhec.baselines.train_baseline`) and every evaluation entry point
+:func:`~demhec.training.train_baseline`) and every evaluation entry point
 (:func:`~demhec.evaluation.evaluate`, :func:`~demhec.evaluation.paired_gain`) accept.
 
 They are defined once, here; the entry points take them as keywords and the CLI derives its

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import logging
 import math
@@ -43,6 +44,7 @@ from ._common import (
     check_range,
     load_tensors,
 )
+from .baselines import Step, gaussian_augment, get_method
 from .batches import AUGMENTS
 from .distributed import gather, gather_with_grad, is_main, mean_over_ranks, rank_and_world
 from .generation import DIRECTIONS, OBJECTIVES, SAMPLES, high_entropy_samples, uniform_ball_samples
@@ -53,7 +55,7 @@ from .runs import TrainRun
 log = logging.getLogger(__name__)
 
 __all__ = ["DemHECConfig", "TrainConfig", "convert_checkpoint", "finetune", "freeze_parameters",
-           "read_checkpoint", "train"]
+           "read_checkpoint", "train", "train_baseline"]
 
 OPTIMIZERS = ("sgd", "adamw")
 # No recipe here comes near it (SGD at 0.1, AdamW at 3e-3); above it a run only diverges.
@@ -135,11 +137,12 @@ class DemHECConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (budgeted runs)
     optimizer: str = "sgd"  # A.3: SGD; "adamw" for transformers trained from scratch here
     seed: int = 0
-    # Issue 16's controls and options; the defaults are the paper's method.
+    # Controls and compared methods; the defaults are the paper's method.
     samples: str = field(default="ascent", metadata=_IF_CHANGED)  # x': "ascent" (Alg. 2) or "uniform" (random-noise control: a uniform point of the same eps-ball, no ascent)
     negatives: str = field(default="all", metadata=_IF_CHANGED)  # InfoNCE negatives: "all" (eq. 10) or "other_classes" (same-class images removed)
     noise_sigma: float = field(default=0.0, metadata=_IF_CHANGED)  # Gaussian-noise augmentation (Rusak et al. 2020): per image sigma ~ U(0, noise_sigma) on [0, 1] pixels; 0 = off
     noise_clean_share: float = field(default=0.5, metadata=_IF_CHANGED)  # with noise_sigma > 0: the share of images left clean (Rusak et al. train on half clean, half noisy)
+    method: str = field(default="none", metadata=_IF_CHANGED)  # a compared training method (demhec.baselines.METHODS) whose loss replaces the clean cross-entropy of eq. 12; "none" = eq. 12 as configured
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -147,6 +150,8 @@ class DemHECConfig:
         check_choice("InfoNCE negatives", self.negatives, NEGATIVES)
         check_range("noise_sigma", self.noise_sigma, 0.0, 1.0)
         check_range("noise_clean_share", self.noise_clean_share, 0.0, 1.0)
+        if self.method != "none":
+            get_method(self.method)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("lambda_c", self.lambda_c, 0.0)
         check_range("lambda_kd", self.lambda_kd, 0.0)
@@ -674,21 +679,6 @@ class _StudentPasses(nn.Module):
             return (logits, v, *forward_with_features(self.model, x_he, self.head))
 
 
-def gaussian_augment(x: Tensor, sigma: float, clean_share: float, gen: torch.Generator) -> Tensor:
-    """Gaussian-noise augmentation (GNT, Rusak et al. 2020): each image gets N(0, s^2) pixel noise
-    with its own s drawn uniformly from [0, ``sigma``], except a ``clean_share`` of the images,
-    left clean; clipped to [0, 1]. Draws are made for the global batch and sliced per rank, so N
-    ranks reproduce one process."""
-    rank, world = rank_and_world()
-    n = len(x)
-    shape = (n * world, *x.shape[1:])
-    s = torch.rand(n * world, generator=gen, device=x.device) * sigma
-    s = torch.where(torch.rand(n * world, generator=gen, device=x.device) < clean_share, torch.zeros_like(s), s)
-    z = torch.randn(shape, generator=gen, device=x.device, dtype=torch.float32)
-    sl = slice(rank * n, (rank + 1) * n)
-    return (x + s[sl].view(-1, 1, 1, 1).to(x.dtype) * z[sl].to(x.dtype)).clamp(0, 1)
-
-
 def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
     """The ascent's random-start draws for this rank: its slice of the global batch's draws,
     so N ranks reproduce one process (None in one process: the generator draws as usual)."""
@@ -698,6 +688,19 @@ def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
     n = len(x)
     noise = torch.rand((n * world, *x.shape[1:]), generator=gen, device=x.device, dtype=torch.float32)
     return noise[rank * n:(rank + 1) * n]
+
+
+def _uncropped(batches: Any, cfg: Any) -> Any:
+    """The same images and order without the batches' crop + flip, for a method that draws its
+    own per copy (BA); with ``augment="none"`` the method crops nothing either."""
+    from .batches import TensorBatches
+
+    if cfg.augment != "crop_flip":
+        raise DemHECError(f"this method draws its own crop + flip, so config.augment must be 'crop_flip', "
+                          f"got {cfg.augment!r}")
+    return TensorBatches(batches.images, batches.labels, batch_size=batches.batch_size, shuffle=batches.shuffle,
+                         augment="none", seed=batches.seed, device=batches.device, drop_last=batches.drop_last,
+                         channels_last=batches.channels_last, rank=batches.rank, world_size=batches.world_size)
 
 
 # --- public loops ---------------------------------------------------------------------------
@@ -764,6 +767,19 @@ def finetune(
     cfg = config
     student = data_parallel(_StudentPasses(model, cfg.head, he_updates_stats=cfg.bn == "train"),
                             dev, options)
+    method = get_method(cfg.method) if cfg.method != "none" else None
+    if method is not None and method.crops:
+        batches = _uncropped(batches, cfg)
+
+    def forward(images: Tensor, *, update_stats: bool = True) -> Tensor:
+        if update_stats:
+            return student(images)[0]
+        # A pass that only searches for an input: the bare model (one DDP forward per backward),
+        # its running statistics kept.
+        with _running_stats_kept(model):
+            return model(images)
+
+    step_view = Step(forward=forward, ce=F.cross_entropy)
 
     def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         parts: dict[str, Tensor] = {}
@@ -782,9 +798,16 @@ def finetune(
                     objective=cfg.objective, direction=cfg.direction, head=cfg.head, generator=gen,
                     noise=_start_noise(x, gen),
                 )
+        logged: dict[str, float] = {}
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits, v, *he = student(x, x_he)
-            if cfg.alpha < 1:
+            if method is not None and cfg.alpha < 1:
+                parts["ce_clean"], logged = method.loss(step_view, x, y)
+            # A compared method's loss makes its own passes; the student's clean pass is needed
+            # beside it only for Dem-HEC's terms or the distillation.
+            he: list[Tensor] = []
+            if method is None or x_he is not None or cfg.lambda_kd > 0:
+                logits, v, *he = student(x, x_he)
+            if method is None and cfg.alpha < 1:
                 parts["ce_clean"] = F.cross_entropy(logits.float(), y)
             if he:
                 logits_he, v_he = he
@@ -801,7 +824,7 @@ def finetune(
         weights = {"ce_clean": 1 - cfg.alpha, "ce_he": cfg.alpha, "info_nce": cfg.lambda_c,
                    "kd": cfg.lambda_kd}
         loss = sum(weights[k] * v for k, v in parts.items())
-        out = {k: v.item() for k, v in parts.items()}
+        out = {**logged, **{k: v.item() for k, v in parts.items()}}
         out["loss"] = loss.item()
         return loss, out
 
@@ -809,3 +832,50 @@ def finetune(
         "finetune", model, batches, config, loss_fn, device=dev, run=options,
         extra_state={"teacher": teacher.state_dict()}, eval_norms=cfg.bn == "frozen",
     )
+
+
+def train_baseline(
+    model: nn.Module,
+    train_data: Any,
+    method: str,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, so sharing it is safe
+    **run: Any,
+) -> nn.Module:
+    """Train ``model`` from scratch with a compared method (:data:`demhec.baselines.METHODS`) on
+    the CIFAR zoo recipe ``config``, whose ``augment`` must be "crop_flip" since every method
+    builds on it: the demo's Table 3. The method's loss replaces the recipe's cross-entropy (e.g.
+    ``augmix``: ``CE(f(x), y) + 12 JS(p(x), p(x_aug1), p(x_aug2))``). Same data forms and options
+    as :func:`train`; a checkpoint only resumes a run of the same method and config. ``run``: the
+    keywords of :class:`~demhec.runs.TrainRun`.
+    """
+    spec = get_method(method)
+    if config.augment != "crop_flip":
+        raise DemHECError(
+            f"baselines build on the crop+flip recipe; config.augment must be 'crop_flip', "
+            f"got {config.augment!r}"
+        )
+    options = TrainRun(**run)
+    dev, batches = prepare_data(model, train_data, config, options)
+    if batches.augment != "crop_flip":
+        raise DemHECError(
+            f"baselines build on the crop+flip recipe; the given TensorBatches must use "
+            f"augment='crop_flip', got {batches.augment!r}"
+        )
+    if spec.crops:
+        batches = _uncropped(batches, config)
+    net = data_parallel(model, dev, options)
+
+    def forward(images: Tensor, *, update_stats: bool = True) -> Tensor:
+        if update_stats:
+            return net(images)
+        with _running_stats_kept(model):
+            return model(images)
+
+    step_view = Step(forward=forward, ce=functools.partial(F.cross_entropy, label_smoothing=config.label_smoothing))
+
+    def loss_fn(x: Tensor, y: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss, parts = spec.loss(step_view, x, y)
+        return loss, {**parts, "loss": loss.item()}
+
+    log.info("training baseline %s for %d epochs", method, config.epochs)
+    return run_steps(f"baseline_{method}", model, batches, config, loss_fn, device=dev, run=options)

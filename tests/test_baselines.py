@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from demhec._common import DemHECError
-from demhec.baselines import BASELINES, augment_batch, js_divergence_loss, train_baseline
+from demhec.baselines import BASELINES, METHODS, augment_batch
 from demhec.batches import TensorBatches
-from demhec.training import TrainConfig
+from demhec.losses import js_divergence_loss
+from demhec.training import TrainConfig, train_baseline
 from tests.conftest import TinyNet
 
 CONFIG = TrainConfig(epochs=1, batch_size=8, lr=0.05, seed=3)
-EXTRA = [m for m in BASELINES if m != "pad_crop"]  # methods with a per-image augmentation
+EXTRA = [m for m in BASELINES if METHODS[m].augment is not None]  # methods with a per-image augmentation
 
 
 def _data(n: int = 16, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +96,7 @@ def test_unknown_method_lists_valid_names():
     with pytest.raises(DemHECError) as e:
         train_baseline(TinyNet(), _data(), "mixup", CONFIG)
     assert "mixup" in str(e.value) and all(m in str(e.value) for m in BASELINES)
-    with pytest.raises(DemHECError, match="valid baselines"):
+    with pytest.raises(DemHECError, match="valid training methods"):
         augment_batch(_float_batch(), "cutout")
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from demhec.baselines import train_baseline
 from demhec.evaluation import evaluate, paired_gain
 from demhec.runs import EvalRun, TrainRun
-from demhec.training import DemHECConfig, TrainConfig, finetune, train
+from demhec.training import DemHECConfig, TrainConfig, finetune, train, train_baseline
 from tests.conftest import TinyNet
 
 DATA = ((torch.rand(16, 3, 8, 8) * 255).to(torch.uint8), torch.randint(0, 4, (16,)))

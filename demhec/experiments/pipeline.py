@@ -47,7 +47,7 @@ from ..results import (
     write_result,
 )
 from ..runs import EvalRun, TrainRun
-from ..training import DemHECConfig, TrainConfig, finetune, train
+from ..training import DemHECConfig, TrainConfig, finetune, train, train_baseline
 
 log = logging.getLogger(__name__)
 
@@ -781,7 +781,7 @@ def config_tag(exp: Experiment, config: DemHECConfig | None) -> str:
 
 def baseline_model(exp: Experiment, method: str, num_classes: int) -> nn.Module:
     """A base model trained with an augmentation baseline (Table 3) and the profile's recipe."""
-    from ..baselines import BASELINES, train_baseline
+    from ..baselines import BASELINES
 
     check_choice("baseline", method, BASELINES)
     if method == "pad_crop":

@@ -1,0 +1,1 @@
+"""Placeholder while the method is written; it registers nothing yet."""
