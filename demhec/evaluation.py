@@ -301,20 +301,49 @@ def cell_logits(
     corruptions: Sequence[str],
     severities: Sequence[int],
     suite: str = "cifar-c",
+    *,
+    adapt: str | None = None,
+    adapt_config: Any = None,
+    groups: Sequence[Any] | None = None,
     **kw: Any,
 ) -> dict[tuple[str, int], Tensor]:
     """The model's logits on every image of the clean set (key ("clean", 0)) and of every
     (corruption, severity) cell, in the images' order: what :func:`evaluate` scores, kept per
     image so that subsets of the images (the halves of a selection protocol) are scored from one
-    pass. ``kw`` as for :func:`paired_gain`."""
+    pass. ``kw`` as for :func:`paired_gain`.
+
+    With ``adapt`` ("bn" or "tent", settings from ``adapt_config``) the model is adapted at test
+    time to each set afresh, as in :func:`evaluate`; ``groups`` (index arrays that partition the
+    images) makes every group of every set a test stream of its own, so that the images of one
+    group (a half) never shape the predictions on another's. The corrupted images are those of
+    the whole set either way (one cache, the same images as an unadapted scoring)."""
     from .corruptions import corrupted_sets
 
     options, where, how = _run_options(kw)
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
-    out = {("clean", 0): predict(model, images, **how).cpu()}
+    score = predict
+    if adapt is not None:
+        score = _adaptive_scorer(adapt, adapt_config)
+        how.pop("batch_size")  # the adaptation's batch is part of its config
+
+    def run(x: Any) -> Tensor:
+        if groups is None:
+            return score(model, x, **how).cpu()
+        parts = [(torch.as_tensor(np.asarray(g), dtype=torch.long), score(model, x[np.asarray(g)], **how).cpu())
+                 for g in groups]
+        out = torch.empty((len(x), parts[0][1].shape[1]))
+        for g, z in parts:
+            out[g] = z
+        return out
+
+    if groups is not None:
+        covered = np.sort(np.concatenate([np.asarray(g) for g in groups]))
+        if not np.array_equal(covered, np.arange(len(images))):
+            raise DemHECError("groups must partition the images (each index exactly once)")
+    out = {("clean", 0): run(images)}
     for c, s, x, _ in corrupted_sets(images, labels, corruptions, severities, suite, workers=options.workers,
                                      progress=options.progress, classes=getattr(data, "classes", None), **where):
-        out[(c, int(s))] = predict(model, x, **how).cpu()
+        out[(c, int(s))] = run(x)
     return out
 
 

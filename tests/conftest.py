@@ -47,3 +47,28 @@ class TinyNet(nn.Module):
 def tiny_net():
     torch.manual_seed(0)
     return TinyNet()
+
+
+def jpeg_archive(path: Path, per_class: int) -> Path:
+    """A miniature of the CIFAR-10 JPEG mirror (train/<class>/NNNN.jpg) whose classes differ in
+    colour, so the models have something to learn."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from demhec.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for c, name in enumerate(CIFAR10_CLASSES):
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([20 * c, 200 - 20 * c, 100])
+                buf = io.BytesIO()
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+                info = tarfile.TarInfo(f"train/{name}/{i:04d}.jpg")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+    return path

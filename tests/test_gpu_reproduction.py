@@ -10,13 +10,12 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from demhec import experiments as ex
-from demhec.data import CIFAR10_CLASSES
+
+from .conftest import jpeg_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_reproduction.py"
@@ -24,27 +23,10 @@ SCRIPT = ROOT / "scripts" / "gpu_reproduction.py"
 PER_CLASS = 30
 
 
-def _archive(path: Path) -> Path:
-    """A miniature of the CIFAR-10 JPEG mirror (train/<class>/NNNN.jpg) whose classes differ in
-    colour, so the models have something to learn."""
-    rng = np.random.default_rng(0)
-    with tarfile.open(path, "w:gz") as tar:
-        for c, name in enumerate(CIFAR10_CLASSES):
-            for i in range(PER_CLASS):
-                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([20 * c, 200 - 20 * c, 100])
-                buf = io.BytesIO()
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
-                info = tarfile.TarInfo(f"train/{name}/{i:04d}.jpg")
-                info.size = buf.tell()
-                buf.seek(0)
-                tar.addfile(info, buf)
-    return path
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu")
-    archive = _archive(tmp / "cifar10-jpeg-train.tar.gz")
+    archive = jpeg_archive(tmp / "cifar10-jpeg-train.tar.gz", PER_CLASS)
     out, results = tmp / "out", tmp / "results"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-root", str(archive),
                            "--results-dir", str(results), "--out", str(out)],

@@ -297,13 +297,12 @@ def existing_halves(exp: Experiment, runs: Sequence[str], seeds: Sequence[int] =
     base None when its files are missing. What a notebook shows of runs still in progress."""
     from dataclasses import replace as _replace
 
-    from .pipeline import EVAL_HALVES
+    from .pipeline import EVAL_HALVES, halves_path
 
     exp = _replace(exp, allow_train=False)
 
     def present(tag: str, seed: int) -> bool:
-        suffix = "" if seed == 0 else f"_seed{seed}"
-        return all((exp.cell_dir / "halves" / f"{tag}_{suite}{suffix}_{h}.json").exists() for h in EVAL_HALVES)
+        return all(halves_path(_replace(exp, seed=seed), tag, suite, h).exists() for h in EVAL_HALVES)
 
     base = halves_result(exp, "before", suite) if present("before", 0) else None
     runs_out = {}

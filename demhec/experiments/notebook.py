@@ -226,7 +226,7 @@ def _minutes(seconds: float) -> str:
 def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> str:
     e = ctx.exp
     results, models = [], {}
-    base_missing = not (e.prof.pretrained or e.prof.base_weights or e.weights) and not e.checkpoint("base").exists()
+    base_missing = not (e.prof.pretrained or e.base_weights_path or e.weights) and not e.checkpoint("base").exists()
     for item in dict.fromkeys(needs):
         if item == "model:before":  # the base model itself, not only its results
             if base_missing:

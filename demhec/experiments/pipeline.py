@@ -74,9 +74,11 @@ class Profile:
     overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     home: str | None = None  # folder under results_dir (None: the profile's name)
     eval_per_class: int = 500  # cifar10_jpeg: images of each class held out for evaluation
-    # A committed base state dict (relative to the repository root) used instead of training
-    # one, so that runs of another profile start from exactly the same weights.
-    base_weights: str | None = None
+    # Committed base state dicts (backbone -> path relative to the repository root) used instead
+    # of training one, so that runs of another profile start from exactly the same weights;
+    # another backbone's base is trained with ``base``.
+    base_weights: dict[str, str] = field(default_factory=dict)
+    checkpoints: str | None = None  # folder under results_dir for its models (None: <home>/checkpoints)
 
 
 # Backbones too large to train on a CPU in minutes, and their stand-ins in smoke/demo (AlexNet
@@ -139,7 +141,7 @@ PROFILES.update({
     "gpu": Profile(
         "gpu", f"{_JPEG_GPU}, the CPU base, A.3's full schedule; GPU", "cifar10_jpeg", None, None,
         PROFILES["cpu"].base, DemHECConfig(), pretrained=False, eval_batch_size=1000,
-        entropy_images=500, home="gpu/cpu_base", base_weights=_CPU_BASE),
+        entropy_images=500, home="gpu/cpu_base", base_weights={"resnet20": _CPU_BASE}),
     "gpu_strong": Profile(
         "gpu_strong", f"{_JPEG_GPU}, a zoo-recipe base trained on the GPU, A.3's full schedule; GPU",
         "cifar10_jpeg", None, None, TrainConfig(epochs=60, batch_size=128, lr=0.1), DemHECConfig(),
@@ -148,13 +150,28 @@ PROFILES.update({
         "gpu_smoke", "the GPU script's plan on a CPU: a few hundred images, three steps (its test)",
         "cifar10_jpeg", None, None, PROFILES["cpu"].base, _SMOKE_FINETUNE, pretrained=False,
         eval_batch_size=64, entropy_images=16, eval_per_class=5, home="gpu_smoke/cpu_base",
-        base_weights=_CPU_BASE),
+        base_weights={"resnet20": _CPU_BASE}),
     "gpu_strong_smoke": Profile(
         "gpu_strong_smoke", "the GPU script's stronger base on a CPU: a few hundred images (its test)",
         "cifar10_jpeg", None, None, TrainConfig(epochs=1, batch_size=64, lr=0.05), _SMOKE_FINETUNE,
         pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5,
         home="gpu_smoke/strong_base"),
 })
+
+# The comparison with the methods the paper compares against (Tables 3-4), on the CPU at A.3's
+# full schedule: every fine-tune starts from the CPU reproduction's committed base; an architecture
+# without a committed base (push-pull) is trained from scratch with the same recipe as that base.
+# Models are kept where a reader looks for them (results/cpu/checkpoints/a3/).
+PROFILES["a3"] = Profile(
+    "a3", "real CIFAR-10 train images (JPEG q75 mirror), the CPU base, A.3's full schedule; CPU",
+    "cifar10_jpeg", None, None, PROFILES["cpu"].base, DemHECConfig(), pretrained=False,
+    eval_batch_size=500, entropy_images=500, home="cpu/a3", base_weights={"resnet20": _CPU_BASE},
+    checkpoints="cpu/checkpoints/a3")
+PROFILES["a3_smoke"] = Profile(
+    "a3_smoke", "the comparison's queue on a few hundred images, two steps per run (its test)",
+    "cifar10_jpeg", 64, None, TrainConfig(epochs=1, batch_size=32, lr=0.05), _SMOKE_FINETUNE,
+    pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5, home="a3_smoke",
+    checkpoints="a3_smoke/checkpoints")
 
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
@@ -247,11 +264,19 @@ class Experiment:
         """The profile's Dem-HEC config for this backbone, with this experiment's seed."""
         return replace(self.prof.demhec, seed=self.seed, **self._override("demhec"))
 
+    @property
+    def base_weights_path(self) -> str | None:
+        """The committed base state dict this backbone starts from in this profile (None: its base
+        is trained, or downloaded)."""
+        return self.prof.base_weights.get(self.effective_backbone)
+
     def checkpoint(self, name: str) -> Path:
-        """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt``; the dataset is left out when
-        the profile fixes it (``results/cpu/checkpoints/resnet20_base.pt``)."""
+        """``<root>/checkpoints/[<dataset>_]<backbone>_<name>.pt`` (or the profile's own checkpoint
+        folder); the dataset is left out when the profile fixes it
+        (``results/cpu/checkpoints/resnet20_base.pt``)."""
         prefix = "" if self.prof.dataset else f"{self.effective_dataset}_"
-        return self.root / "checkpoints" / f"{prefix}{self.model_key}_{name}.pt"
+        folder = Path(self.results_dir) / self.prof.checkpoints if self.prof.checkpoints else self.root / "checkpoints"
+        return folder / f"{prefix}{self.model_key}_{name}.pt"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -383,7 +408,7 @@ def model_spec(exp: Experiment, kind: str, config: Any = None) -> dict[str, Any]
                             "config": exp.base_config if config is None else config}
     if kind == "demhec":
         spec["base"] = exp.base_config
-    if exp.prof.base_weights and kind in ("base", "demhec"):
+    if exp.base_weights_path and kind in ("base", "demhec"):
         spec["base_weights"] = base_weights(exp)
     if exp.weights and kind in ("base", "demhec"):
         spec["weights"] = {"path": Path(exp.weights).name,
@@ -393,8 +418,8 @@ def model_spec(exp: Experiment, kind: str, config: Any = None) -> dict[str, Any]
 
 def base_weights(exp: Experiment) -> dict[str, str]:
     """The committed base state dict a profile starts from, by path and content hash."""
-    path = REPO_ROOT / exp.prof.base_weights
-    return {"path": exp.prof.base_weights, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    path = REPO_ROOT / exp.base_weights_path
+    return {"path": exp.base_weights_path, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _fingerprint_path(path: Path) -> Path:
@@ -435,8 +460,8 @@ def base_model(exp: Experiment, num_classes: int | None = None) -> nn.Module:
         return _model_from(Path(exp.weights), exp, k)
     if exp.prof.pretrained and (exp.effective_backbone, exp.effective_dataset) in CIFAR_WEIGHT_URLS:
         return _new_model(exp, k, pretrained=True).to(exp.device).eval()
-    if exp.prof.base_weights:
-        return _model_from(REPO_ROOT / exp.prof.base_weights, exp, k)
+    if exp.base_weights_path:
+        return _model_from(REPO_ROOT / exp.base_weights_path, exp, k)
 
     def fit(data: Any, resume: Path) -> nn.Module:
         model = _new_model(exp, k, pretrained=exp.prof.pretrained)
@@ -700,14 +725,17 @@ def halves_result(
     config: DemHECConfig | None = None,
     tag: str | None = None,
     run: str | None = None,
+    adapt: str | None = None,
 ) -> dict[str, dict]:
     """The ``phase`` model ("before" or "after" with ``config``) scored on each half of the
     evaluation split: {"selection": record, "report": record}, each a robustness result of its
     half (``split`` names it, at the top level and in its config) with, per cell, every image's
     outcome (``metrics.correct``, see :func:`pack_outcomes`) for paired comparisons. Both halves
     come from one scoring of the whole split on the same corrupted images as
-    :func:`robustness_result`, so the two halves' correct counts add up to its counts. Cached
-    under ``<cell_dir>/halves/<tag>_<suite>[_seedN]_<half>.json``."""
+    :func:`robustness_result`, so the two halves' correct counts add up to its counts. With
+    ``adapt`` ("bn", "tent": :mod:`demhec.adaptation` at its default settings) the model is
+    adapted at test time to each half of each set separately, so neither half's images shape the
+    other's predictions. Cached under :func:`halves_path`."""
     from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
     from ..evaluation import cell_logits, scored_rows
 
@@ -717,10 +745,13 @@ def halves_result(
     if phase == "after" and tag is None:
         tag = config_tag(exp, config)
     name = tag or phase
-    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
     spec = model_spec(exp, "base") if phase == "before" else model_spec(exp, "demhec", _run_config(exp, config))
     scored = scored_on(suite, corruptions=corruptions, severities=severities)
-    kind = f"robustness/{phase}"
+    if adapt is not None:
+        from ..adaptation import AdaptConfig
+
+        scored["adapt"] = dataclasses.replace(AdaptConfig(), method=adapt)
+    kind = f"robustness/{phase}" + (f"+{adapt}" if adapt else "")
 
     @functools.cache
     def scored_all() -> tuple[Any, dict, np.ndarray]:
@@ -730,7 +761,9 @@ def halves_result(
             model = base_model(exp, k)
         else:
             model = demhec_model(exp, spec["config"], tag=model_tag(name), num_classes=k)
-        return data, cell_logits(model, data, corruptions, severities, suite, **corrupted_eval_kw(exp)), data.labels
+        groups = list(eval_halves(data.labels).values()) if adapt is not None else None
+        return data, cell_logits(model, data, corruptions, severities, suite, adapt=adapt, groups=groups,
+                                 **corrupted_eval_kw(exp)), data.labels
 
     def compute(half: str) -> dict:
         data, logits, labels = scored_all()
@@ -750,13 +783,25 @@ def halves_result(
 
     out = {}
     for half in EVAL_HALVES:
-        path = exp.cell_dir / "halves" / f"{name}_{suite}{suffix}_{half}.json"
+        path = halves_path(exp, name, suite, half, corruptions=corruptions, adapt=adapt)
         out[half] = get_or_compute(path, functools.partial(compute, half),
                                    fingerprint=result_spec(exp, kind, spec, **scored, split=half,
                                                            split_seed=HALF_SEED),
                                    allow_train=exp.allow_train, recompute=exp.recompute,
                                    what=f"{name} on {suite}, {half} half")
     return out
+
+
+def halves_path(exp: Experiment, tag: str, suite: str, half: str, *,
+                corruptions: Sequence[str] | None = None, adapt: str | None = None) -> Path:
+    """Where :func:`halves_result` keeps the ``half`` of run ``tag``:
+    ``<cell_dir>/halves/<tag>[_<adapt>]_<suite>[_all][_seedN]_<half>.json``, "_all" marking the
+    fifteen corruptions (as :func:`robustness_path` does)."""
+    from ..corruptions import CORRUPTIONS
+
+    which = "_all" if corruptions is not None and sorted(corruptions) == sorted(CORRUPTIONS) else ""
+    suffix = "" if exp.seed == 0 else f"_seed{exp.seed}"
+    return exp.cell_dir / "halves" / f"{tag}{f'_{adapt}' if adapt else ''}_{suite}{which}{suffix}_{half}.json"
 
 
 def result_spec(exp: Experiment, kind: str, model: dict[str, Any] | None, **scored: Any) -> dict[str, Any]:
@@ -874,7 +919,7 @@ def experiment_config(exp: Experiment) -> dict:
            "requested_backbone": exp.backbone, "seed": exp.seed, "device": exp.device}
     if exp.base_epochs is not None:
         out["base_epochs"] = exp.base_epochs
-    if exp.prof.base_weights:
+    if exp.base_weights_path:
         out["base_weights"] = base_weights(exp)
     return out
 

@@ -1,0 +1,159 @@
+"""Should a practitioner use Dem-HEC? The methods the paper compares against (Tables 3-4) and the
+simple alternatives, each fine-tuned from one base model at A.3's full schedule on the CPU.
+
+Every row is a :class:`Run`: a name, how tables label it, its family, and its changes to A.3's
+Dem-HEC config (``DemHECConfig()``), fine-tuned from the CPU reproduction's committed ResNet-20
+base with the paper's trainable layers ("auto": stem and first stage frozen). A compared method
+replaces eq. 12 by its own loss (``method``, :mod:`demhec.baselines`) with Dem-HEC's terms off, as
+the plain fine-tune does. The push-pull ResNet-20 (Ranabhat et al., 2025) is an architecture: its
+base is trained from scratch with the committed base's own recipe and compared with that base, and
+Dem-HEC on top of it is one more row.
+
+Each model is scored on both halves of the evaluation split (:func:`~.pipeline.halves_result`):
+clean and the fifteen corruptions at severities 1-5, and with BatchNorm adaptation and TENT on the
+paper's seven corruptions at S1/S3/S5. Models live in ``results/cpu/checkpoints/a3/`` with a
+manifest (:func:`write_manifest`) so that they can be checked on images the project never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .._common import atomic_write, check_choice
+from ..training import DemHECConfig
+from .ablations import gaussian_aug_sigma
+from .pipeline import REPO_ROOT, Experiment, base_model, demhec_model, halves_result
+
+__all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "comparison_experiment", "comparison_run",
+           "run_config", "score_run", "train_run_model", "write_manifest"]
+
+PROFILE = "a3"
+ADAPTATIONS = ("bn", "tent")
+PLAIN = {"alpha": 0.0, "lambda_c": 0.0, "lambda_kd": 0.0}  # clean cross-entropy only
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of the comparison."""
+
+    name: str  # result and checkpoint name (results/cpu/checkpoints/a3/<backbone>_<name>.pt)
+    label: str  # as tables print it
+    family: str  # "Dem-HEC", "compared method", "control", "architecture" or "base"
+    # Changes to A.3's DemHECConfig (a function of nothing when reading them is slow).
+    overrides: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(default_factory=dict)
+    backbone: str = "resnet20"
+    fine_tuned: bool = True  # False: the backbone's base model scored as it is
+
+    def config(self, base: DemHECConfig) -> DemHECConfig | None:
+        """``base`` (A.3's config in the comparison) with this run's changes (None for a base)."""
+        if not self.fine_tuned:
+            return None
+        changes = self.overrides() if callable(self.overrides) else self.overrides
+        return replace(base, **changes)
+
+
+def _method(name: str) -> dict[str, Any]:
+    return {**PLAIN, "method": name}
+
+
+COMPARISON: tuple[Run, ...] = (
+    Run("base", "ResNet-20 base (no fine-tune)", "base", fine_tuned=False),
+    Run("demhec", "Dem-HEC (eq. 12)", "Dem-HEC"),
+    Run("plain", "Pad-Crop (plain fine-tune)", "compared method", PLAIN),
+    Run("trivialaugment", "TA", "compared method", _method("trivialaugment")),
+    Run("autoaugment", "AA", "compared method", _method("autoaugment")),
+    Run("ba", "BA", "compared method", _method("ba")),
+    Run("ba_aa", "BA (AA)", "compared method", _method("ba_aa")),
+    Run("augmix", "AugMix", "compared method", _method("augmix")),
+    Run("augmax", "AugMax", "compared method", _method("augmax")),
+    Run("ipmix", "IPMix", "compared method", _method("ipmix")),
+    Run("dv_ap_jsd", "DV+AP+JSD", "compared method", _method("dv_ap_jsd")),
+    Run("gaussian_aug", "Gaussian-noise augmentation", "control",
+        lambda: {**PLAIN, "noise_sigma": gaussian_aug_sigma()}),
+    Run("random_noise", "random noise in the eps-ball (no ascent)", "control", {"samples": "uniform"}),
+    Run("pushpull_base", "push-pull ResNet-20 (Ranabhat et al., 2025)", "architecture",
+        backbone="resnet20_pushpull", fine_tuned=False),
+    Run("pushpull_demhec", "Dem-HEC on the push-pull ResNet-20", "Dem-HEC", backbone="resnet20_pushpull"),
+)
+RUNS = {r.name: r for r in COMPARISON}
+
+
+def comparison_run(name: str) -> Run:
+    """The run called ``name``; a typo fails listing the valid names."""
+    return RUNS[check_choice("comparison run", name, RUNS)]
+
+
+def comparison_experiment(run: Run, profile: str = PROFILE, **kw: Any) -> Experiment:
+    """The A.3 setting of ``run``'s backbone (``kw``: other :class:`~.pipeline.Experiment` fields;
+    ``profile`` "a3_smoke" is its test-sized twin)."""
+    return Experiment(profile=profile, dataset="cifar10_jpeg", backbone=run.backbone, **kw)
+
+
+def run_config(exp: Experiment, run: Run) -> DemHECConfig | None:
+    """``run``'s config: the experiment's (A.3's, with its seed) with the run's changes (None for
+    a base)."""
+    return run.config(exp.demhec_config)
+
+
+def _tag(run: Run) -> str:
+    # A base is the "before" of its backbone's folder; a fine-tune is named after its run, the
+    # push-pull Dem-HEC after the method (its backbone's folder tells it apart).
+    return "demhec" if run.name == "pushpull_demhec" else run.name
+
+
+def train_run_model(run: Run, exp: Experiment) -> Any:
+    """The model of ``run`` (trained when missing and ``exp.allow_train``; resumable)."""
+    if not run.fine_tuned:
+        return base_model(exp, 10)
+    return demhec_model(exp, run_config(exp, run), tag=_tag(run), num_classes=10)
+
+
+def score_run(run: Run, exp: Experiment, adapt: str | None = None) -> dict[str, dict]:
+    """``run`` on both halves: clean and the fifteen corruptions at severities 1-5, or with
+    ``adapt`` ("bn", "tent") the paper's seven corruptions at S1/S3/S5."""
+    from ..corruptions import CORRUPTIONS, PAPER_CORRUPTIONS, PAPER_SEVERITIES
+
+    if adapt is not None:
+        check_choice("test-time adaptation", adapt, ADAPTATIONS)
+        grid = dict(corruptions=list(PAPER_CORRUPTIONS), severities=list(PAPER_SEVERITIES))
+    else:
+        grid = dict(corruptions=list(CORRUPTIONS), severities=[1, 2, 3, 4, 5])
+    if not run.fine_tuned:
+        return halves_result(exp, "before", "cifar-c", **grid, run=run.name, adapt=adapt)
+    return halves_result(exp, "after", "cifar-c", **grid, config=run_config(exp, run), tag=_tag(run),
+                         run=run.name, adapt=adapt)
+
+
+def checkpoint_path(run: Run, exp: Experiment) -> Path:
+    """Where ``run``'s state dict lives (the committed base for the ResNet-20 base)."""
+    if not run.fine_tuned:
+        return REPO_ROOT / exp.base_weights_path if exp.base_weights_path else exp.checkpoint("base")
+    return exp.checkpoint(_tag(run))
+
+
+def write_manifest(exp: Experiment) -> Path:
+    """``manifest.json`` in ``exp``'s checkpoint folder (``results/cpu/checkpoints/a3/``): every
+    comparison run whose state dict exists, as ``{"model": <name for demhec.get_model>, "file":
+    <path from the repository root>, "sha256": ...}``, each loading with
+    ``demhec.get_model(model, num_classes=10, pretrained=file)``."""
+    entries = {}
+    for run in COMPARISON:
+        path = checkpoint_path(run, replace(exp, backbone=run.backbone))
+        if not path.is_file():
+            continue
+        try:
+            file = path.resolve().relative_to(REPO_ROOT).as_posix()
+        except ValueError:  # a results_dir outside the checkout (tests)
+            file = path.resolve().as_posix()
+        entries[run.name] = {"model": run.backbone, "file": file,
+                             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    out = exp.checkpoint("base").parent / "manifest.json"
+    with atomic_write(out, "w") as f:
+        json.dump(entries, f, indent=1)
+        f.write("\n")
+    return out

@@ -1,0 +1,128 @@
+"""The comparison queue: every method of the paper's Tables 3-4 fine-tuned from the CPU base at A.3's
+full schedule, scored on both halves, with test-time adaptation on top (``demhec.experiments.comparison``).
+
+    python scripts/comparison.py                           # every run, every stage
+    python scripts/comparison.py --runs demhec,augmix      # some runs
+    python scripts/comparison.py --stages score,adapt      # only what needs no training
+    python scripts/comparison.py --build-cache             # the corrupted evaluation sets first
+
+Each run's stages: ``train`` (resumable from ``results/cpu/checkpoints/a3/*.ckpt``: a stopped run
+continues at its last epoch end), ``score`` (clean and the 15 corruptions at S1-S5 on both halves)
+``adapt`` (BatchNorm adaptation and TENT on the paper's seven corruptions at S1/S3/S5, both
+halves); then ``manifest`` rewrites ``results/cpu/checkpoints/a3/manifest.json`` over every state
+dict present. Several queues can run side by side: a run is locked while one works on it, and the others
+move on to the next (``--wait`` makes them wait instead). Every stage that did work records its wall
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from demhec._common import DemHECError
+from demhec.experiments.comparison import (
+    ADAPTATIONS,
+    COMPARISON,
+    PROFILE,
+    Run,
+    comparison_experiment,
+    comparison_run,
+    score_run,
+    train_run_model,
+    write_manifest,
+)
+from demhec.experiments.pipeline import Experiment, build_eval_cache, record_stage_time
+
+STAGES = ("train", "score", "adapt", "manifest")
+
+
+@contextlib.contextmanager
+def locked(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (True), or yield False when another queue holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def timed(exp, stage: str, fn) -> None:
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    record_stage_time(exp, stage, seconds)
+    print(f"{stage}: {seconds:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="all", help="comma-separated run names (default: all, in table order)")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--profile", default=PROFILE, help=f"{PROFILE} (default) or {PROFILE}_smoke (its test)")
+    p.add_argument("--data-root", default="data", help="the CIFAR-10 JPEG archive or its folder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one per queue beside other work)")
+    p.add_argument("--build-cache", action="store_true", help="generate the corrupted evaluation sets first")
+    p.add_argument("--wait", action="store_true", help="wait for a run another queue holds instead of skipping it")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    stages = [s for s in args.stages.split(",") if s]
+    for s in stages:
+        if s not in STAGES:
+            raise SystemExit(f"unknown stage {s!r}; valid stages: {', '.join(STAGES)}")
+    try:
+        runs = list(COMPARISON) if args.runs == "all" else [comparison_run(n) for n in args.runs.split(",") if n]
+    except DemHECError as e:
+        raise SystemExit(str(e)) from None
+    common = dict(profile=args.profile, results_dir=args.results_dir, data_root=args.data_root,
+                  progress=not args.no_progress)
+    if args.build_cache:
+        from demhec.corruptions import CORRUPTIONS
+
+        exp = comparison_experiment(COMPARISON[0], **common)
+        timed(exp, "corrupted evaluation sets (15 corruptions, S1-S5)",
+              lambda: build_eval_cache(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5]))
+    for run in runs:
+        exp = comparison_experiment(run, **common)
+        with locked(exp.root / "locks" / f"{run.name}.lock", args.wait) as mine:
+            if mine:
+                run_stages(run, exp, stages)
+            else:
+                print(f"{run.name}: another queue is on it; next", flush=True)
+    if "manifest" in stages:
+        print(f"wrote {write_manifest(comparison_experiment(COMPARISON[0], **common))}")
+
+
+def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
+    print(f"== {run.name} ({run.label})", flush=True)
+    # A base without committed weights (push-pull) is trained from scratch.
+    if "train" in stages and (run.fine_tuned or not exp.base_weights_path):
+        timed(exp, f"{run.name} model (A.3)", lambda: train_run_model(run, exp))
+    if "score" in stages:
+        timed(exp, f"{run.name} scoring (15 corruptions, S1-S5, both halves)", lambda: score_run(run, exp))
+    if "adapt" in stages:
+        for adapt in ADAPTATIONS:
+            timed(exp, f"{run.name} + {adapt} (both halves)", lambda a=adapt: score_run(run, exp, a))
+
+
+if __name__ == "__main__":
+    main()
