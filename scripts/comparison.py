@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -63,12 +63,12 @@ def locked(path: Path, wait: bool) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def timed(exp, stage: str, fn) -> None:
+def timed(exp: Experiment, stage: str, fn: Callable[[], object]) -> None:
     t0 = time.perf_counter()
     fn()
     seconds = time.perf_counter() - t0
-    record_stage_time(exp, stage, seconds)
-    print(f"{stage}: {seconds:.0f} s", flush=True)
+    done = record_stage_time(exp, stage, seconds) is not None
+    print(f"{stage}: {f'{seconds:.0f} s' if done else 'done before'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

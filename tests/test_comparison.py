@@ -1,0 +1,175 @@
+"""The comparison at A.3: its runs, the methods' fine-tunes, and the queue script end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import demhec
+from demhec.baselines import METHODS, Method, Step, get_method, register_method
+from demhec.batches import TensorBatches, random_crop_flip
+from demhec.experiments.comparison import COMPARISON, comparison_experiment, run_config
+from demhec.models import list_models
+
+from .conftest import TinyNet, jpeg_archive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("run", COMPARISON, ids=lambda r: r.name)
+def test_every_run_is_a_valid_config_of_a_registered_model(run):
+    exp = comparison_experiment(run)
+    cfg = run_config(exp, run)
+    assert run.backbone in list_models()
+    if not run.fine_tuned:
+        assert cfg is None
+        return
+    default = demhec.DemHECConfig()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.freeze) == (20, 128, 0.05, 2.0, "auto")
+    if cfg.method != "none":  # a compared method: its own loss, Dem-HEC's terms off
+        get_method(cfg.method)
+        assert (cfg.alpha, cfg.lambda_c, cfg.lambda_kd) == (0.0, 0.0, 0.0)
+    if run.name in ("demhec", "pushpull_demhec"):
+        assert cfg == default
+
+
+def test_the_comparison_names_every_method_once():
+    names = [r.name for r in COMPARISON]
+    assert len(names) == len(set(names))
+    compared = {run_config(comparison_experiment(r), r).method for r in COMPARISON if r.fine_tuned}
+    assert set(METHODS) - {"pad_crop"} <= compared  # the plain fine-tune is Pad-Crop
+
+
+def _images(n: int = 8, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 4
+
+
+def test_batch_augmentation_is_m_independent_crops_of_each_image():
+    """BA's loss against a hand-built reference: the cross-entropy over M crop + flip draws of
+    each image, in the order the global RNG gives them."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    x, y = _images()
+    x = x.float() / 255
+    seen = []
+
+    def forward(images, *, update_stats=True):
+        seen.append(images)
+        return net(images)
+
+    method = get_method("ba")
+    m = method.settings.m
+    torch.manual_seed(5)
+    loss, _ = method.loss(Step(forward=forward, ce=F.cross_entropy), x, y)
+    torch.manual_seed(5)
+    copies = [random_crop_flip(x) for _ in range(m)]
+    expected = F.cross_entropy(net(torch.cat(copies)), y.repeat(m))
+    assert len(seen) == 1 and seen[0].shape[0] == m * len(x)
+    assert torch.equal(seen[0], torch.cat(copies)) and torch.allclose(loss, expected)
+    assert not torch.equal(copies[0], copies[1])
+
+
+@pytest.fixture
+def recording_method():
+    """A registered method with ``crops`` that records the images it is given."""
+    seen: list[torch.Tensor] = []
+
+    def loss(step, x, y):
+        seen.append(x.clone())
+        value = step.ce(step.forward(x), y)
+        return value, {"ce": value.item()}
+
+    register_method(Method("recording_test", "rec", "test", loss, crops=True))
+    try:
+        yield seen
+    finally:
+        del METHODS["recording_test"]
+
+
+def test_a_method_that_crops_its_copies_gets_the_uncropped_images(recording_method):
+    images, labels = _images(16)
+    cfg = demhec.DemHECConfig(epochs=1, batch_size=8, warmup_epochs=0, alpha=0.0, lambda_c=0.0,
+                              lambda_kd=0.0, method="recording_test", freeze="none", seed=3)
+    demhec.finetune(TinyNet(), (images, labels), cfg)
+    plain = TensorBatches(images, labels, batch_size=8, shuffle=True, augment="none", seed=3, drop_last=True)
+    expected = [x for x, _ in plain.epoch(0)]
+    assert len(recording_method) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(recording_method, expected))
+
+
+@pytest.mark.parametrize("method", ["trivialaugment", "augmix", "ba"])
+def test_a_compared_method_fine_tunes_on_its_own_loss(method):
+    """The method's loss is what the step optimises: the logged terms are the method's, and the
+    fine-tune reproduces itself."""
+    images, labels = _images(16)
+    cfg = demhec.DemHECConfig(epochs=1, batch_size=8, warmup_epochs=0, alpha=0.0, lambda_c=0.0,
+                              lambda_kd=0.0, method=method, freeze="none")
+    parts: list[dict] = []
+
+    def trained():
+        torch.manual_seed(0)
+        return demhec.finetune(TinyNet(), (images, labels), cfg, on_step=lambda s, p: parts.append(p)).state_dict()
+
+    a, b = trained(), trained()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "ce" in parts[0] and parts[0]["ce_clean"] == pytest.approx(parts[0]["loss"])
+    if method == "augmix":
+        assert parts[0]["jsd"] > 0
+
+
+@pytest.mark.slow
+def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
+    archive = jpeg_archive(tmp_path / "cifar10-jpeg-train.tar.gz", 12)
+    results = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "scripts" / "comparison.py"), "--profile", "a3_smoke", "--runs", "base,ba",
+           "--results-dir", str(results), "--data-root", str(archive), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    halves = results / "a3_smoke" / "cifar10_jpeg" / "resnet20" / "halves"
+    for tag in ("before", "ba"):
+        sel, rep = (json.loads((halves / f"{tag}_cifar-c_all_{h}.json").read_text()) for h in ("selection", "report"))
+        assert sel["split"] == "selection" and rep["split"] == "report"
+        assert len(sel["metrics"]["table"]) == 1 + 15 * 5 and sel["metrics"]["n"] + rep["metrics"]["n"] == 50
+        for adapt in ("bn", "tent"):
+            rec = json.loads((halves / f"{tag}_{adapt}_cifar-c_report.json").read_text())
+            assert rec["config"]["adapt"]["method"] == adapt and len(rec["metrics"]["table"]) == 1 + 7 * 3
+    manifest = json.loads((results / "a3_smoke" / "checkpoints" / "manifest.json").read_text())
+    assert set(manifest) == {"base", "ba"}
+    for entry in manifest.values():
+        model = demhec.get_model(entry["model"], num_classes=10, pretrained=entry["file"])
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # A second run finds everything done: no model or result is written again (the manifest is
+    # rewritten, with the same content).
+    def written():
+        return {p: p.stat().st_mtime_ns if p.name != "manifest.json" else p.read_text()
+                for p in results.rglob("*") if p.is_file() and not {"stage_times", "locks"} & set(p.parts)}
+
+    before = written()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and written() == before
+
+
+def test_per_half_adaptation_never_lets_one_half_shape_the_other():
+    """TENT adapted per group: changing the images of one group leaves the other's logits as
+    they were."""
+    from demhec.evaluation import cell_logits
+
+    torch.manual_seed(0)
+    net = TinyNet(num_classes=4).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(12) % 4
+    groups = [np.arange(0, 12, 2), np.arange(1, 12, 2)]
+    a = cell_logits(net, (images, labels), [], [], adapt="tent", groups=groups)[("clean", 0)]
+    changed = images.copy()
+    changed[groups[1]] = 255 - changed[groups[1]]
+    b = cell_logits(net, (changed, labels), [], [], adapt="tent", groups=groups)[("clean", 0)]
+    assert torch.equal(a[groups[0]], b[groups[0]]) and not torch.equal(a[groups[1]], b[groups[1]])
