@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD ?= build
 
-.PHONY: demo paper test lint unit unit-all notebooks-smoke gpu-carry clean
+.PHONY: demo paper test lint unit unit-all notebooks-smoke mutants gpu-carry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,19 +22,23 @@ paper: $(STAMP)  ## every notebook in the paper profile (downloads, GPU)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check demhec tests scripts benchmarks
 
+# -p tests.skips_fail_in_ci: with DEMHEC_FAIL_ON_SKIP=1 (CI) a skipped test fails the run, saying why.
 unit: $(STAMP)
-	$(PY) -m pytest -q -m "not expensive" tests
+	$(PY) -m pytest -q -p tests.skips_fail_in_ci -m "not expensive" tests
 
 unit-all: $(STAMP)  ## every unit test, the expensive ones too (minutes more)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p tests.skips_fail_in_ci tests
 
 notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for the smoke profile
 	rm -rf $(BUILD)/nbval $(BUILD)/smoke
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --allow-train --out $(BUILD)/nbval \
 		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
-	$(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures --nbval-lax $(BUILD)/nbval
+	$(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures -p tests.skips_fail_in_ci --nbval-lax $(BUILD)/nbval
 
 test: lint unit notebooks-smoke
+
+mutants: $(STAMP)  ## named mutations of the selection, adaptation, control and loss code: which the tests catch (minutes; report in docs/mutants.md)
+	$(PY) scripts/mutants.py
 
 gpu-carry: $(STAMP)  ## what scripts/gpu_reproduction.sh needs on the device (development machines only)
 	mkdir -p .gpu_carry

@@ -162,3 +162,48 @@ def test_adaptation_errors_name_the_valid_values(tiny_net):
     no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(DemHECError, match="no BatchNorm layers"):
         adaptive_predict(no_bn, images, AdaptConfig())
+
+
+@pytest.mark.parametrize("method, prior", [("bn", 0.0), ("bn", 8.0), ("tent", 0.0)])
+def test_every_call_adapts_afresh_from_the_model(tiny_net, method, prior):
+    """A second call on the same images gives the same logits, and adapting on one set never
+    changes another's: each call starts from the model as the caller holds it (for TENT, a
+    fresh copy and a fresh optimiser), whatever ran before with the same model and config."""
+    net = _with_source_stats(tiny_net)
+    a, b = _images(8, seed=0), _images(8, seed=1)
+    cfg = AdaptConfig(method=method, prior=prior, batch_size=4, lr=0.05)
+    first_a = adaptive_predict(net, a, cfg)
+    first_b = adaptive_predict(net, b, cfg)  # after adapting on a
+    again_a = adaptive_predict(net, a, cfg)  # after adapting on a and b
+    assert torch.equal(again_a, first_a)
+    assert torch.equal(first_b, adaptive_predict(copy.deepcopy(net), b, cfg))  # b alone, on a fresh model
+    if method == "tent":  # the adaptation does move the predictions: the checks above can fail
+        assert not torch.allclose(first_a, adaptive_predict(net, a, AdaptConfig(method="bn", batch_size=4)))
+
+
+def test_every_cell_and_every_half_adapts_afresh(tiny_net):
+    """TENT through evaluate and cell_logits: each corrupted set (and each group of images within
+    it, the halves of the selection protocol) gets the predictions of adapting a fresh copy of
+    the model on that set alone, whatever the sets scored before it."""
+    from demhec.corruptions import corrupt_split
+    from demhec.evaluation import cell_logits, expected_calibration_error
+
+    net = _with_source_stats(tiny_net)
+    images, labels = _images(16, size=32), np.arange(16) % 4
+    cfg = AdaptConfig(method="tent", batch_size=4, lr=0.05)
+    cells = [("gaussian_noise", 5), ("contrast", 5)]
+    sets = {("clean", 0): images, **{(c, s): corrupt_split(images, c, s, seed=0) for c, s in cells}}
+    groups = [np.arange(0, 16, 2), np.arange(1, 16, 2)]
+    logits = cell_logits(net, (images, labels), ["gaussian_noise", "contrast"], [5], adapt="tent",
+                         adapt_config=cfg, groups=groups, seed=0, workers=1)
+    assert list(logits) == list(sets)
+    for cell, x in sets.items():
+        for g in groups:
+            assert torch.equal(logits[cell][torch.as_tensor(g)], adaptive_predict(copy.deepcopy(net), x[g], cfg)), cell
+    df = evaluate(net, (images, labels), ["gaussian_noise", "contrast"], [5], adapt="tent", adapt_config=cfg,
+                  workers=1).set_index(["corruption", "severity"])
+    y = torch.as_tensor(labels)
+    for cell, x in sets.items():
+        alone = adaptive_predict(copy.deepcopy(net), x, cfg)
+        assert df.loc[cell, "ece"] == pytest.approx(100 * expected_calibration_error(alone, y), abs=1e-9), cell
+        assert df.loc[cell, "correct"] == int((alone.argmax(1) == y).sum()), cell

@@ -8,7 +8,8 @@ catch, and every committed executed notebook under ``notebooks/executed/``.
 
 Chromium: ``$DEMHEC_CHROMIUM`` or the first of ``chromium``, ``chromium-browser``,
 ``google-chrome`` on the PATH (``.ci/run`` installs Debian's ``chromium`` when it is missing);
-without one the tests skip and say so.
+without one the tests skip and say so, and in CI that skip fails the run
+(``tests/skips_fail_in_ci.py``).
 """
 
 from __future__ import annotations

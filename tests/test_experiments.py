@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -399,7 +400,8 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
 # kind fails the parametrised tests below until it is given one here.
 OTHER_VALUE = {"kd_direction": "student_teacher", "objective": "features", "direction": "low",
                "freeze": "none", "bn": "clean", "augment": "none", "optimizer": "adamw", "head": "fc",
-               "max_steps": 3, "samples": "uniform", "negatives": "other_classes"}
+               "max_steps": 3, "samples": "uniform", "negatives": "other_classes",
+               "method": "augmix"}
 
 
 def _other(cfg, name):
@@ -511,10 +513,23 @@ def test_check_shown_catches_a_table_that_is_not_its_results(caplog):
     before, after = _robustness_record(0, 80.0, cells), _robustness_record(0, 81.0, {k: v + 1 for k, v in cells.items()})
     long = ex.before_after_table(before, after).rename(columns={"accuracy": "ours"})
     ex.check_shown(long, {"before": before, "after": after})
-    with caplog.at_level("WARNING", logger="demhec.experiments.tables"):
-        ex.check_shown(ex.before_after_table(before, before).rename(columns={"accuracy": "ours"}),
-                       {"before": before, "after": before})
-    assert "after equals before in every cell" in caplog.text
+    same = ex.before_after_table(before, before).rename(columns={"accuracy": "ours"})
+    # the base model scored twice: an error, except in the smoke profile (a saturated 2-step base
+    # can score the same after a fine-tune that moved its weights), where it is a warning
+    for profile in ("demo", "cpu", "paper", None):
+        again = dict(before, **({"profile": profile} if profile else {}))
+        with pytest.raises(DemHECError, match="after equals before in every cell"):
+            ex.check_shown(same, {"before": before, "after": again})
+    for profile in ("smoke", "gpu_smoke"):  # the smoke profile and its twins
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="demhec.experiments.tables"):
+            ex.check_shown(same, {"before": before, "after": dict(before, profile=profile)})
+        assert "after equals before in every cell" in caplog.text
+    # a calibration error that moved is a change, even with every accuracy as it was
+    ece = {"before": before, "after": dict(before, profile="cpu", metrics=dict(
+        before["metrics"], table=[dict(r, ece=5.0 + (r["corruption"] == "clean")) for r in before["metrics"]["table"]]))}
+    ece["before"] = dict(before, metrics=dict(before["metrics"], table=[dict(r, ece=5.0) for r in before["metrics"]["table"]]))
+    ex.check_shown(same, ece)
     shifted = long.assign(ours=long.ours + (long.phase == "after"))
     with pytest.raises(DemHECError, match="after rows shown differ"):
         ex.check_shown(shifted, {"before": before, "after": after})
@@ -598,6 +613,67 @@ def test_ablation_check_catches_a_wrong_row():
     swapped = {("demhec", 0): runs[("plain", 0)], ("plain", 0): runs[("demhec", 0)]}
     with pytest.raises(DemHECError, match="row of 'demhec' seed 0 shown differs"):
         ex.check_ablation_shown(summary, base, swapped)
+    unchanged = {**runs, ("plain", 0): dict(base, profile="cpu")}  # the base model scored as a run
+    with pytest.raises(DemHECError, match="'plain' seed 0 equals before in every cell"):
+        ex.check_ablation_shown(ex.ablation_summary(base, unchanged), base, unchanged)
+
+
+def _counted(clean, cells, n=200):
+    """A robustness result whose table keeps the counts (correct, n) beside each accuracy."""
+    rows = [{"corruption": c, "severity": s, "correct": k, "n": n, "accuracy": 100 * k / n}
+            for (c, s), k in {("clean", 0): clean, **cells}.items()]
+    return {"profile": "cpu", "metrics": {"clean_accuracy": 100 * clean / n, "table": rows}}
+
+
+def test_recount_reads_the_raw_outcomes_not_the_table():
+    """recount recomputes an accuracy from a result's raw outcomes: a halves result's per-image
+    bits, else each cell's correct count over its image count; so a table whose accuracy does
+    not follow from those is caught, in a notebook, by check_number and check_recounted."""
+    rec = _counted(170, {("gaussian_noise", 5): 90, ("shot_noise", 5): 110})
+    assert ex.recount(rec) == pytest.approx(85.0)
+    assert ex.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)]) == pytest.approx(50.0)
+    base = _counted(180, {("gaussian_noise", 5): 60, ("shot_noise", 5): 70})
+    assert ex.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)], base=base) == pytest.approx(17.5)
+    ex.check_number(85.0, ex.recount(rec), "clean accuracy")
+    with pytest.raises(DemHECError, match="clean accuracy: shown 85.5, but the result file's raw outcomes give 85"):
+        ex.check_number(85.5, ex.recount(rec), "clean accuracy")
+    long = ex.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
+    ex.check_recounted({"before": base, "after": rec}, long)
+    rec["metrics"]["table"][1]["accuracy"] = 46.0  # the table says 46, its counts 90 of 200
+    long = ex.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
+    ex.check_shown(long, {"before": base, "after": rec})  # the table against the file's table: agrees
+    with pytest.raises(DemHECError, match="after accuracy shown for gaussian_noise S5"):
+        ex.check_recounted({"before": base, "after": rec}, long)
+    rec["metrics"]["clean_accuracy"] = 86.0
+    with pytest.raises(DemHECError, match="the after clean accuracy: shown 86"):
+        ex.check_recounted({"after": rec})
+    with pytest.raises(DemHECError, match="no cell impulse_noise/5"):
+        ex.recount(rec, [("impulse_noise", 5)])
+    # a halves result: the per-image outcomes, paired over the images with the base's
+    rng = np.random.default_rng(0)
+    clean, noise, fixed = rng.random(400) < 0.8, rng.random(400) < 0.4, rng.random(400) < 0.2
+    def half(noise_outcomes):
+        cells = {("clean", 0): clean, **{(c, 5): noise_outcomes for c in ex.NOISE}}
+        return {"split": "report", "metrics": {
+            "n": 400, "correct": {f"{c}/{s}": ex.pack_outcomes(o) for (c, s), o in cells.items()},
+            "table": [{"corruption": c, "severity": s, "accuracy": 100 * o.mean()} for (c, s), o in cells.items()]}}
+
+    h_base, h_run = half(noise), half(noise | fixed)
+    h_run["metrics"]["table"] = [dict(r, accuracy=0.0) for r in h_run["metrics"]["table"]]  # not read
+    cells = [(c, 5) for c in ex.NOISE]
+    assert ex.recount(h_run, cells) == pytest.approx(100 * (noise | fixed).mean())
+    assert ex.recount(h_run, cells, base=h_base) == pytest.approx(100 * (fixed & ~noise).mean())
+
+
+def test_recount_gap_is_the_mean_per_image_gap():
+    rec = {"metrics": {"clean": {"l1": [1.0, 2.0, 3.0]}, "corrupted": {"l1": [2.0, 2.5, 4.5]},
+                       "log_width": {"l1": 2.0}}}
+    assert ex.recount_gap(rec, "l1") == pytest.approx(1.0)
+    assert ex.recount_gap(rec, "l1", normalised=True) == pytest.approx(0.5)
+    row = ex.entropy_summary(rec, normalised=True).set_index("layer").loc["l1"]
+    ex.check_number(row.gap, ex.recount_gap(rec, "l1", normalised=True), "gap")
+    with pytest.raises(DemHECError, match="not of the same images"):
+        ex.recount_gap({"metrics": {"clean": {"l1": [1.0]}, "corrupted": {"l1": [1.0, 2.0]}}}, "l1")
 
 
 def test_cpu_images_missing_is_said_not_raised(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -106,8 +107,13 @@ def test_registry_lists_the_paper_backbones():
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_head_and_stages(name):
-    if param_count(name) > MAX_TEST_PARAMS:
-        pytest.skip(f"{name} has {param_count(name):,} parameters (checked on meta only)")
+    # A model above MAX_TEST_PARAMS is built and run on the meta device: shapes, no values.
+    meta = param_count(name) > MAX_TEST_PARAMS
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        _forward_head_and_stages(name, meta)
+
+
+def _forward_head_and_stages(name, meta):
     torch.manual_seed(0)
     model = get_model(name, num_classes=7).eval()
     assert isinstance(model, Classifier) and model.arch == name
@@ -131,12 +137,12 @@ def test_forward_head_and_stages(name):
         h.remove()
 
     assert logits.shape == (2, 7)
-    assert torch.isfinite(logits).all()
+    assert meta or torch.isfinite(logits).all()
     assert len(head_inputs) == 1 and head_inputs[0].shape == (2, model.feature_dim)
     assert set(outputs) == set(model.stages)
     for s, out in outputs.items():
         assert isinstance(out, torch.Tensor) and out.shape[0] == 2, s
-    assert torch.equal(outputs[model.head_name], logits)
+    assert outputs[model.head_name].shape == logits.shape if meta else torch.equal(outputs[model.head_name], logits)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "repvgg_a0", "resnet18", "vit_test"])

@@ -88,6 +88,20 @@ def test_notebook_committed_without_outputs(nb):
     assert "def " not in src and "class " not in src  # no method logic in notebooks
 
 
+# Notebooks that show no number (Figure 2 shows corrupted images only).
+NO_NUMBERS = ("01_fig2_corruptions.ipynb",)
+
+
+@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.name not in NO_NUMBERS], ids=lambda p: p.stem)
+def test_notebook_recounts_a_key_number_from_its_raw_outcomes(nb):
+    """Besides checking its tables against the result files' tables (check_*_shown), every
+    notebook that shows numbers recomputes at least one key number from a result file's raw
+    outcomes (correct-image counts, per-image outcomes or entropies: demhec.experiments.recount,
+    recount_gap), so that the page fails when a number does not follow from them."""
+    code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+    assert re.search(r"\bex\.(check_recounted|recount|recount_gap)\(", code), nb.name
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
@@ -95,6 +109,49 @@ def test_ci_runs_the_readme_test_command():
     assert commands[-1] == "make test"
     assert "make test" in readme and "make demo" in readme
     assert readme.index("make demo") < readme.index("make test") < readme.index("## ")
+
+
+def test_a_skipped_test_fails_the_run_in_ci(tmp_path):
+    """.ci/run sets DEMHEC_FAIL_ON_SKIP and every pytest run of make test loads the plugin that reads
+    it: there a skipped test (no Chromium for the browser tests, say) fails the run, naming the
+    test and the reason; elsewhere it stays a skip."""
+    import os
+
+    (tmp_path / "test_it.py").write_text("import pytest\n\n\ndef test_ok():\n    pass\n\n\n"
+                                         "def test_opens_a_browser():\n    pytest.skip('no Chromium found')\n")
+
+    def run(flag):
+        env = {**os.environ, "DEMHEC_FAIL_ON_SKIP": flag}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                               "tests.skips_fail_in_ci", str(tmp_path / "test_it.py")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    here = run("")
+    assert here.returncode == 0 and "1 passed, 1 skipped" in here.stdout, here.stdout
+    ci = run("1")
+    assert ci.returncode == 1, ci.stdout
+    assert "1 skipped test(s) fail this run" in ci.stdout and "test_opens_a_browser: no Chromium found" in ci.stdout
+    make = (ROOT / "Makefile").read_text()
+    runs = [ln for ln in make.splitlines() if " -m pytest " in ln]
+    assert runs and all("-p tests.skips_fail_in_ci" in ln for ln in runs), runs
+    assert "export DEMHEC_FAIL_ON_SKIP=1" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_named_mutation_still_applies():
+    """make mutants (scripts/mutants.py) changes exact pieces of the code: each must still occur
+    exactly once in its file, and the tests named for it must exist, or its report says nothing
+    about the code as it is (when code moves, move the mutation with it)."""
+    from tests.conftest import load_script
+
+    mutants = load_script("mutants")
+    assert len({m.name for m in mutants.MUTATIONS}) == len(mutants.MUTATIONS) >= 4
+    for m in mutants.MUTATIONS:
+        assert (ROOT / m.path).read_text().count(m.original) == 1, f"{m.name}: its text is not once in {m.path}"
+        assert m.original != m.replacement and m.tests, m.name
+        for test in m.tests:
+            path, _, name = test.partition("::")
+            assert re.search(rf"^def {re.escape(name)}\(", (ROOT / path).read_text(), re.M), f"{m.name}: no {test}"
+    assert "scripts/mutants.py" in (ROOT / "Makefile").read_text() and (ROOT / "docs" / "mutants.md").exists()
 
 
 def test_cli_help_runs():

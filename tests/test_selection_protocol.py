@@ -89,18 +89,18 @@ def test_uniform_samples_are_in_the_ball_and_not_ascended(tiny_net):
     x[:4] = 0.0  # images at the edge of [0, 1]: the clip must hold
     x[4:8] = 1.0
     eps = 8 / 255
-
-    def draw(model):
-        return uniform_ball_samples(x, eps, generator=torch.Generator().manual_seed(3))
-
-    u = draw(tiny_net)
+    u = uniform_ball_samples(x, eps, generator=torch.Generator().manual_seed(3))
     assert (u - x).abs().max() <= eps + 1e-6 and u.min() >= 0 and u.max() <= 1
-    assert (u - x).abs().mean() > eps / 4  # spread through the ball, not at its centre
-    # not ascended: the very random start of Alg. 2 (same draws), whatever the model
-    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(u, (x + (2 * noise - 1) * eps).clamp(0, 1))
-    torch.manual_seed(1)
-    assert torch.equal(draw(TinyNet()), u)
+    # at the edges, the half of the ball outside [0, 1] is clipped onto the edge
+    assert 0.45 < (u[:4] == 0).float().mean() < 0.55 and 0.45 < (u[4:8] == 1).float().mean() < 0.55
+    # uniform in the ball: away from the edges of [0, 1] the offsets' quantiles are those of U(-eps, eps)
+    inner = (x > eps) & (x < 1 - eps)
+    d = (u - x)[inner] / eps
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+    torch.testing.assert_close(d.quantile(q), 2 * q - 1, atol=0.03, rtol=0)
+    # not ascended: exactly the start of Alg. 2 from the same draws (an ascent of step 0)
+    start = high_entropy_samples(tiny_net, x, eps, 0.0, 1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(u, start, atol=1e-7, rtol=0)
     # the ascent from the same start raises the entropy; the control leaves it where noise puts it
     he = high_entropy_samples(tiny_net, x, eps, 2 / 255, 5, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -151,18 +151,64 @@ def test_gaussian_augment_draws_sigma_per_image_and_leaves_a_clean_share():
     assert torch.equal(training.gaussian_augment(x, 0.1, 1.0, torch.Generator().manual_seed(0)), x)
 
 
-def test_gaussian_aug_finetune_trains_on_noisy_images(monkeypatch):
-    seen = []
-    real = training.gaussian_augment
-    monkeypatch.setattr(training, "gaussian_augment", lambda x, *a: seen.append(x) or real(x, *a))
+def _trained_on(cfg, n=16):
+    """Fine-tune a TinyNet with ``cfg`` on n random 8x8 images and return, per forward pass of the
+    student, the images it was given (the inputs its training losses were computed on), with
+    the clean training images as floats in [0, 1]."""
     g = torch.Generator().manual_seed(0)
-    data = ((torch.rand(16, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (16,), generator=g))
-    cfg = ex.demhec_config(ex.Experiment(profile="smoke"), **ex.RUNS["gaussian_aug"](DemHECConfig()))
+    images, labels = (torch.rand(n, 3, 8, 8, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (n,), generator=g)
+    torch.manual_seed(0)
+    model, seen = TinyNet(), []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float().clone()))
+    finetune(model, (images, labels), cfg, teacher=TinyNet())  # a teacher of its own: no hook on it
+    return seen, images.float() / 255
+
+
+def _nearest(x, clean):
+    """For each image of ``x``, the clean training image it is closest to, and the difference."""
+    d = (x[:, None] - clean[None]).flatten(2).norm(dim=2)
+    src = clean[d.argmin(1)]
+    return src, x - src
+
+
+def test_the_gaussian_augmentation_control_trains_on_noisy_images():
+    """Rusak et al.'s augmentation as the control uses it: the images the model is trained on are
+    the training images with per-image Gaussian noise of sigma in [0, noise_sigma], about a
+    clean share of them left as they are; with noise_sigma 0, the training images themselves."""
+    from demhec.experiments.ablations import _ablation_config
+
+    cfg, _ = _ablation_config(ex.Experiment(profile="smoke"), "gaussian_aug")
     assert (cfg.alpha, cfg.lambda_c, cfg.lambda_kd, cfg.noise_sigma) == (0, 0, 0, pytest.approx(0.10))
-    finetune(TinyNet(), data, dataclasses.replace(cfg, augment="none", batch_size=8, max_steps=2))
-    assert len(seen) == 2
-    finetune(TinyNet(), data, dataclasses.replace(cfg, augment="none", batch_size=8, max_steps=2, noise_sigma=0.0))
-    assert len(seen) == 2  # off at 0
+    cfg = dataclasses.replace(cfg, augment="none", batch_size=8, epochs=4, max_steps=4, noise_clean_share=0.5)
+    seen, clean = _trained_on(cfg)
+    assert len(seen) == 4 and all(x.shape == (8, 3, 8, 8) for x in seen)  # one pass per step
+    x = torch.cat(seen)
+    src, noise = _nearest(x, clean)
+    std = noise.flatten(1).std(1)
+    untouched = (noise == 0).flatten(1).all(1)
+    assert 0.2 < untouched.float().mean() < 0.8  # the clean share (half, of 32 draws)
+    assert (std[~untouched] > 0.005).all() and std.max() < 0.1 * 1.1  # noise of sigma <= 0.1 on the others
+    assert x.min() >= 0 and x.max() <= 1
+    off = dataclasses.replace(cfg, noise_sigma=0.0)
+    seen, clean = _trained_on(off)
+    assert all((_nearest(x, clean)[1] == 0).all() for x in seen)  # off at 0: the training images
+
+
+def test_the_random_noise_control_trains_on_uniform_samples_around_its_images():
+    """The random-noise control's x': the model's second pass of every step sees each image of the
+    first moved uniformly within the eps-ball (clipped to [0, 1]), never the image itself."""
+    from demhec.experiments.ablations import _ablation_config
+
+    cfg, _ = _ablation_config(ex.Experiment(profile="smoke"), "random_noise")
+    assert cfg.samples == "uniform" and cfg.alpha > 0 and cfg.lambda_c > 0
+    cfg = dataclasses.replace(cfg, augment="none", batch_size=8, epochs=1, max_steps=2)
+    seen, clean = _trained_on(cfg)
+    assert len(seen) == 4  # the clean pass and the x' pass of each of the two steps
+    for x, x_he in zip(seen[::2], seen[1::2]):
+        assert (_nearest(x, clean)[1] == 0).all()  # the first pass: the training images
+        d = x_he - x
+        assert d.abs().max() <= cfg.eps + 1e-6 and x_he.min() >= 0 and x_he.max() <= 1
+        assert (d.flatten(1).abs().mean(1) > cfg.eps / 4).all()  # every image moved, spread over the ball
 
 
 # --- config fields and the run registry ---------------------------------------------------------
@@ -230,6 +276,60 @@ def test_controls_of_another_config_share_its_changes():
         _ablation_config(exp, "no_such_run")
 
 
+def _chosen_by_hand(base, runs, max_clean_cost=ex.CHOICE_RULE["max_clean_cost"]):
+    """The selection rule written out from the selection-half files' per-image outcomes: each
+    run's change from the base in clean accuracy and in the noise S5 mean; among the runs within
+    the clean-cost limit the largest noise gain, else the largest noise gain minus clean cost;
+    a tie to the run listed first."""
+    def accuracy(rec, cells):
+        return 100 * np.mean([ex.outcomes(rec, c, s) for c, s in cells])
+
+    noise = [(c, 5) for c in ex.NOISE]
+    d = {r: (accuracy(rec, [("clean", 0)]) - accuracy(base, [("clean", 0)]), accuracy(rec, noise) - accuracy(base, noise))
+         for r, rec in runs.items()}
+    within = [r for r in d if d[r][0] >= -max_clean_cost]
+    if within:
+        return max(within, key=lambda r: (d[r][1], -list(d).index(r)))
+    return max(d, key=lambda r: (d[r][1] + d[r][0], -list(d).index(r)))
+
+
+def _selection_rows(rows):
+    """A selection-half summary as select_run reads it: (run, seed, d_clean, d_noise_s5) rows."""
+    df = pd.DataFrame([("base", 0, 0.0, 0.0), *rows], columns=["run", "seed", "d_clean", "d_noise_s5"])
+    return df.assign(split="selection", label=df.run)
+
+
+def test_select_run_takes_the_largest_noise_gain_within_the_clean_cost_limit():
+    rows = [("eps2", 0, -1.0, 12.0), ("eps2", 1, -1.5, 13.0),  # mean -1.25, 12.5
+            ("steps1", 0, -3.9, 15.0),  # the winner: the largest noise gain within 4 points
+            ("eps1", 0, -6.0, 30.0),  # a larger gain, over the clean-cost limit
+            ("steps2", 0, -2.0, 14.0),
+            ("plain", 0, 0.0, 40.0), ("random_noise", 0, -1.0, 50.0)]  # controls: never candidates
+    choice = ex.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=10.0)
+    assert choice["run"] == "steps1" and choice["candidates"] == ["eps2", "steps1", "eps1", "steps2"]
+    assert choice["d_clean"] == pytest.approx(-3.9) and choice["d_noise_s5"] == pytest.approx(15.0)
+    assert choice["meets_targets"] and "clean cost <= 4" in choice["rule"]
+    assert not ex.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=16.0)["meets_targets"]
+    assert ex.select_run(_selection_rows([r for r in rows if r[0] != "steps1"]))["run"] == "steps2"
+    # seed means decide: eps2 (12.0 and 13.0, mean 12.5) over steps2 (12.4), which beats eps2's seed 0 alone
+    assert ex.select_run(_selection_rows([*rows[:2], ("steps2", 0, -2.0, 12.4)]))["run"] == "eps2"
+    assert ex.select_run(_selection_rows([rows[0], ("steps2", 0, -2.0, 12.4)]))["run"] == "steps2"
+    # a cost of exactly the limit is within it
+    at_limit = [("eps2", 0, -4.0, 20.0), ("steps1", 0, -1.0, 11.0)]
+    assert ex.select_run(_selection_rows(at_limit), max_clean_cost=4.0)["run"] == "eps2"
+    assert ex.select_run(_selection_rows(at_limit), max_clean_cost=3.99)["run"] == "steps1"
+
+
+def test_select_run_breaks_a_tie_by_the_order_of_the_runs_and_falls_back_past_the_limit():
+    tie = [("eps2", 0, -1.0, 12.0), ("steps1", 0, -2.0, 12.0), ("steps2", 0, -0.5, 11.0)]
+    assert ex.select_run(_selection_rows(tie))["run"] == "eps2"
+    assert ex.select_run(_selection_rows([tie[1], tie[0], tie[2]]))["run"] == "steps1"
+    # nobody within the limit: the largest noise gain minus clean cost (24 against 21 and 13)
+    over = [("freeze_none", 0, -10.0, 31.0), ("eps1", 0, -6.0, 30.0), ("eps16", 0, -9.0, 22.0)]
+    choice = ex.select_run(_selection_rows(over), max_clean_cost=4.0)
+    assert choice["run"] == "eps1" and "minus clean cost" in choice["rule"] and not choice["meets_targets"]
+
+
 def test_the_recorded_choice_names_its_half_and_inputs_and_is_kept(tmp_path):
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
     ex.halves_result(exp, "before")
@@ -238,8 +338,9 @@ def test_the_recorded_choice_names_its_half_and_inputs_and_is_kept(tmp_path):
     rec = ex.record_choice(exp, ["demhec", "eps2", "plain"])  # plain has no halves here: left out
     m = rec["metrics"]
     assert rec["split"] == "selection" and rec["config"]["split"] == "selection" and rec["kind"] == "choice"
-    assert m["run"] in ("demhec", "eps2") and m["candidates"] == ["demhec", "eps2"]
+    assert m["candidates"] == ["demhec", "eps2"]
     base, got = ex.existing_halves(exp, ["demhec", "eps2"])
+    assert m["run"] == _chosen_by_hand(base["selection"], {r: got[(r, 0)]["selection"] for r in ("demhec", "eps2")})
     assert m["inputs"] == {"base": base["selection"]["fingerprint"],
                            **{r: got[(r, 0)]["selection"]["fingerprint"] for r in ("demhec", "eps2")}}
     assert ex.choice_path(exp).exists()
@@ -318,6 +419,34 @@ def test_halves_add_up_to_the_whole_split(tmp_path):
         assert out.sum() == int(parts[ex.EVAL_HALVES.index(h)].loc[("gaussian_noise", 5), "correct"])
     # a second call reads the files
     assert ex.halves_result(dataclasses.replace(exp, allow_train=False), "before", **kw)["report"] == halves["report"]
+
+
+def test_each_halfs_file_holds_the_outcomes_of_its_own_images(tmp_path):
+    """The halves are disjoint and cover the split, and each half's file holds, image by image,
+    the outcomes of scoring that half's images directly: the base model's predictions on the
+    clean and corrupted images at the half's indices against those images' labels."""
+    from demhec import predict
+    from demhec.corruptions import corrupt_split
+
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    halves = ex.halves_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
+    data = ex.eval_data(exp)
+    idx = ex.eval_halves(data.labels)
+    assert len(np.intersect1d(idx["selection"], idx["report"])) == 0
+    assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(len(data.labels)))
+    model = ex.base_model(dataclasses.replace(exp, allow_train=False), len(data.classes))
+    sets = {("clean", 0): data.images,
+            ("gaussian_noise", 5): corrupt_split(data.images, "gaussian_noise", 5, suite="cifar-c", seed=ex.CORRUPTION_SEED)}
+    for half, rec in halves.items():
+        assert rec["metrics"]["n"] == len(idx[half]) and rec["data"]["count"] == str(len(idx[half]))
+        for (c, s), images in sets.items():
+            direct = predict(model, images[idx[half]]).argmax(1).numpy() == data.labels[idx[half]]
+            assert np.array_equal(ex.outcomes(rec, c, s), direct), (half, c)
+            row = ex.result_table(rec).set_index(["corruption", "severity"]).loc[(c, s)]
+            assert row.correct == direct.sum() and row.n == len(direct)
+    # the two halves' outcomes are told apart (else the comparison above would prove little)
+    assert len(idx["selection"]) != len(idx["report"]) or not np.array_equal(
+        ex.outcomes(halves["selection"], "clean", 0), ex.outcomes(halves["report"], "clean", 0))
 
 
 def _half_record(split, clean, noise, seed=0):
@@ -558,6 +687,20 @@ def test_entropy_grid_figure_draws_each_panel():
     titles = [ax.get_title() for ax in fig.axes if ax.axison]
     assert titles == ["base: pixelate", "base: noise", "Dem-HEC: pixelate"]
     assert sum(not ax.axison for ax in fig.axes) == 1  # the missing (Dem-HEC, noise) panel
+    # the values drawn: each half-violin spans its layer's entropies (cut=0) divided by the
+    # layer's normalise_by ("a" by 2, "" as it is), in every panel, on a normalised axis
+    from matplotlib.colors import to_rgba
+
+    scale = {"a": 2.0, "": 1.0}
+    for ax in (ax for ax in fig.axes if ax.axison):
+        for kind, values in zip(("clean", "corrupted"), panel):
+            halves = [c for c in ax.collections if np.allclose(c.get_facecolor()[0], to_rgba(plots.PALETTE[kind]))]
+            assert len(halves) == len(layers)
+            for layer, half in zip(layers, sorted(halves, key=lambda c: c.get_paths()[0].vertices[:, 0].mean())):
+                y = half.get_paths()[0].vertices[:, 1]
+                want = values[layer] / scale[layer]
+                assert (y.min(), y.max()) == pytest.approx((want.min(), want.max())), (ax.get_title(), kind, layer)
+    assert fig.axes[0].get_ylabel().startswith("normalised")
     with pytest.raises(DemHECError, match="at least one panel"):
         plots.entropy_grid_figure({})
 
