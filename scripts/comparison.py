@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="all", help="comma-separated run names (default: all, in table order)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--profile", default=PROFILE, help=f"{PROFILE} (default) or {PROFILE}_smoke (its test)")
+    p.add_argument("--profile", default=PROFILE,
+                   help=f"{PROFILE} (default), gpu_a3 (the GPU script's models, scored here) or {PROFILE}_smoke (its test)")
+    p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds")
     p.add_argument("--data-root", default="data", help="the CIFAR-10 JPEG archive or its folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one per queue beside other work)")
     p.add_argument("--build-cache", action="store_true", help="generate the corrupted evaluation sets first")
@@ -101,19 +103,23 @@ def main(argv: list[str] | None = None) -> None:
         exp = comparison_experiment(COMPARISON[0], **common)
         timed(exp, "corrupted evaluation sets (15 corruptions, S1-S5)",
               lambda: build_eval_cache(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5]))
-    for run in runs:
-        exp = comparison_experiment(run, **common)
-        with locked(exp.root / "locks" / f"{run.name}.lock", args.wait) as mine:
-            if mine:
-                run_stages(run, exp, stages)
-            else:
-                print(f"{run.name}: another queue is on it; next", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    for seed in seeds:
+        for run in runs:
+            if seed != seeds[0] and not run.fine_tuned:
+                continue  # a base has one seed
+            exp = comparison_experiment(run, seed=seed, **common)
+            with locked(exp.root / "locks" / f"{run.name}_seed{seed}.lock", args.wait) as mine:
+                if mine:
+                    run_stages(run, exp, stages)
+                else:
+                    print(f"{run.name} (seed {seed}): another queue is on it; next", flush=True)
     if "manifest" in stages:
         print(f"wrote {write_manifest(comparison_experiment(COMPARISON[0], **common))}")
 
 
 def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
-    print(f"== {run.name} ({run.label})", flush=True)
+    print(f"== {run.name} ({run.label}), seed {exp.seed}", flush=True)
     # A base without committed weights (push-pull) is trained from scratch.
     if "train" in stages and (run.fine_tuned or not exp.base_weights_path):
         timed(exp, f"{run.name} model (A.3)", lambda: train_run_model(run, exp))

@@ -19,12 +19,17 @@ its limit still returns all it finished:
 * Phase B, alongside: ``b_base`` trains a ResNet-20 with the ``gpu_strong`` profile's recipe (60
   epochs) and evaluates it; ``b_demhec`` and ``b_plain`` then fine-tune it with the same A.3
   schedule and are evaluated.
+* Phase C, then: the comparison with the methods of the paper's Tables 3-4
+  (``demhec.experiments.comparison``, profile ``gpu_a3``) at seeds 0, 1 and 2, seed by seed:
+  ``c_<run>_s<seed>`` trains one run (``c_pushpull_base`` the push-pull base first). Its models are
+  scored back home on the CPU (``scripts/comparison.py --profile gpu_a3 --seeds 0,1,2 --stages
+  score,adapt``), since the fifteen corruptions include glass blur, whose numba the device lacks.
 
 Results land in ``<results-dir>/gpu/`` (``cpu_base/`` and ``strong_base/``, the layout of
 ``results/cpu/``, plus ``run.json``: device, per-job wall times, how each model was made (trained
 here, resumed at step N, or loaded from an earlier call) and the steps this call ran, the
 benchmark lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights.tar``
-(state dicts) and ``gpu_resume_{a,b}.tar`` (resume checkpoints of unfinished runs).
+(state dicts) and ``gpu_resume_{a,b,c}.tar`` (resume checkpoints of unfinished runs).
 
 **The plan spans calls.** A call seldom finishes everything (the first loan's did not: four
 Dem-HEC runs sharing the GPU reached step 6,669 of 7,020 by the limit). ``--unpack`` brings back
@@ -146,7 +151,7 @@ def tune_torch(device: str, threads: int) -> None:
 def experiment(args: argparse.Namespace, phase: str):
     from demhec.experiments import Experiment
 
-    profile = {"a": "gpu", "b": "gpu_strong"}[phase] + ("_smoke" if args.smoke else "")
+    profile = {"a": "gpu", "b": "gpu_strong", "c": "gpu_a3"}[phase] + ("_smoke" if args.smoke else "")
     return Experiment(profile=profile, dataset="cifar10", backbone="resnet20", seed=0,
                       results_dir=str(args.results_dir), data_root=str(args.data_root),
                       device=args.device)
@@ -215,6 +220,8 @@ def run_job(args: argparse.Namespace) -> dict:
         build_eval_cache(experiment(args, "a"), workers=args.cache_workers)
         return {}
     phase, run = name.split("_", 1)
+    if phase == "c":
+        return comparison_job(args, run)
     exp = experiment(args, phase)
     if run == "before":
         wait_for(status, "cache", deadline)
@@ -232,6 +239,30 @@ def run_job(args: argparse.Namespace) -> dict:
     wait_for(status, "cache", deadline)
     rec = robustness_result(exp, "before") if run == "base" else ablation_result(exp, run)
     return {**info, "clean_accuracy": rec["metrics"]["clean_accuracy"]}
+
+
+def comparison_job(args: argparse.Namespace, name: str) -> dict:
+    """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed); its scoring
+    runs on the CPU back home (``scripts/comparison.py --profile gpu_a3``): the fifteen corruptions
+    include glass blur, whose numba the device lacks."""
+    from demhec.experiments import train_data
+    from demhec.experiments.comparison import (
+        checkpoint_path,
+        comparison_experiment,
+        comparison_run,
+        run_config,
+        train_run_model,
+    )
+
+    run_name, _, seed = name.rpartition("_s") if re.search(r"_s\d+$", name) else (name, "", "0")
+    run = comparison_run(run_name)
+    exp = comparison_experiment(run, profile=experiment(args, "c").profile, seed=int(seed),
+                                results_dir=str(args.results_dir), data_root=str(args.data_root), device=args.device)
+    cfg = run_config(exp, run) or exp.base_config
+    steps = cfg.epochs * (len(train_data(exp)) // cfg.batch_size)
+    if getattr(cfg, "max_steps", None):
+        steps = min(steps, cfg.max_steps)
+    return trained(checkpoint_path(run, exp), lambda: train_run_model(run, exp), steps)
 
 
 def trained(path: Path, make, steps: int) -> dict:
@@ -269,7 +300,27 @@ class Job:
     info: dict = field(default_factory=dict)
 
 
-def plan() -> list[Job]:
+COMPARISON_SEEDS = (0, 1, 2)
+SMOKE_COMPARISON = ("plain", "ba")  # the smoke plan's phase C: two cheap runs at seed 0
+
+
+def comparison_jobs(smoke: bool) -> list[Job]:
+    """Phase C: every run of the comparison (experiments.comparison) at each seed, seed by seed,
+    trained here; the push-pull base (one per backbone, whatever the seed) before its Dem-HEC."""
+    from demhec.experiments.comparison import COMPARISON
+
+    seeds, names = ((0,), SMOKE_COMPARISON) if smoke else (COMPARISON_SEEDS, [r.name for r in COMPARISON])
+    runs = [r for r in COMPARISON if r.name in names]
+    jobs = [Job(f"c_{r.name}", needs=("data",), after=("bench",)) for r in runs
+            if not r.fine_tuned and r.backbone != "resnet20"]
+    bases = {r.backbone: f"c_{r.name}" for r in runs if not r.fine_tuned and r.backbone != "resnet20"}
+    for seed in seeds:
+        jobs += [Job(f"c_{r.name}_s{seed}", needs=("data", *([bases[r.backbone]] if r.backbone in bases else [])),
+                     after=("bench",)) for r in runs if r.fine_tuned]
+    return jobs
+
+
+def plan(smoke: bool = False) -> list[Job]:
     from demhec.experiments import GPU_A_RUNS, GPU_B_RUNS
 
     gpu_start = ("bench",)  # the benchmark has the GPU to itself
@@ -278,7 +329,7 @@ def plan() -> list[Job]:
     jobs += [Job(f"a_{run}", needs=("data",), after=gpu_start) for run in GPU_A_RUNS]
     jobs += [Job("b_base", needs=("data",), after=gpu_start)]
     jobs += [Job(f"b_{run}", needs=("b_base",)) for run in GPU_B_RUNS]
-    return jobs
+    return jobs + comparison_jobs(smoke)
 
 
 def _resume_step(path: Path) -> int | None:
@@ -295,7 +346,7 @@ class Runner:
         self.args = args
         self.t0 = time.time()
         self.deadline = self.t0 + args.budget
-        self.jobs = {j.name: j for j in plan()}
+        self.jobs = {j.name: j for j in plan(args.smoke)}
         self.env_info = env_info
         self.gpu_root = Path(args.results_dir) / ("gpu_smoke" if args.smoke else "gpu")
         self.status = self.gpu_root / "status"
@@ -427,7 +478,8 @@ class Runner:
         groups = {"gpu_results.tar.gz": [*self.gpu_root.glob("**/*.json"), *self.logs.glob("*.log")],
                   "gpu_weights.tar": sorted(self.gpu_root.glob("*/checkpoints/*.pt")),
                   "gpu_resume_a.tar": sorted(self.gpu_root.glob("cpu_base/checkpoints/*.ckpt")),
-                  "gpu_resume_b.tar": sorted(self.gpu_root.glob("strong_base/checkpoints/*.ckpt"))}
+                  "gpu_resume_b.tar": sorted(self.gpu_root.glob("strong_base/checkpoints/*.ckpt")),
+                  "gpu_resume_c.tar": sorted(self.gpu_root.glob("a3/checkpoints/*.ckpt"))}
         for name, paths in groups.items():
             paths = [p for p in paths if "status" not in p.parts]
             if not paths:  # e.g. resume checkpoints of runs that have finished since

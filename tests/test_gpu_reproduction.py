@@ -39,8 +39,9 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     tmp, out, results, stdout = smoke_run
     run = json.loads((results / "gpu_smoke" / "run.json").read_text())
     jobs = run["metrics"]["jobs"]
+    # Phase C, the comparison, in the smoke plan: two cheap runs at seed 0.
     expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ex.GPU_A_RUNS), "b_base", "b_demhec",
-                "b_plain"}
+                "b_plain", "c_plain_s0", "c_ba_s0"}
     assert {"demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
     assert set(jobs) == expected
     assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
@@ -71,6 +72,8 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     assert set(table.severity) == {0, 1, 3, 5} and len(table) == 1 + 7 * 3
     assert jobs["a_late_frozen_tuned"]["clean_accuracy"] == late["metrics"]["clean_accuracy"]
     assert "done b_plain" in stdout
+    c = results / "gpu_smoke" / "a3" / "checkpoints"
+    assert {p.name for p in c.glob("*.pt")} == {"resnet20_plain.pt", "resnet20_ba.pt"}
 
 
 def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):

@@ -29,8 +29,8 @@ from ..training import DemHECConfig
 from .ablations import gaussian_aug_sigma
 from .pipeline import REPO_ROOT, Experiment, base_model, demhec_model, halves_result
 
-__all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "comparison_experiment", "comparison_run",
-           "run_config", "score_run", "train_run_model", "write_manifest"]
+__all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
+           "comparison_run", "run_config", "score_run", "train_run_model", "write_manifest"]
 
 PROFILE = "a3"
 ADAPTATIONS = ("bn", "tent")

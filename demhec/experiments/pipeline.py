@@ -167,11 +167,19 @@ PROFILES["a3"] = Profile(
     "cifar10_jpeg", None, None, PROFILES["cpu"].base, DemHECConfig(), pretrained=False,
     eval_batch_size=500, entropy_images=500, home="cpu/a3", base_weights={"resnet20": _CPU_BASE},
     checkpoints="cpu/checkpoints/a3")
+# The same comparison on a GPU at three seeds (scripts/gpu_reproduction.py trains its models; they
+# are scored here, since the device lacks glass blur's numba), and its smoke twin.
+PROFILES["gpu_a3"] = dataclasses.replace(
+    PROFILES["a3"], name="gpu_a3", description=f"{_JPEG_GPU}, the CPU base, A.3's schedule, the "
+    "comparison's methods; trained on a GPU", eval_batch_size=1000, home="gpu/a3", checkpoints="gpu/a3/checkpoints")
 PROFILES["a3_smoke"] = Profile(
     "a3_smoke", "the comparison's queue on a few hundred images, two steps per run (its test)",
     "cifar10_jpeg", 64, None, TrainConfig(epochs=1, batch_size=32, lr=0.05), _SMOKE_FINETUNE,
     pretrained=False, eval_batch_size=64, entropy_images=16, eval_per_class=5, home="a3_smoke",
     checkpoints="a3_smoke/checkpoints")
+PROFILES["gpu_a3_smoke"] = dataclasses.replace(
+    PROFILES["a3_smoke"], name="gpu_a3_smoke", base_weights={"resnet20": _CPU_BASE}, home="gpu_smoke/a3",
+    checkpoints="gpu_smoke/a3/checkpoints")
 
 # The corrupted evaluation sets are data, fixed like the released CIFAR-10-C files: every
 # training seed is evaluated on the same corrupted images.
