@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._common import (
     DemHECError,

@@ -67,8 +67,8 @@ def timed(exp: Experiment, stage: str, fn: Callable[[], object]) -> None:
     t0 = time.perf_counter()
     fn()
     seconds = time.perf_counter() - t0
-    done = record_stage_time(exp, stage, seconds) is not None
-    print(f"{stage}: {f'{seconds:.0f} s' if done else 'done before'}", flush=True)
+    record_stage_time(exp, stage, seconds)
+    print(f"{stage}: {seconds:.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

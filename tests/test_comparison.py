@@ -146,6 +146,33 @@ def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
     for entry in manifest.values():
         model = demhec.get_model(entry["model"], num_classes=10, pretrained=entry["file"])
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # The pages read what the queue wrote: Tables 3 and 4 in the paper's shape, the ranked table,
+    # the figures, and a key number recounted from the per-image outcomes.
+    from types import SimpleNamespace
+
+    from demhec.experiments import comparison_tables as ct
+    from demhec.experiments.pages import comparison_page
+
+    ctx = SimpleNamespace(exp=SimpleNamespace(results_dir=str(results)), tables_dir=tmp_path / "tables")
+    t3 = comparison_page(ctx, "table3", profile="a3_smoke")
+    assert t3.checked == ["base's noise-family mean"] and set(t3.figures) == {
+        "comparison_tradeoff_noise_s5", "comparison_tradeoff_all15_s5"}
+    shown = t3.tables["table3"]
+    assert shown.loc["BA", "missing"] == "" and shown.loc["AugMix", "missing"] == "not trained yet"
+    assert shown.loc["BA", "paper noise"] == 21.18  # the paper's BA row, results/paper/table3.csv
+    assert "not yet" not in comparison_page(ctx, "table4", profile="a3_smoke").tables["table4"].loc["BA", "missing"]
+    table = ct.comparison_table(ct.comparison_records("a3_smoke", results), profile="a3_smoke", results_dir=results)
+    assert set(table[table.missing == ""].label) >= {"BA", "BA + TENT", "ResNet-20 base (no fine-tune) + BN adaptation"}
+    # A shown number that does not follow from the file's outcomes stops the page.
+    path = halves / "before_cifar-c_all_report.json"
+    rec = json.loads(path.read_text())
+    for row in rec["metrics"]["table"]:
+        if row["corruption"] == "gaussian_noise":
+            row["accuracy"] += 10
+    path.write_text(json.dumps(rec))
+    with pytest.raises(demhec.DemHECError, match="noise-family mean"):
+        comparison_page(ctx, "table3", profile="a3_smoke")
+
     # A second run finds everything done: no model or result is written again (the manifest is
     # rewritten, with the same content).
     def written():

@@ -4,7 +4,9 @@
   fingerprinted);
 * :mod:`.ablations`: the registry of controls and ablations of the CPU reproduction;
 * :mod:`.tables`: the paper's tables and figure inputs shaped from result records;
-* :mod:`.notebook`: validation of a notebook's ``parameters`` cell.
+* :mod:`.notebook`: validation of a notebook's ``parameters`` cell;
+* :mod:`.comparison`, :mod:`.comparison_tables`: the comparison with the methods of Tables 3-4 at
+  A.3 (its runs and queue; its tables and verdict); :mod:`.pages`: page sections a notebook shows.
 
 Notebooks and scripts import this package (``from demhec import experiments as ex``); every name
 they use is listed in ``__all__``.
@@ -12,6 +14,7 @@ they use is listed in ``__all__``.
 
 from __future__ import annotations
 
+from . import comparison, comparison_tables
 from .ablations import (
     ABLATION_FAMILIES,
     ABLATION_LABELS,
@@ -53,6 +56,7 @@ from .notebook import (
     resolve_path,
     start_notebook,
 )
+from .pages import Page, table3_page, table3_plan, table4_page, table4_plan
 from .pipeline import (
     CORRUPTION_SEED,
     DATASETS_BY_PROFILE,
@@ -154,6 +158,13 @@ from .tables import (
 )
 
 __all__ = [
+    "Page",
+    "comparison",
+    "comparison_tables",
+    "table3_page",
+    "table3_plan",
+    "table4_page",
+    "table4_plan",
     "existing_halves",
     "same_base_halves",
     "controls_verdict",

@@ -27,10 +27,19 @@ from typing import Any
 from .._common import atomic_write, check_choice
 from ..training import DemHECConfig
 from .ablations import gaussian_aug_sigma
-from .pipeline import REPO_ROOT, Experiment, base_model, demhec_model, halves_result
+from .pipeline import (
+    EVAL_HALVES,
+    REPO_ROOT,
+    Experiment,
+    base_model,
+    demhec_model,
+    halves_path,
+    halves_result,
+)
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
-           "comparison_run", "run_config", "score_run", "train_run_model", "write_manifest"]
+           "comparison_run", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
+           "write_manifest"]
 
 PROFILE = "a3"
 ADAPTATIONS = ("bn", "tent")
@@ -100,9 +109,12 @@ def run_config(exp: Experiment, run: Run) -> DemHECConfig | None:
     return run.config(exp.demhec_config)
 
 
-def _tag(run: Run) -> str:
-    # A base is the "before" of its backbone's folder; a fine-tune is named after its run, the
-    # push-pull Dem-HEC after the method (its backbone's folder tells it apart).
+def run_tag(run: Run) -> str:
+    """The name of ``run``'s result files and checkpoint: a base is the "before" of its
+    backbone's folder; a fine-tune is named after its run, the push-pull Dem-HEC after the method
+    (its backbone's folder tells it apart)."""
+    if not run.fine_tuned:
+        return "before"
     return "demhec" if run.name == "pushpull_demhec" else run.name
 
 
@@ -110,30 +122,42 @@ def train_run_model(run: Run, exp: Experiment) -> Any:
     """The model of ``run`` (trained when missing and ``exp.allow_train``; resumable)."""
     if not run.fine_tuned:
         return base_model(exp, 10)
-    return demhec_model(exp, run_config(exp, run), tag=_tag(run), num_classes=10)
+    return demhec_model(exp, run_config(exp, run), tag=run_tag(run), num_classes=10)
 
 
-def score_run(run: Run, exp: Experiment, adapt: str | None = None) -> dict[str, dict]:
-    """``run`` on both halves: clean and the fifteen corruptions at severities 1-5, or with
+def score_grid(adapt: str | None = None) -> dict[str, list]:
+    """The cells a run is scored on: clean and the fifteen corruptions at severities 1-5, or with
     ``adapt`` ("bn", "tent") the paper's seven corruptions at S1/S3/S5."""
     from ..corruptions import CORRUPTIONS, PAPER_CORRUPTIONS, PAPER_SEVERITIES
 
     if adapt is not None:
         check_choice("test-time adaptation", adapt, ADAPTATIONS)
-        grid = dict(corruptions=list(PAPER_CORRUPTIONS), severities=list(PAPER_SEVERITIES))
-    else:
-        grid = dict(corruptions=list(CORRUPTIONS), severities=[1, 2, 3, 4, 5])
+        return dict(corruptions=list(PAPER_CORRUPTIONS), severities=list(PAPER_SEVERITIES))
+    return dict(corruptions=list(CORRUPTIONS), severities=[1, 2, 3, 4, 5])
+
+
+def score_run(run: Run, exp: Experiment, adapt: str | None = None) -> dict[str, dict]:
+    """``run`` on both halves, on :func:`score_grid`'s cells (computed when missing and
+    ``exp.allow_train``)."""
+    grid = score_grid(adapt)
     if not run.fine_tuned:
         return halves_result(exp, "before", "cifar-c", **grid, run=run.name, adapt=adapt)
-    return halves_result(exp, "after", "cifar-c", **grid, config=run_config(exp, run), tag=_tag(run),
+    return halves_result(exp, "after", "cifar-c", **grid, config=run_config(exp, run), tag=run_tag(run),
                          run=run.name, adapt=adapt)
+
+
+def is_scored(run: Run, exp: Experiment, adapt: str | None = None) -> bool:
+    """Whether both halves' files of ``run`` (with ``adapt``) exist (their fingerprints are checked
+    when :func:`score_run` reads them)."""
+    return all(halves_path(exp, run_tag(run), "cifar-c", h, corruptions=score_grid(adapt)["corruptions"],
+                           adapt=adapt).exists() for h in EVAL_HALVES)
 
 
 def checkpoint_path(run: Run, exp: Experiment) -> Path:
     """Where ``run``'s state dict lives (the committed base for the ResNet-20 base)."""
     if not run.fine_tuned:
         return REPO_ROOT / exp.base_weights_path if exp.base_weights_path else exp.checkpoint("base")
-    return exp.checkpoint(_tag(run))
+    return exp.checkpoint(run_tag(run))
 
 
 def write_manifest(exp: Experiment) -> Path:

@@ -1,0 +1,267 @@
+"""What a notebook page shows, built in the library: each function returns a :class:`Page` (its
+sentences, tables and figures), so a notebook cell only calls it and shows the result.
+
+* :func:`table3_page` / :func:`table4_page`: the paper's Tables 3 and 4. In the ``cpu`` profile they
+  show the comparison at A.3 on real images (:mod:`.comparison`: every method fine-tuned from the
+  CPU base, scored on the report half) beside the paper's rows; in the other profiles, Table 3's
+  from-scratch baselines and Table 4's before/after of the profile's own models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..results import paper_table, save_table
+from .comparison import PROFILE
+from .comparison_tables import (
+    COMPARISON_METRICS,
+    comparison_figure_input,
+    comparison_records,
+    comparison_table,
+    comparison_verdict,
+    describe_comparison,
+    table3_rows,
+    table4_rows,
+    with_wall_times,
+)
+
+__all__ = ["Page", "comparison_page", "comparison_status", "ranked_comparison", "table3_page", "table3_plan",
+           "table4_page", "table4_plan"]
+
+# Our run names -> the paper's Table 3 method keys (results/paper/table3.csv).
+PAPER_TABLE3 = {"plain": "pad_crop", "trivialaugment": "trivialaugment", "ba": "batch_augment",
+                "ba_aa": "batch_augment_autoaugment", "augmix": "augmix", "augmax": "augmax", "ipmix": "ipmix",
+                "dv_ap_jsd": "dv_ap_jsd", "demhec": "dem_hec"}
+PAPER_TABLE4 = {"demhec": "dem_hec", "pushpull_base": "push_pull_ranabhat2025"}
+KIND_ORDER = ("fine-tuned", "from scratch", "test-time")
+
+
+@dataclass
+class Page:
+    """A page section: its sentences, then its tables and figures, each followed by a line on how
+    to read it. :meth:`show` displays them in order in a notebook (a figure is saved first and the
+    saved PNG shown, :func:`demhec.plots.show_figure`)."""
+
+    text: str
+    items: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, table or figure, caption)
+    # The key numbers shown that were recomputed from a result file's raw outcomes (and agreed).
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {name: obj for name, obj, _ in self.items if isinstance(obj, pd.DataFrame)}
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return {name: obj for name, obj, _ in self.items if not isinstance(obj, pd.DataFrame)}
+
+    def show(self, figures_dir: str | Path) -> None:
+        from IPython.display import Markdown, display
+
+        from .. import plots
+
+        print(self.text)
+        for name, obj, caption in self.items:
+            if isinstance(obj, pd.DataFrame):
+                display(obj)
+            else:
+                plots.show_figure(obj, name, figures_dir)
+            display(Markdown(caption))
+
+
+def ranked_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The measured models ranked by the noise S5 mean, with clean and the all-15 S5 mean, each
+    model's change from the base, Dem-HEC minus it with its paired standard error, the step cost
+    and the training wall time."""
+    cols = ["label", "kind", "clean", "noise_s5", "all15_s5", "d_clean", "d_noise_s5", "d_all15_s5",
+            *(f"{p}_{m}" for m in COMPARISON_METRICS for p in ("vs_demhec", "se")), "mce", "ece_clean",
+            "step_cost", "train_wall_h"]
+    measured = table[table.missing == ""].reindex(columns=cols)
+    return measured.sort_values("noise_s5", ascending=False).set_index("label")
+
+
+def _beside_paper(rows: pd.DataFrame, table: pd.DataFrame, paper: pd.DataFrame, mapping: dict[str, str],
+                  columns: list[str], key: str) -> pd.DataFrame:
+    """``rows`` (one per our model) with the paper's value of each column for the same method."""
+    out = rows.copy()
+    names = dict(zip(table.label, table.run))
+    for col in columns:
+        ref = paper[paper[key] == col].set_index("method")["accuracy"]
+        out[f"paper {col}"] = [ref.get(mapping.get(names.get(lab, ""), ""), float("nan"))
+                               if table.loc[table.label == lab, "adapt"].iloc[0] == "none" else float("nan")
+                               for lab in out.index]
+    return out
+
+
+def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
+    """The comparison at A.3 (``ctx``'s results folder, the ``a3`` profile) in the shape of the
+    paper's ``shape`` ("table3": family means; "table4": clean and the seven corruptions over
+    S1/S3/S5; ``profile`` "a3_smoke" in tests), with the ranked table, the verdict's sentences and the
+    trade-off figures (clean
+    against the noise S5 mean and against the all-15 S5 mean; fine-tuned, from-scratch and
+    test-time models marked apart). Tables are saved under ``ctx.tables_dir``."""
+    from .. import plots
+    from .tables import check_number, recount
+
+    results_dir = ctx.exp.results_dir
+    records = comparison_records(profile, results_dir)
+    table = with_wall_times(comparison_table(records, "report", 0, profile, results_dir), profile, results_dir)
+    verdict = comparison_verdict(records, table)
+    if shape == "table3":
+        shown = _beside_paper(table3_rows(table), table, paper_table("table3"), PAPER_TABLE3,
+                              ["noise", "blur", "weather", "digital"], "family")
+    else:
+        from ..corruptions import PAPER_CORRUPTIONS
+
+        shown = _beside_paper(table4_rows(table), table, paper_table("table4"), PAPER_TABLE4,
+                              ["clean", *PAPER_CORRUPTIONS], "corruption")
+    checked = []
+    noise = [(c, s) for c in ("gaussian_noise", "shot_noise", "impulse_noise") for s in range(1, 6)]
+    for run in ("demhec", "base"):  # a key number against the file's per-image outcomes
+        rec = records.get((run, 0), {}).get("none", {}).get("report")
+        if rec is not None:
+            shown_noise = table.loc[(table.run == run) & (table.adapt == "none"), "noise"].iloc[0]
+            check_number(shown_noise, recount(rec, noise), f"{run}'s noise-family mean", tol=1e-4)
+            checked.append(f"{run}'s noise-family mean")
+    ranked = ranked_comparison(table)
+    for stem, df in ((f"comparison_{shape}", shown), ("comparison_ranked", ranked), ("comparison_verdict", verdict)):
+        save_table(df.reset_index() if df.index.name else df, stem, ctx.tables_dir)
+    paper_setting = ("the paper's own Table 3 is Tiny-ImageNet with ViT-L, so its columns show how the methods "
+                     "ranked there, not values to match" if shape == "table3" else
+                     "the paper's rows are its Table 4 (CIFAR-10, ResNet-20, its own pretrained base)")
+    items: list[tuple[str, Any, str]] = [(
+        shape, shown,
+        f"One row per model, on the report half ({SETTING}): the measured columns are ours, the `paper ...` "
+        f"columns the paper's value for the same method where it reports one ({paper_setting}); `missing` says "
+        "what a row without numbers still lacks. `+ BN adaptation` / `+ TENT` rows adapt that model at test time.")]
+    items.append(("ranked", ranked,
+                  "The measured models ranked by the noise S5 mean. `d_*`: change from the base model in points; "
+                  "`vs_demhec_*`: Dem-HEC minus the row, with `se_*` its standard error paired over the same images "
+                  "(a difference beyond 1.96 `se` is more than the images' noise); `mce`: mean corruption error over "
+                  "the scored cells, the base = 100; `step_cost`: a training step in plain steps "
+                  "(`benchmarks/method_cost.py`); `train_wall_h`: the training's wall time on this machine's "
+                  "loaded cores, not a property of the method."))
+    for metric in ("noise_s5", "all15_s5"):
+        points = comparison_figure_input(table, metric)
+        if points.empty:
+            continue
+        name = COMPARISON_METRICS[metric]
+        fig = plots.tradeoff_figure(points, y=(f"d_{metric}", name), families=dict(zip(points.run, points.kind)))
+        items.append((f"comparison_tradeoff_{metric}", fig,
+                      f"Each measured model's change from the base in clean accuracy (x) and in the {name} (y), in "
+                      "points, on the report half; the marker's shape is how the model was made (fine-tuned from the "
+                      "base, trained from scratch, or adapted at test time). Up and to the right is better on both."))
+    return Page(text=describe_comparison(table, verdict), items=items, checked=checked)
+
+
+SETTING = ("CIFAR-10 JPEG mirror, 2,500 held-out images; every model fine-tuned from the CPU base at A.3's "
+           "schedule, the push-pull ResNet-20 trained from scratch with the base's recipe")
+
+
+def table3_page(ctx: Any, methods: list[str]) -> Page:
+    """The paper's Table 3: the comparison at A.3 in the ``cpu`` profile (:func:`comparison_page`);
+    elsewhere the profile's from-scratch baselines ``methods`` (and test-time adaptation of the base
+    and Dem-HEC models, for backbones with BatchNorm) beside the paper's family means."""
+    if ctx.exp.profile == "cpu":
+        return comparison_page(ctx, "table3")
+    from .. import adaptation, get_model
+    from .pipeline import robustness_result
+    from .tables import (
+        check_families,
+        check_number,
+        describe_families,
+        family_table,
+        recount,
+        result_table,
+    )
+
+    def result(phase: str, adapt: str | None = None) -> dict:
+        return robustness_result(ctx.exp, phase, ctx.suite, ctx.corruptions, ctx.severities, adapt=adapt)
+
+    records = {m: result(f"baseline:{m}") for m in methods}
+    records["dem_hec"] = result("after")
+    note = ""
+    if adaptation.has_batch_norm(get_model(ctx.exp.effective_backbone, num_classes=10)):
+        for name, (phase, adapt) in {"bn_adapt": ("before", "bn"), "tent": ("before", "tent"),
+                                     "dem_hec_bn_adapt": ("after", "bn")}.items():
+            records[name] = result(phase, adapt)
+    else:
+        note = f"\n{ctx.exp.effective_backbone} has no BatchNorm layers: no BN adaptation / TENT rows."
+    table = family_table(records, paper_backbone=ctx.exp.backbone)
+    check_families(table, records)  # the shown means are the result files'
+    noise = result_table(records["dem_hec"]).query("family == 'noise'")
+    checked = []
+    if len(noise):  # Dem-HEC's noise mean, recounted from its file's counts
+        check_number(table.query("method == 'dem_hec' and family == 'noise'").ours.iloc[0],
+                     recount(records["dem_hec"], list(zip(noise.corruption, noise.severity))), "Dem-HEC's noise-family mean")
+        checked.append("Dem-HEC's noise-family mean")
+    save_table(table, f"table3_{ctx.exp.effective_dataset}_{ctx.exp.effective_backbone}", ctx.tables_dir)
+    return Page(text=describe_families(table) + note, checked=checked, items=[("table3", table, (
+        "One row per (family, method): `ours` is the mean accuracy (%) over the family's corruptions and severities, "
+        "`paper` the paper's Table 3 value where it reports one, `delta` ours minus paper. `bn_adapt`, `tent` and "
+        "`dem_hec_bn_adapt` are test-time adaptation of the base model (BatchNorm statistics, Schneider et al. 2020; "
+        "TENT, Wang et al. 2021) and of the Dem-HEC model, with no training; the paper does not report them."))])
+
+
+def table4_page(ctx: Any) -> Page:
+    """The paper's Table 4: the comparison at A.3 in the ``cpu`` profile (:func:`comparison_page`,
+    with the push-pull ResNet-20 trained here); elsewhere the profile's base and Dem-HEC models
+    beside the paper's Dem-HEC and push-pull rows."""
+    if ctx.exp.profile == "cpu":
+        return comparison_page(ctx, "table4")
+    from .pipeline import robustness_result
+    from .tables import (
+        before_after_table,
+        check_recounted,
+        check_shown,
+        check_summary,
+        describe_summary,
+        summary_vs_paper,
+    )
+
+    before = robustness_result(ctx.exp, "before", ctx.suite, ctx.corruptions, ctx.severities)
+    after = robustness_result(ctx.exp, "after", ctx.suite, ctx.corruptions, ctx.severities)
+    records = {"ours: base": before, "ours: Dem-HEC": after}
+    table = summary_vs_paper(records, "table4")
+    check_summary(table, records)  # the shown rows are the result files'
+    long = before_after_table(before, after).rename(columns={"accuracy": "ours"})
+    check_shown(long, {"before": before, "after": after})  # after == before is an error outside smoke
+    check_recounted({"before": before, "after": after}, long)  # recounted from the files' counts
+    save_table(table, f"table4_{ctx.exp.effective_dataset}_{ctx.exp.effective_backbone}", ctx.tables_dir)
+    return Page(text=describe_summary(table, ["ours: base", "ours: Dem-HEC"]), checked=["every number shown"],
+                items=[("table4", table, (
+        "One row per model: `clean` is the clean accuracy (%), each corruption's column its accuracy averaged over "
+        "the severities evaluated here; the `ours:` rows are this run, the `paper:` rows Table 4 (the paper's Dem-HEC "
+        "and the push-pull model of Ranabhat et al.). Where the setup says the profile substitutes the data or the "
+        "model, compare directions, not values."))])
+
+
+def comparison_status(results_dir: str | Path = "results") -> str:
+    """One line: how many of the comparison's rows are measured, and what the others lack."""
+    table = comparison_table(comparison_records(PROFILE, results_dir), "report", 0, PROFILE, results_dir)
+    rows = table[table.adapt == "none"]
+    missing = rows[rows.missing != ""]
+    line = (f"the comparison at A.3 (profile {PROFILE!r}, read from {Path(results_dir).name}/cpu/a3/): "
+            f"{len(rows) - len(missing)} of {len(rows)} models measured")
+    if len(missing):
+        line += "; not yet: " + ", ".join(f"{r.label} ({r.missing})" for r in missing.itertuples())
+    return line + ". Nothing is computed here: scripts/comparison.py makes them."
+
+
+def table3_plan(ctx: Any, methods: list[str]) -> str:
+    """What showing Table 3 needs: the comparison's state in the ``cpu`` profile, else the missing
+    baseline and Dem-HEC results (:meth:`~.notebook.NotebookContext.plan`)."""
+    if ctx.exp.profile == "cpu":
+        return comparison_status(ctx.exp.results_dir)
+    return ctx.plan(["after", *(f"baseline:{m}" for m in methods)])
+
+
+def table4_plan(ctx: Any) -> str:
+    """What showing Table 4 needs (as :func:`table3_plan`)."""
+    if ctx.exp.profile == "cpu":
+        return comparison_status(ctx.exp.results_dir)
+    return ctx.plan(["before", "after"])
