@@ -43,6 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import DemHECError, check_choice, check_range
+from .distributed import rank_and_world
+from .entropy import softmax_entropy
+from .prediction import as_float_images, predict
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +166,6 @@ def adaptive_predict(
     ``images`` (uint8 N x H x W x 3 or float in [0, 1]) by ``config.method``; the adaptation
     starts afresh from ``model`` on every call, which is left unchanged. For TENT each batch's
     predictions come from the forward pass that its update step then uses (Wang et al.)."""
-    from .distributed import rank_and_world
-    from .entropy import softmax_entropy
-    from .evaluation import as_float_images
-
     if rank_and_world()[1] > 1:
         raise DemHECError("test-time adaptation runs in one process; evaluate it outside torchrun")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -207,8 +206,6 @@ def adaptation_cost(
     process CPU time and of wall time, the minimum over ``rounds`` rounds run in turn (so that a
     change in the machine's load hits every method alike). On a shared CPU the process time of a
     single-threaded run is the stable measure; wall time also counts waiting for the cores."""
-    from .evaluation import predict
-
     check_range("rounds", rounds, 1, integer=True)
     out: dict[str, dict[str, float]] = {name: {"cpu_s": float("inf"), "wall_s": float("inf")} for name in configs}
     for _ in range(rounds):

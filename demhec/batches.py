@@ -1,19 +1,24 @@
 """Training batches: uint8 images kept on the device, drawn per (seed, epoch) as float batches with
-the CIFAR zoo's crop + flip augmentation, shared out across data-parallel ranks."""
+the CIFAR zoo's crop + flip augmentation, shared out across data-parallel ranks; and the checks
+that turn a user's data (arrays, a dataset, ready batches) into them."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._common import DemHECError, check_choice, check_range
+from .data import ImageArrays, dataset_to_arrays
+from .distributed import rank_and_world
 
-__all__ = ["AUGMENTS", "CROP_PADDING", "TensorBatches", "random_crop_flip"]
+__all__ = ["AUGMENTS", "CROP_PADDING", "TensorBatches", "as_batches", "as_uint8", "check_labels",
+           "num_classes_of", "random_crop_flip"]
 
 AUGMENTS = ("none", "crop_flip")
 # CIFAR zoo training recipe (chenyaofo/pytorch-cifar-models): RandomCrop(32, padding=4) with
@@ -149,3 +154,65 @@ class TensorBatches:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[order[sl]]
+
+
+def as_batches(data: Any, cfg: Any, device: torch.device, channels_last: bool,
+               shuffle: bool = True) -> TensorBatches:
+    """``data`` (:class:`TensorBatches`, :class:`~demhec.data.ImageArrays`, an (images, labels)
+    pair or a dataset) as this rank's batches with ``cfg``'s batch size, augmentation and seed;
+    ready batches are taken as they are once they are checked to be this rank's."""
+    rank, world = rank_and_world()
+    if isinstance(data, TensorBatches):
+        if (data.rank, data.world_size) != (rank, world):
+            raise DemHECError(f"TensorBatches built for rank {data.rank} of {data.world_size}, but "
+                              f"this process is rank {rank} of {world}")
+        return data
+    if isinstance(data, ImageArrays):
+        images, labels = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = data
+    else:
+        arrays = dataset_to_arrays(data)
+        images, labels = arrays.images, arrays.labels
+    images = as_uint8(images)
+    return TensorBatches(
+        images, labels, batch_size=cfg.batch_size, shuffle=shuffle, augment=cfg.augment,
+        seed=cfg.seed, device=device, drop_last=shuffle, channels_last=channels_last,
+        rank=rank, world_size=world,
+    )
+
+
+def as_uint8(images: Any) -> Any:
+    """Accept uint8 images (HWC numpy or CHW tensor) or float images in [0,1] (CHW)."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images
+    t = torch.as_tensor(images)
+    if t.dtype == torch.uint8:
+        return t
+    if not t.is_floating_point():
+        raise DemHECError(f"images must be uint8 or float in [0,1], got dtype {t.dtype}")
+    if t.dim() != 4 or t.shape[1] != 3:
+        raise DemHECError(f"float images must be N x 3 x H x W, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise DemHECError("images contain NaN or infinite values")
+    if t.min() < 0 or t.max() > 1:
+        raise DemHECError(f"float images must lie in [0,1], got range [{t.min():.3g}, {t.max():.3g}]")
+    return (t * 255).round().to(torch.uint8)
+
+
+def check_labels(labels: Any, num_classes: int | None) -> None:
+    """Raise unless every label is a class of a ``num_classes``-way model (None: not known)."""
+    y = torch.as_tensor(labels)
+    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DemHECError(
+            f"labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
+            f"got range [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """The class count of ``model``: the width of its last ``nn.Linear`` (None without one)."""
+    for m in reversed(list(model.modules())):
+        if isinstance(m, nn.Linear):
+            return m.out_features
+    return None

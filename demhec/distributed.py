@@ -10,7 +10,9 @@ holds the few pieces the training loops need on top of it:
   every caller works unchanged in one process);
 * :func:`gather_with_grad` concatenates a batch-sharded tensor across ranks with gradients, so
   InfoNCE (eq. 10) sees the global batch's negatives, as in one process;
-* :func:`gather` / :func:`mean_over_ranks` collect evaluation outputs and logged metrics.
+* :func:`gather` / :func:`mean_over_ranks` collect evaluation outputs and logged metrics;
+* :func:`data_parallel` wraps the student in DDP inside a process group (and compiles it
+  when asked), leaving it unchanged in one process.
 
 Design: rank ``r`` of ``W`` takes the ``r``-th contiguous ``1/W`` of every global batch (see
 :class:`~demhec.batches.TensorBatches`), so ``W`` processes with per-rank batch ``B`` see exactly
@@ -27,14 +29,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._common import DemHECError
+from .runs import TrainRun
 
 log = logging.getLogger(__name__)
 
-__all__ = ["barrier", "gather", "gather_with_grad", "is_main", "mean_over_ranks", "rank_and_world",
-           "setup", "shard", "teardown"]
+__all__ = ["barrier", "data_parallel", "gather", "gather_with_grad", "is_main", "mean_over_ranks",
+           "rank_and_world", "setup", "shard", "teardown"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -171,3 +175,28 @@ def mean_over_ranks(values: dict[str, float], device: torch.device | str = "cpu"
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def data_parallel(module: nn.Module, dev: torch.device, run: TrainRun) -> nn.Module:
+    """``module`` wrapped in DDP inside a process group (else unchanged), then compiled with
+    ``torch.compile`` when ``run.compile`` is True or a backend name."""
+    sync_bn, compile = run.sync_bn, run.compile
+    if compile is not False and not isinstance(compile, (bool, str)):
+        raise DemHECError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+    net = _wrap_ddp(module, dev, sync_bn)
+    if compile:
+        net = torch.compile(net) if compile is True else torch.compile(net, backend=compile)
+    return net
+
+
+def _wrap_ddp(module: nn.Module, dev: torch.device, sync_bn: bool) -> nn.Module:
+    if rank_and_world()[1] == 1:
+        if sync_bn:
+            log.warning("sync_bn has no effect in a single process")
+        return module
+    if sync_bn:
+        if dev.type != "cuda":
+            raise DemHECError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [dev.index] if dev.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)

@@ -8,6 +8,7 @@ expected calibration error. Corrupted splits come from the seeded, cached genera
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -18,8 +19,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ._common import DemHECError, check_choice, eval_mode
-from .distributed import barrier, gather, is_main, rank_and_world, shard
+from ._common import DemHECError, check_choice
+from .adaptation import ADAPT_METHODS, AdaptConfig, adaptive_predict
+from .distributed import barrier, is_main, rank_and_world
+from .prediction import as_float_images, predict  # also this module's API, as before
+from .runs import EvalRun
 
 log = logging.getLogger(__name__)
 
@@ -35,58 +39,6 @@ __all__ = [
     "predict",
     "scored_rows",
 ]
-
-
-def _to_float_batch(chunk: Any, device: torch.device) -> Tensor:
-    if isinstance(chunk, np.ndarray):
-        chunk = torch.from_numpy(np.array(chunk))  # a copy: cached splits are read-only maps
-    chunk = chunk.to(device, non_blocking=True)
-    if chunk.dtype == torch.uint8:
-        if chunk.shape[-1] == 3 and chunk.shape[1] != 3:
-            chunk = chunk.permute(0, 3, 1, 2)
-        return chunk.float().div_(255)
-    return chunk.float()
-
-
-def as_float_images(images: Any, device: str | torch.device = "cpu") -> Tensor:
-    """uint8 N x H x W x 3 (or N x 3 x H x W) images as float N x 3 x H x W in [0,1]."""
-    return _to_float_batch(images, torch.device(device))
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: Any,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    channels_last: bool = False,
-) -> Tensor:
-    """Logits for ``images`` (uint8 N x H x W x 3 / N x 3 x H x W, or float in [0,1]), in
-    eval mode, batched, without gradients. Returns a CPU float tensor (N, K).
-
-    Inside a process group each rank predicts its contiguous share and every rank gets all
-    logits back, in order, so every metric equals the single-process one."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    rank, world = rank_and_world()
-    part = shard(len(images), rank, world)
-    out = []
-    with eval_mode(model):
-        for i in range(part.start, part.stop, batch_size):
-            x = _to_float_batch(images[i : min(i + batch_size, part.stop)], dev)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float())
-    if world > 1:
-        k = out[0].shape[1] if out else _num_outputs(model, images, dev)
-        local = torch.cat(out) if out else torch.empty((0, k), device=dev)
-        return gather(local).cpu()
-    return torch.cat(out).cpu() if out else torch.empty(0)
-
-
-def _num_outputs(model: nn.Module, images: Any, dev: torch.device) -> int:
-    with eval_mode(model):
-        return int(model(_to_float_batch(images[:1], dev)).shape[1])
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> float:
@@ -222,10 +174,6 @@ def evaluate(
 
 def _adaptive_scorer(adapt: str, adapt_config: Any) -> Any:
     """``predict``'s stand-in that adapts a copy of the model to each set it scores."""
-    import dataclasses
-
-    from .adaptation import ADAPT_METHODS, AdaptConfig, adaptive_predict
-
     check_choice("adapt", adapt, ADAPT_METHODS)
     cfg = dataclasses.replace(adapt_config or AdaptConfig(), method=adapt)
     return lambda model, x, **kw: adaptive_predict(model, x, cfg, **kw)
@@ -250,10 +198,6 @@ def paired_difference(correct_a: Tensor, correct_b: Tensor) -> dict[str, float]:
 def _run_options(kw: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Split keywords into an :class:`~demhec.runs.EvalRun`, where the corrupted images come from
     (the rest) and :func:`predict`'s keywords."""
-    import dataclasses
-
-    from .runs import EvalRun
-
     run_keys = {f.name for f in dataclasses.fields(EvalRun)}
     options = EvalRun(**{k: v for k, v in kw.items() if k in run_keys})
     where = {k: v for k, v in kw.items() if k not in run_keys}

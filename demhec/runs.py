@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ._common import check_device
+
 __all__ = ["EvalRun", "TrainRun"]
 
 
@@ -58,7 +60,5 @@ class EvalRun:
 
 
 def _check_run(run: TrainRun | EvalRun) -> None:
-    from ._common import check_device
-
     if run.device is not None:
         check_device(run.device)

@@ -34,7 +34,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ._common import (
     DemHECError,
@@ -45,8 +44,15 @@ from ._common import (
     load_tensors,
 )
 from .baselines import Step, gaussian_augment, get_method
-from .batches import AUGMENTS
-from .distributed import gather, gather_with_grad, is_main, mean_over_ranks, rank_and_world
+from .batches import AUGMENTS, TensorBatches, as_batches, check_labels, num_classes_of
+from .distributed import (
+    data_parallel,
+    gather,
+    gather_with_grad,
+    is_main,
+    mean_over_ranks,
+    rank_and_world,
+)
 from .generation import DIRECTIONS, OBJECTIVES, SAMPLES, high_entropy_samples, uniform_ball_samples
 from .losses import forward_with_features, info_nce, kd_loss
 from .results import without_unchanged
@@ -183,70 +189,6 @@ def _check_common(cfg: Any) -> None:
     check_range("seed", cfg.seed, 0, integer=True)
     check_choice("augmentation", cfg.augment, AUGMENTS)
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
-
-
-# --- data ------------------------------------------------------------------------------------
-
-
-def _batches(data: Any, cfg: Any, device: torch.device, channels_last: bool, shuffle: bool = True):
-    from .batches import TensorBatches
-    from .data import ImageArrays
-
-    rank, world = rank_and_world()
-    if isinstance(data, TensorBatches):
-        if (data.rank, data.world_size) != (rank, world):
-            raise DemHECError(f"TensorBatches built for rank {data.rank} of {data.world_size}, but "
-                              f"this process is rank {rank} of {world}")
-        return data
-    if isinstance(data, ImageArrays):
-        images, labels = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        images, labels = data
-    else:
-        from .data import dataset_to_arrays
-
-        arrays = dataset_to_arrays(data)
-        images, labels = arrays.images, arrays.labels
-    images = _as_uint8(images)
-    return TensorBatches(
-        images, labels, batch_size=cfg.batch_size, shuffle=shuffle, augment=cfg.augment,
-        seed=cfg.seed, device=device, drop_last=shuffle, channels_last=channels_last,
-        rank=rank, world_size=world,
-    )
-
-
-def _as_uint8(images: Any) -> Any:
-    """Accept uint8 images (HWC numpy or CHW tensor) or float images in [0,1] (CHW)."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images
-    t = torch.as_tensor(images)
-    if t.dtype == torch.uint8:
-        return t
-    if not t.is_floating_point():
-        raise DemHECError(f"images must be uint8 or float in [0,1], got dtype {t.dtype}")
-    if t.dim() != 4 or t.shape[1] != 3:
-        raise DemHECError(f"float images must be N x 3 x H x W, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise DemHECError("images contain NaN or infinite values")
-    if t.min() < 0 or t.max() > 1:
-        raise DemHECError(f"float images must lie in [0,1], got range [{t.min():.3g}, {t.max():.3g}]")
-    return (t * 255).round().to(torch.uint8)
-
-
-def _check_labels(labels: Any, num_classes: int | None) -> None:
-    y = torch.as_tensor(labels)
-    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DemHECError(
-            f"labels must lie in [0, {num_classes - 1}] for a {num_classes}-class model, "
-            f"got range [{int(y.min())}, {int(y.max())}]"
-        )
-
-
-def _num_classes(model: nn.Module) -> int | None:
-    for m in reversed(list(model.modules())):
-        if isinstance(m, nn.Linear):
-            return m.out_features
-    return None
 
 
 # --- partial fine-tuning --------------------------------------------------------------------
@@ -629,34 +571,9 @@ def prepare_data(model: nn.Module, data: Any, cfg: Any, run: TrainRun) -> tuple[
     model.to(dev)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    batches = _batches(data, cfg, dev, run.channels_last)
-    _check_labels(batches.labels, _num_classes(model))
+    batches = as_batches(data, cfg, dev, run.channels_last)
+    check_labels(batches.labels, num_classes_of(model))
     return dev, batches
-
-
-def data_parallel(module: nn.Module, dev: torch.device, run: TrainRun) -> nn.Module:
-    """``module`` wrapped in DDP inside a process group (else unchanged), then compiled with
-    ``torch.compile`` when ``run.compile`` is True or a backend name."""
-    sync_bn, compile = run.sync_bn, run.compile
-    if compile is not False and not isinstance(compile, (bool, str)):
-        raise DemHECError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
-    net = _wrap_ddp(module, dev, sync_bn)
-    if compile:
-        net = torch.compile(net) if compile is True else torch.compile(net, backend=compile)
-    return net
-
-
-def _wrap_ddp(module: nn.Module, dev: torch.device, sync_bn: bool) -> nn.Module:
-    if rank_and_world()[1] == 1:
-        if sync_bn:
-            log.warning("sync_bn has no effect in a single process")
-        return module
-    if sync_bn:
-        if dev.type != "cuda":
-            raise DemHECError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    ids = [dev.index] if dev.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
 
 
 class _StudentPasses(nn.Module):
@@ -693,8 +610,6 @@ def _start_noise(x: Tensor, gen: torch.Generator) -> Tensor | None:
 def _uncropped(batches: Any, cfg: Any) -> Any:
     """The same images and order without the batches' crop + flip, for a method that draws its
     own per copy (BA); with ``augment="none"`` the method crops nothing either."""
-    from .batches import TensorBatches
-
     if cfg.augment != "crop_flip":
         raise DemHECError(f"this method draws its own crop + flip, so config.augment must be 'crop_flip', "
                           f"got {cfg.augment!r}")

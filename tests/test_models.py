@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import re
 
@@ -16,10 +17,13 @@ from demhec.models import (
     CifarRepVGG,
     CifarResNet,
     Classifier,
+    ModelInfo,
     RepVGGBlock,
     get_model,
     list_models,
+    model_info,
     register_model,
+    register_model_info,
     reparameterize,
 )
 
@@ -265,6 +269,31 @@ def test_duplicate_registration_raises():
     with pytest.raises(DemHECError, match="already registered"):
         register_model("resnet20")(lambda **kw: None)
     assert list_models().count("resnet20") == 1
+
+
+def test_each_backbone_is_one_read_only_record_that_its_model_follows():
+    """A registered backbone's facts (head, stages, sizes, weights) live in one ModelInfo; the
+    model built from it carries them, and the older per-fact tables are views of the records."""
+    for name in list_models():
+        info = model_info(name)
+        assert info.name == name
+        with torch.device("meta"):
+            model = get_model(name, num_classes=10)
+        assert model.head_name == info.head
+        assert model.stages == (info.stages or model.stages) and model.stages[-1] == info.head
+        assert model.input_size == (info.input_size or model.input_size)
+        assert model.min_input_size == (info.min_input_size or model.min_input_size)
+    for (arch, dataset), url in CIFAR_WEIGHT_URLS.items():
+        assert model_info(arch).weights_urls[dataset] == url
+    info = model_info("resnet20")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.head = "net.layer3"
+    with pytest.raises(TypeError):
+        info.weights_urls["cifar10"] = "elsewhere"
+    with pytest.raises(DemHECError, match="already registered"):
+        register_model_info(ModelInfo("resnet20", info.builder))
+    with pytest.raises(DemHECError, match="unknown backbone 'resnet21'"):
+        model_info("resnet21")
 
 
 def test_bad_arguments_raise():
