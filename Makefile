@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD ?= build
 
-.PHONY: demo paper test lint unit unit-all notebooks-smoke mutants gpu-carry clean
+.PHONY: demo paper site test lint unit unit-all notebooks-smoke mutants gpu-carry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)  ## every notebook in the demo profile (embedded digits dataset, 
 
 paper: $(STAMP)  ## every notebook in the paper profile (downloads, GPU)
 	$(PY) scripts/run_notebooks.py --profile paper --allow-train --download
+
+site: $(STAMP)  ## static HTML of every executed page and a front page of findings, in build/site/ (seconds; no training)
+	$(PY) scripts/build_site.py --out $(BUILD)/site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check demhec tests scripts benchmarks

@@ -1,0 +1,223 @@
+"""The project's conclusions, built from all committed evidence, each saying what it rests on.
+
+A finding answers one question (does Dem-HEC help, does it beat the plain fine-tune, Gaussian-noise
+augmentation, test-time adaptation, the paper's compared methods) from the best evidence the
+results folder holds, by a stated precedence:
+
+1. the paper's schedule (A.3: 20 epochs) over a short budget (the CPU reproduction's 150 steps);
+2. more fine-tuning seeds over fewer;
+3. the report half of the evaluation split (never used for a choice) over the whole split;
+4. images the project never saw over images it reused (no such evidence is committed: an outside
+   check of the committed checkpoints would rank first).
+
+The sentence of a finding gives the numbers of its best evidence; lower-ranked evidence on the same
+question is listed beside it (``also``), so a reader sees where budgets disagree instead of two
+pages saying different things. The README's summary, the notebooks' closing sentences and the
+site's front page are rendered from :func:`findings`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation import paired_difference
+from .pipeline import unpack_outcomes
+
+__all__ = ["Evidence", "Finding", "PRECEDENCE", "evidence_sources", "findings", "findings_table"]
+
+NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
+PRECEDENCE = ("the paper's schedule (A.3) over a 150-step budget", "more seeds over fewer",
+              "the report half over the whole split", "images never seen over reused ones")
+
+
+@dataclass
+class Evidence:
+    """One body of results on one half: a label, what ranks it, and per run its records by seed."""
+
+    label: str
+    budget: str  # "A.3" or "150 steps"
+    half: str  # "report" or "whole split"
+    runs: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> record
+    files: list[str] = field(default_factory=list)
+
+    def seeds(self, *runs: str) -> list[int]:
+        """The fine-tuning seeds all of ``runs`` have; a base (and its test-time adaptation) is one
+        model whatever the seed, so it pairs with every seed of a fine-tune."""
+        tuned = [r for r in runs if not r.startswith("base")] or list(runs)
+        return sorted(set.intersection(*(set(self.runs.get(r, {})) for r in tuned)))
+
+    def record(self, run: str, seed: int) -> dict:
+        return self.runs[run][0 if run.startswith("base") else seed]
+
+    def rank(self, *runs: str) -> tuple:
+        return (self.budget == "A.3", len(self.seeds(*runs)), self.half == "report")
+
+    def has(self, *runs: str) -> bool:
+        return all(self.runs.get(r) for r in runs)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _cells_of(record: dict, metric: str) -> list[tuple[str, int]]:
+    if metric == "clean":
+        return [("clean", 0)]
+    rows = [r for r in record["metrics"]["table"] if r["corruption"] != "clean" and int(r["severity"]) == 5]
+    return [(r["corruption"], 5) for r in rows if metric != "noise_s5" or r["corruption"] in NOISE]
+
+
+def _accuracy(record: dict, metric: str) -> float:
+    rows = {(r["corruption"], int(r["severity"])): r["accuracy"] for r in record["metrics"]["table"]}
+    return float(np.mean([rows[c] for c in _cells_of(record, metric)]))
+
+
+def _difference(a: dict, b: dict, metric: str) -> tuple[float, float]:
+    """``b`` minus ``a`` on ``metric`` (points) and its standard error paired over images (NaN
+    without per-image outcomes)."""
+    cells = _cells_of(a, metric)
+    if isinstance(a["metrics"].get("correct"), dict) and isinstance(b["metrics"].get("correct"), dict):
+        def out(rec: dict) -> np.ndarray:
+            n = int(rec["metrics"]["n"])
+            return np.stack([unpack_outcomes(rec["metrics"]["correct"][f"{c}/{s}"], n) for c, s in cells], 1)
+
+        p = paired_difference(out(a), out(b))
+        return p["diff"], p["se"]
+    return _accuracy(b, metric) - _accuracy(a, metric), math.nan
+
+
+def _halves_runs(folder: Path, names: dict[str, str], seeds: Sequence[int], suffix: str = "") -> tuple[dict, list]:
+    runs, files = {}, []
+    for run, tag in names.items():
+        for seed in seeds:
+            path = folder / f"{tag}{suffix}{'' if seed == 0 else f'_seed{seed}'}_report.json"
+            if path.is_file():
+                runs.setdefault(run, {})[seed] = _read(path)
+                files.append(path.as_posix())
+    return runs, files
+
+
+def evidence_sources(results: str | Path = "results") -> list[Evidence]:
+    """Every committed body of evidence the findings can rest on."""
+    results = Path(results)
+    out = []
+    # The comparison at A.3 on the CPU (one seed so far), with test-time adaptation per half.
+    a3 = results / "cpu" / "a3" / "cifar10_jpeg" / "resnet20" / "halves"
+    names = {"base": "before", "demhec": "demhec", "plain": "plain", "gaussian_aug": "gaussian_aug",
+             "random_noise": "random_noise"}
+    runs, files = _halves_runs(a3, names, [0], "_cifar-c_all")
+    for adapt in ("bn", "tent"):
+        more, f = _halves_runs(a3, {f"base+{adapt}": "before", f"demhec+{adapt}": "demhec"}, [0], f"_{adapt}_cifar-c")
+        runs.update(more)
+        files += f
+    out.append(Evidence("CPU, A.3 (7,020 steps), the comparison", "A.3", "report", runs, files))
+    gpu = results / "gpu" / "cpu_base" / "cifar10_jpeg" / "resnet20" / "halves"
+    runs, files = _halves_runs(gpu, {"base": "before", "demhec": "after", "plain": "after_plain"}, [0], "_cifar-c")
+    out.append(Evidence("GPU, A.3 (7,020 steps, bf16), from the CPU base", "A.3", "report", runs, files))
+    cpu = results / "cpu" / "cifar10_jpeg" / "resnet20"
+    names = {"base": "before", "demhec": "after", "plain": "after_plain", "gaussian_aug": "after_gaussian_aug",
+             "random_noise": "after_random_noise"}
+    runs, files = _halves_runs(cpu / "halves", names, [0, 1, 2], "_cifar-c")
+    out.append(Evidence("CPU, 150 steps", "150 steps", "report", runs, files))
+    whole = {run: {0: _read(cpu / f"{tag}_cifar-c.json")} for run, tag in
+             {"base": "before", "demhec": "after", "base+bn": "before_bn", "base+tent": "before_tent",
+              "demhec+tent": "after_tent", "demhec+bn": "after_bn"}.items() if (cpu / f"{tag}_cifar-c.json").is_file()}
+    out.append(Evidence("CPU, 150 steps, test-time adaptation", "150 steps", "whole split", whole,
+                        [(cpu / f"{t}_cifar-c.json").as_posix() for t in ("before_tent", "after_tent")]))
+    return out
+
+
+@dataclass
+class Finding:
+    question: str
+    answer: str
+    evidence: str  # the label of the evidence the answer rests on, and its rank
+    files: list[str]
+    also: list[str] = field(default_factory=list)  # lower-ranked evidence on the same question
+
+
+def _against(ev: Evidence, run: str, ref: str, metrics: Sequence[str]) -> str:
+    """``run`` minus ``ref`` on each metric: mean over the seeds both have, with the paired standard
+    error of one seed or the spread over seeds."""
+    seeds = ev.seeds(run, ref)
+    parts = []
+    for m in metrics:
+        diffs = [_difference(ev.record(ref, s), ev.record(run, s), m) for s in seeds]
+        mean = float(np.mean([d for d, _ in diffs]))
+        spread = (f" ± {diffs[0][1]:.2f}" if len(seeds) == 1 and math.isfinite(diffs[0][1])
+                  else f" (sd {np.std([d for d, _ in diffs], ddof=1):.2f} over {len(seeds)} seeds)" if len(seeds) > 1 else "")
+        parts.append(f"{_METRICS[m]} {mean:+.2f}{spread}")
+    return ", ".join(parts)
+
+
+_METRICS = {"clean": "clean", "noise_s5": "noise S5 mean", "all_s5": "S5 mean over every corruption scored"}
+
+
+def _rank_text(ev: Evidence, *runs: str) -> str:
+    seeds = len(ev.seeds(*runs))
+    return f"{ev.label}; {seeds} seed{'s' if seeds > 1 else ''}, {ev.half}"
+
+
+def _question(sources: list[Evidence], question: str, run: str, ref: str, what: Callable[[str], str],
+              metrics: Sequence[str] = ("clean", "noise_s5")) -> Finding | None:
+    usable = sorted((e for e in sources if e.has(run, ref) and e.seeds(run, ref)), key=lambda e: e.rank(run, ref),
+                    reverse=True)
+    if not usable:
+        return None
+    best, rest = usable[0], usable[1:]
+    files = [f for f in best.files if f"/{run}" in f or f"_{run}" in f or "before" in f] or best.files
+    return Finding(question, what(_against(best, run, ref, metrics)), _rank_text(best, run, ref), files,
+                   [f"{_rank_text(e, run, ref)}: {_against(e, run, ref, metrics)}" for e in rest])
+
+
+QUESTIONS: list[tuple[str, str, str, Callable[[str], str]]] = [
+    ("Does Dem-HEC (the paper's config) make the base more robust, and at what clean cost?", "demhec", "base",
+     lambda d: f"Dem-HEC against its base: {d} points."),
+    ("Does it beat the plain fine-tune of the same schedule (clean cross-entropy only)?", "demhec", "plain",
+     lambda d: f"Dem-HEC minus the plain fine-tune: {d} points."),
+    ("Is it the entropy ascent that helps (against noise of the same size, no ascent)?", "demhec", "random_noise",
+     lambda d: f"Dem-HEC minus the random-noise control: {d} points."),
+    ("Does it beat Gaussian-noise augmentation of the same schedule?", "demhec", "gaussian_aug",
+     lambda d: f"Dem-HEC minus Gaussian-noise augmentation: {d} points."),
+    ("Does it beat TENT on the untouched base (no training)?", "demhec", "base+tent",
+     lambda d: f"Dem-HEC minus TENT on the base: {d} points."),
+    ("Does TENT on top of Dem-HEC add to it?", "demhec+tent", "demhec",
+     lambda d: f"Dem-HEC + TENT minus Dem-HEC: {d} points."),
+]
+
+
+def findings(results: str | Path = "results") -> list[Finding]:
+    """Each question's answer from its best evidence (see the module's precedence)."""
+    sources = evidence_sources(results)
+    out = [f for q, run, ref, what in QUESTIONS if (f := _question(sources, q, run, ref, what)) is not None]
+    from .comparison_tables import comparison_records, comparison_table, comparison_verdict
+
+    records = comparison_records("a3", results)
+    if ("demhec", 0) in records:
+        table = comparison_table(records, "report", 0, "a3", results)
+        verdict = comparison_verdict(records, table)
+        compared = verdict[(verdict.kind == "compared") & (verdict.metric == "noise_s5")]
+        wins = compared[compared.outcome == "Dem-HEC better"].against.tolist()
+        losses = compared[compared.outcome == "Dem-HEC worse"].against.tolist()
+        missing = table[(table.missing != "") & (table.adapt == "none")].label.tolist()
+        out.append(Finding(
+            "Which of the methods the paper compares with does Dem-HEC beat on the noise S5 mean?",
+            f"Better than {len(wins)} ({', '.join(wins) or 'none'}), worse than {len(losses)} "
+            f"({', '.join(losses) or 'none'}), of {len(compared)} measured"
+            + (f"; not measured yet: {', '.join(missing)}." if missing else "."),
+            "CPU, A.3 (7,020 steps), the comparison; 1 seed, report", ["results/cpu/a3/"]))
+    return out
+
+
+def findings_table(results: str | Path = "results") -> pd.DataFrame:
+    """:func:`findings` as a table: question, answer, the evidence it rests on, and what
+    lower-ranked evidence said."""
+    return pd.DataFrame([{"question": f.question, "answer": f.answer, "rests on": f.evidence,
+                          "lower-ranked evidence": "; ".join(f.also)} for f in findings(results)])
