@@ -13,13 +13,9 @@ import torch
 
 from demhec.adaptation import AdaptConfig, adaptation_cost
 from demhec.corruptions import corrupt_split
-from demhec.experiments import (
-    CORRUPTION_SEED,
-    Experiment,
-    base_model,
-    demhec_model,
-    eval_data,
-)
+from demhec.experiments.inputs import eval_data
+from demhec.experiments.model_cache import base_model, demhec_model
+from demhec.experiments.profiles import CORRUPTION_SEED, Experiment
 from demhec.results import write_result
 
 

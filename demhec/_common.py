@@ -9,6 +9,7 @@ leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import math
 import os
@@ -30,6 +31,46 @@ class TrainingDiverged(DemHECError):
     def __init__(self, message: str, step: int, what: str, parts: dict[str, float]) -> None:
         super().__init__(message)
         self.step, self.what, self.parts = step, what, dict(parts)
+
+
+# Messages name what a reader sets in the words of the interface they use: the library's keywords
+# (``download=True``) by default, the command line's flags (``--download``) while ``demhec.cli``
+# runs a command inside :func:`cli_words`.
+_CLI_WORDS: contextvars.ContextVar[bool] = contextvars.ContextVar("demhec_cli_words", default=False)
+
+
+@contextlib.contextmanager
+def cli_words() -> Iterator[None]:
+    """Within this block :func:`words` gives the command line's wording."""
+    token = _CLI_WORDS.set(True)
+    try:
+        yield
+    finally:
+        _CLI_WORDS.reset(token)
+
+
+def words(api: str, cli: str) -> str:
+    """``api`` (a keyword of the library, ``download=True``) or, inside :func:`cli_words`, ``cli``
+    (its flag, ``--download``)."""
+    return cli if _CLI_WORDS.get() else api
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a download raises when the address cannot be reached (offline, DNS, refused, timed
+    out, an HTTP error status)."""
+    import http.client
+    import urllib.error
+
+    return (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+
+
+def download_failed(url: str, error: BaseException, root: str | os.PathLike, filename: str,
+                    root_word: str = "root") -> DemHECError:
+    """One line for a download that could not reach ``url``: the address, the reason, and where
+    to put ``filename`` by hand (``root_word``: the argument that names that folder)."""
+    reason = str(getattr(error, "reason", None) or error).strip() or type(error).__name__
+    return DemHECError(f"could not download {url} ({reason.splitlines()[0]}); check the network, or place "
+                       f"{filename} under {words(root_word, '--data-root')} ({root}) yourself")
 
 
 def check_choice(kind: str, value: Any, choices: Iterable[Any]) -> Any:
@@ -307,18 +348,14 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
 def download_archive(url: str, root: str | os.PathLike, md5: str | None) -> Path:
     """Download ``url`` into ``root`` (checked against ``md5``) and extract it there through
     :func:`safe_extract`; a network failure is one line naming the address."""
-    import urllib.error
-
     from torchvision.datasets.utils import download_url
 
     root = Path(root)
     filename = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
     try:
         download_url(url, str(root), filename=filename, md5=md5)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DemHECError(f"could not download {url} ({reason}); check the network, or put the "
-                          f"file {filename} under {root} yourself") from None
+    except (*network_errors(), OSError) as e:
+        raise download_failed(url, e, root, filename) from None
     archive = root / filename
     if md5 is not None:
         from torchvision.datasets.utils import check_integrity

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import DemHECError, atomic_write, parse_number
+from ._common import DemHECError, atomic_write, cli_words, parse_number
 
 log = logging.getLogger("demhec")
 
@@ -57,6 +57,14 @@ def _common(p: argparse.ArgumentParser, weights: bool = False) -> None:
                        help="state dict to load (default: <out>/<dataset>_<backbone>_base.pt)")
 
 
+def _plain(text: str) -> str:
+    """Help text taken from docstrings and comments without their reST markup: ``x`` and
+    :func:`x` become x, :class:`~a.b.C` becomes C."""
+    text = re.sub(r":\w+:`~[^`]*?([^.`]+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]*)`", r"\1", text)
+    return re.sub(r"``(.*?)``", r"\1", text)
+
+
 def _comments(cls: type) -> dict[str, str]:
     """Each field's trailing comment in the dataclass's source: the flag's help."""
     out: dict[str, str] = {}
@@ -80,7 +88,7 @@ def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = _CLI_DEFAULTS.get(f.name, f.default)
-        text = helps.get(f.name, "")
+        text = _plain(helps.get(f.name, ""))
         if str(f.type) == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif str(f.type) == "bool | str":  # off, on (a bare flag) or a named variant
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .runs import EvalRun, TrainRun
     from .training import DemHECConfig, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="demhec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="demhec", description=_plain(__doc__.splitlines()[0]))
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -134,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", default="paper",
                    help="comma-separated names, 'paper' (the seven) or 'all' (fifteen)")
     p.add_argument("--severities", default="1,3,5")
+    _other_dataset(p)
     _add_fields(p, EvalRun)
 
     p = sub.add_parser("entropy", help="layer-wise entropy of clean vs corrupted inputs (eq. 4)")
@@ -142,11 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption", default="pixelate")
     p.add_argument("--severity", default="5")
     p.add_argument("--pooled", action="store_true", help="average conv maps spatially first")
+    _other_dataset(p)
 
     p = sub.add_parser("convert-checkpoint",
                        help="rewrite a resume checkpoint of an older demhec in the safe format (a file you trust)")
     p.add_argument("path", help="the .ckpt file; it is rewritten in place")
     return parser
+
+
+def _other_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-other-dataset", action="store_true",
+                   help="score --weights on --dataset even when the file beside them says they were "
+                   "trained on another dataset")
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -183,11 +199,11 @@ def _corruptions(text: str) -> list[str]:
 
 
 def _data(args: argparse.Namespace, split: str):
-    from .experiments import load_named, subset
+    from .data import load_named, subset
 
     root = Path(args.data_root)
     if args.dataset != "digits" and not args.download and not root.exists() and args.data_root != "data":
-        raise DemHECError(f"data root {root} does not exist")
+        raise DemHECError(f"--data-root {root} does not exist")
     from .distributed import barrier, is_main, rank_and_world
 
     # Under torchrun rank 0 downloads and fills the caches first; the others then read them.
@@ -224,7 +240,8 @@ def _result(args: argparse.Namespace, path: Path, kind: str, config: object, mod
         return
     write_result(path, kind=kind, profile="cli", config={"args": _args_dict(args), "config": config},
                  metrics={"clean_accuracy": float(table.accuracy.iloc[0]), **(extra or {})},
-                 data={"train": getattr(data_train, "provenance", {}), "eval": data_eval.provenance},
+                 data={"train": getattr(data_train, "provenance", {}), "eval": data_eval.provenance,
+                       "classes": list(data_eval.classes)},
                  seed=args.seed)
 
 
@@ -304,6 +321,53 @@ def _finish(args: argparse.Namespace, stem: Path, kind: str, cfg: object, model,
         print(f"wrote {stem.with_suffix('.pt')} and {stem.with_suffix('.json')}")
 
 
+# Datasets with the same classes in the same order: a model of one scores the other's images.
+_SAME_CLASSES = {"cifar10_jpeg": "cifar10"}
+
+
+def _made_for(weights: Path) -> tuple[str, list[str] | None, Path] | None:
+    """The dataset (and the classes, where recorded) a state dict was trained on, from the file
+    beside it: the pipeline's ``<file>.fingerprint.json`` (its ``data.dataset``) or the JSON
+    result ``demhec train`` / ``finetune`` wrote with it (``<stem>.json``); None without either."""
+    side = weights.with_suffix(".fingerprint.json")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        dataset = json.loads(side.read_text()).get("data.dataset")
+        if isinstance(dataset, str):
+            return dataset, None, side
+    side = weights.with_suffix(".json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        rec = json.loads(side.read_text())
+        if rec["kind"] in ("cli/train", "cli/finetune") and isinstance(rec["config"]["args"]["dataset"], str):
+            classes = rec["data"].get("classes")
+            return rec["config"]["args"]["dataset"], classes if isinstance(classes, list) else None, side
+    return None
+
+
+def _check_made_for(args: argparse.Namespace, weights: str, classes: list[str] | None = None) -> None:
+    """Refuse to score ``weights`` on ``--dataset`` when the file beside them records another
+    dataset (or, given the evaluation ``classes``, other classes) unless --allow-other-dataset;
+    warn, before the data is read, when nothing beside them says."""
+    path = Path(weights)
+    if not path.is_file():
+        return  # _model says that it is missing
+    found = _made_for(path)
+    if found is None:
+        if classes is None and _is_main():
+            print(f"demhec {args.command}: warning: {path} has no {path.with_suffix('.json').name} or "
+                  f"{path.with_suffix('.fingerprint.json').name} beside it, so the dataset it was trained on "
+                  f"cannot be checked against --dataset {args.dataset}", file=sys.stderr)
+        return
+    dataset, recorded, side = found
+    if args.allow_other_dataset:
+        return
+    if _SAME_CLASSES.get(dataset, dataset) != _SAME_CLASSES.get(args.dataset, args.dataset):
+        raise DemHECError(f"{path} was trained on {dataset} ({side.name}), not on --dataset {args.dataset}; "
+                          "pass --allow-other-dataset to score it there anyway")
+    if classes is not None and recorded is not None and list(recorded) != list(classes):
+        raise DemHECError(f"{path} was trained on {dataset} with other classes ({side.name}) than "
+                          f"--dataset {args.dataset} has here; pass --allow-other-dataset to score it there anyway")
+
+
 def _train_run(args: argparse.Namespace, stem: Path) -> dict[str, Any]:
     from .runs import TrainRun
 
@@ -354,7 +418,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     severities = [_severity(s) for s in args.severities.split(",")]
     check_writable(args.out)
     weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
+    _check_made_for(args, weights)
     ev = _data(args, "test")
+    _check_made_for(args, weights, ev.classes)
     model = _model(args, len(ev.classes), weights)
     _refuse_other_result(args, Path(args.out) / f"{Path(weights).stem}_{args.suite}.json")
     run = _from_args(EvalRun, args, device=args.device, progress=not args.no_progress)
@@ -382,7 +448,9 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     severity = _severity(args.severity)
     check_writable(args.out)
     weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
+    _check_made_for(args, weights)
     ev = _data(args, "test")
+    _check_made_for(args, weights, ev.classes)
     model = _model(args, len(ev.classes), weights)
     corrupted = corrupt_split(ev.images, args.corruption, severity, suite=args.suite, seed=args.seed)
 
@@ -419,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
     try:
         from ._common import check_choice, check_device
-        from .experiments import DATASETS_BY_PROFILE
+        from .data import DATASETS_BY_PROFILE
         from .models import check_backbone
 
         check_device(args.device)
@@ -431,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device = distributed.setup(args.device)
         if args.command == "entropy" and distributed.rank_and_world()[1] > 1:
             raise DemHECError("entropy runs in one process; launch it without torchrun")
-        with _output_lock(args):
+        with cli_words(), _output_lock(args):
             COMMANDS[args.command](args)
         # Under torchrun, rank 0 still writes and prints when the others are done; leaving the
         # group together keeps a rank from tearing gloo down while its peer is still in it.

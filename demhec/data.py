@@ -17,6 +17,7 @@ CIFAR-10 training images; its provenance says so, because JPEG re-encoding chang
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,19 +46,26 @@ from ._common import (
     check_choice,
     check_range,
     download_archive,
+    download_failed,
     load_array,
+    network_errors,
     safe_extract,
+    words,
 )
 
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
+    "DATASETS_BY_PROFILE",
     "SPLITS",
     "ImageArrays",
     "cifar10_jpeg_split",
     "dataset_to_arrays",
     "get_dataset",
+    "jpeg_source",
     "load_arrays",
+    "load_named",
+    "subset",
     "tinyimagenet_classes",
 ]
 
@@ -202,8 +210,8 @@ def _missing(what: str, path: Path, hint: str) -> DemHECError:
 
 def _download_hint(folder: str) -> str:
     return (
-        f"pass download=True to fetch it, or point root at a local copy "
-        f"(the folder that holds {folder}/)"
+        f"pass {words('download=True', '--download')} to fetch it, or point "
+        f"{words('root', '--data-root')} at a local copy (the folder that holds {folder}/)"
     )
 
 
@@ -229,6 +237,8 @@ def _cifar(name: str, split: str, root: Path, download: bool, transform: Callabl
         raise _missing(cls.__name__, root / folder, _download_hint(folder))
     try:
         return cls(str(root), train=split == "train", download=download, transform=transform)
+    except network_errors() as e:
+        raise download_failed(cls.url, e, root, cls.filename) from None
     except RuntimeError as e:
         raise DemHECError(f"{cls.__name__} at {root / folder}: {e}") from e
 
@@ -309,9 +319,13 @@ def _imagenette(
         raise _missing("Imagenette", root / folder, _download_hint(folder))
     # Imagenette publishes train/val only; its val set is the paper's test set (Table 6).
     split = "val" if split == "test" else split
-    inner = tvd.Imagenette(
-        str(root), split=split, size=size, download=download, transform=transform
-    )
+    try:
+        inner = tvd.Imagenette(
+            str(root), split=split, size=size, download=download, transform=transform
+        )
+    except network_errors() as e:
+        url = getattr(tvd.Imagenette, "_ARCHIVES", {}).get(size, (f"the Imagenette {size} archive",))[0]
+        raise download_failed(url, e, root, url.rsplit("/", 1)[-1]) from None
     return _Imagenette(inner)
 
 
@@ -611,7 +625,8 @@ def cifar10_jpeg_split(
     source = Path(source)
     if not source.exists():
         raise _missing(
-            "CIFAR-10 JPEG mirror", source, "pass the .tar.gz or a folder of train/<class>/*.jpg"
+            "CIFAR-10 JPEG mirror", source,
+            f"{words('pass', 'give --data-root')} the .tar.gz or a folder of train/<class>/*.jpg",
         )
     check_range("split_seed", split_seed, 0, integer=True)
     check_range("eval_per_class", eval_per_class, 1, integer=True)
@@ -637,3 +652,62 @@ def cifar10_jpeg_split(
         ImageArrays(images[~is_eval], labels[~is_eval], classes, {**base, "split": "train"}),
         ImageArrays(images[is_eval], labels[is_eval], classes, {**base, "split": "eval"}),
     )
+
+
+# --- datasets by name, as the profiles and the command line use them ------------------------
+
+# Every dataset a profile or ``demhec`` names: the loaders above, and the CPU profile's split of
+# the CIFAR-10 JPEG mirror.
+DATASETS_BY_PROFILE = (
+    "cifar10", "cifar100", "tinyimagenet", "imagenette", "digits", "cifar10_jpeg", "imagefolder",
+)
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JPEG_ARCHIVE = _REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+
+def subset(arrays: ImageArrays, limit: int | None, seed: int) -> ImageArrays:
+    """``limit`` images of ``arrays`` drawn without replacement with ``seed``, in their order
+    (all of them when ``limit`` is None or not smaller), the draw named in the provenance."""
+    if limit is None or limit >= len(arrays):
+        return arrays
+    idx = np.sort(np.random.default_rng(seed).choice(len(arrays), size=limit, replace=False))
+    prov = {**arrays.provenance, "subset": f"{limit} images (seed {seed})"}
+    return dataclasses.replace(
+        arrays, images=arrays.images[idx], labels=arrays.labels[idx], provenance=prov
+    )
+
+
+def jpeg_source(data_root: str | os.PathLike) -> Path:
+    """Where the ``cifar10_jpeg`` images are read from: ``data_root`` unless it is the default
+    (``data``, relative or as the notebooks resolve it), which means the archive beside the
+    checkout."""
+    if str(data_root) in ("", "data") or Path(data_root) == _REPO_ROOT / "data":
+        return DEFAULT_JPEG_ARCHIVE
+    return Path(data_root)
+
+
+def load_named(name: str, split: str, data_root: str | os.PathLike = "data", *,
+               download: bool = False, cache_dir: str | os.PathLike = "results/cache",
+               progress: bool = False, eval_per_class: int = 500) -> ImageArrays:
+    """Any dataset of :data:`DATASETS_BY_PROFILE`, by name, as :class:`ImageArrays`.
+
+    ``cifar10_jpeg`` is the CPU profile's split of the CIFAR-10 JPEG mirror: ``data_root`` is
+    the archive or its extracted folder (default: ``../shared/data`` beside the checkout), and
+    ``eval_per_class`` images of each class are held out for evaluation.
+    """
+    check_choice("dataset", name, DATASETS_BY_PROFILE)
+    check_choice("split", split, SPLITS)
+    if name == "cifar10_jpeg":
+        source = jpeg_source(data_root)
+        train, held_out = cifar10_jpeg_split(source, Path(cache_dir) / "jpeg",
+                                             eval_per_class=eval_per_class, split_seed=0,
+                                             progress=progress)
+        arrays = train if split == "train" else held_out
+        named = {"source": f"{JPEG_MIRROR_SOURCE} ({source.name})"}
+        return dataclasses.replace(arrays, provenance={**arrays.provenance, **named})
+    kw: dict[str, Any] = {"size": "320px", "image_size": 224} if name == "imagenette" else {}
+    arrays = load_arrays(name, split, data_root, download, progress=progress, **kw)
+    # Results must not hold absolute paths of this machine.
+    prov = {k: v.replace(str(Path(data_root).resolve()), "<data_root>").replace(str(data_root), "<data_root>")
+            for k, v in arrays.provenance.items()}
+    return dataclasses.replace(arrays, provenance=prov)

@@ -22,7 +22,7 @@ SAMPLES = ("ascent", "uniform")
 
 def uniform_ball_samples(x: Tensor, eps: float, *, generator: torch.Generator | None = None,
                          noise: Tensor | None = None) -> Tensor:
-    """The random-noise control of x' (issue 16): a uniform point of the L-inf ball of radius
+    """The random-noise control of x': a uniform point of the L-inf ball of radius
     ``eps`` around ``x``, clipped to [0, 1]; exactly the random start of Alg. 2 with no ascent
     step, so it never looks at a model. ``noise`` (uniform draws in [0, 1) shaped like ``x``)
     replaces the draws from ``generator``, as in :func:`high_entropy_samples`."""

@@ -60,7 +60,7 @@ def info_nce(v: Tensor, v_prime: Tensor, tau: float = 0.2, labels: Tensor | None
     Both sets are l2-normalised here (norm(g(x)) in Alg. 1), so sim is cosine similarity.
     Row i of ``v`` is the positive of row i of ``v_prime``; every other row is a negative.
     With ``labels`` (B,), the other images of row i's class are removed from its negatives
-    (masked InfoNCE, issue 16): eq. 10 pushes g(x_i) away from every other image's g(x'_j),
+    (masked InfoNCE, one of the controls): eq. 10 pushes g(x_i) away from every other image's g(x'_j),
     same-class ones included, which a supervised model's features should not do.
     """
     if v.shape != v_prime.shape or v.dim() != 2:

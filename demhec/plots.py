@@ -533,7 +533,7 @@ def ablation_figure(df: pd.DataFrame,
     """Change from the base model (points) of each fine-tuning run, one panel per metric: a
     bar at the mean over seeds, every seed as a dot, so the spread is visible.
 
-    ``df`` is :func:`demhec.experiments.ablation_summary`'s table (columns label, seed and
+    ``df`` is :func:`demhec.experiments.tables.ablation_summary`'s table (columns label, seed and
     the metric columns); rows labelled "base model" are left out.
     """
     _check_columns(df, "ablation_figure", ["label", "seed", *[m for m, _ in metrics]])
@@ -572,14 +572,15 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     marker per run at its mean over seeds, each seed a small dot of the same colour, both as
     change from the base model in points. ``target`` = (x_min, y_min) shades the region where
     both targets hold. ``families`` maps the ``run`` column's values to a family (e.g.
-    :data:`demhec.experiments.ABLATION_FAMILIES`): runs of one family share a marker shape and
+    :attr:`demhec.experiments.runs.Run.family`): runs of one family share a marker shape and
     are listed together in the legend.
 
-    ``df`` is :func:`demhec.experiments.ablation_summary`'s table; rows labelled "base model"
-    are left out. With a ``split`` column holding both halves of the selection protocol
-    (:func:`demhec.experiments.halves_summary` of each half, concatenated), each run is drawn on
-    both: hollow where it was chosen (selection half), filled where it is reported (report half),
-    joined by a thin line, so a reader sees how far the choice moved between the halves.
+    ``df`` is :func:`demhec.experiments.tables.ablation_summary`'s table; rows labelled "base
+    model" are left out. With a ``split`` column holding both halves of the selection protocol
+    (:func:`demhec.experiments.selection.halves_summary` of each half, concatenated), each run is
+    drawn on both: hollow where it was chosen (selection half), filled where it is reported
+    (report half), joined by a thin line, so a reader sees how far the choice moved between the
+    halves.
     """
     (xc, xname), (yc, yname) = x, y
     _check_columns(df, "tradeoff_figure", ["label", "seed", xc, yc, *(["run"] if families else [])])

@@ -1,9 +1,9 @@
 """Robustness reports: several evaluated models (with or without test-time adaptation) side by
 side, as notebook 09's test-time adaptation section and notebook 10 ("your own model") show them.
 
-Each input is a robustness result (the JSON record of :func:`demhec.experiments.robustness_result`
-or any record whose ``metrics.table`` is an :func:`demhec.evaluation.evaluate` table), keyed by
-the label it should carry in the report ("base", "base + BN", "Dem-HEC + TENT", ...).
+Each input is a robustness result (the JSON record of
+:func:`demhec.experiments.pipeline.robustness_result` or any record whose ``metrics.table`` is an
+:func:`demhec.evaluation.evaluate` table), keyed by the label it should carry in the report ("base", "base + BN", "Dem-HEC + TENT", ...).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._common import DemHECError
 from .evaluation import mean_corruption_error
 
 if TYPE_CHECKING:  # experiments is imported lazily: it is the heavier module
-    from .experiments import NotebookContext
+    from .experiments.notebook import NotebookContext
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ def your_model_setup(*, profile: str, backbone: str, data_root: str, weights: st
     profiles the embedded digits set (``data_root`` unused), otherwise the ImageFolder at
     ``data_root`` (class sub-folders, or ``train/`` and ``val/``); ``weights`` (a state dict in
     the backbone's layout) replaces the profile's trained base model. ``kw`` goes to
-    :func:`demhec.experiments.notebook_setup`; ``smoke`` keeps only the highest severity."""
+    :func:`demhec.experiments.notebook.notebook_setup`; ``smoke`` keeps only the highest severity."""
     import dataclasses
 
-    from .experiments import notebook_setup, resolve_path
+    from .experiments.notebook import notebook_setup, resolve_path
 
     if not isinstance(data_root, str) or not isinstance(weights, str):
         raise DemHECError("data_root and weights must be strings (\"\" for none)")

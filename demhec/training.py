@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -41,10 +40,16 @@ from ._common import (
     atomic_write,
     check_choice,
     check_range,
-    load_tensors,
 )
 from .baselines import Step, gaussian_augment, get_method
 from .batches import AUGMENTS, TensorBatches, as_batches, check_labels, num_classes_of
+from .checkpoints import (
+    convert_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .distributed import (
     data_parallel,
     gather,
@@ -375,7 +380,7 @@ def run_steps(
             fingerprint["start_weights"] = _digest(model.state_dict().values())
             fingerprint["teacher"] = _digest((extra_state or {})["teacher"].values())
     step = 0
-    state = _load_checkpoint(ckpt, fingerprint) if ckpt is not None and ckpt.exists() and is_main() else None
+    state = load_checkpoint(ckpt, fingerprint) if ckpt is not None and ckpt.exists() and is_main() else None
     if rank_and_world()[1] > 1:
         # Rank 0 reads the checkpoint and sends it, so every rank resumes at the same step even
         # when the others cannot see its file system.
@@ -388,7 +393,7 @@ def run_steps(
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
         if "rng" in state:
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         log.info("resumed %s from %s at step %d/%d", kind, ckpt.name, step, total)
 
     saved_at: list[int] = [step] if state is not None else []
@@ -414,7 +419,7 @@ def run_steps(
         state = {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             **(extra_state or {}),
         }
         with atomic_write(ckpt) as f:
@@ -468,94 +473,6 @@ def run_steps(
     check_weights(parts)
     model.eval()
     return model
-
-
-# Resume checkpoints hold only what torch's safe unpickler accepts (tensors, numbers, strings and
-# plain containers): they are exchanged between machines, and loading one must never run code.
-CHECKPOINT_FORMAT = 2  # 1: numpy's RNG state as a pickled tuple (refused by the safe unpickler)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global RNG states as tensors and numbers (numpy's MT19937 state split into fields)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A resume checkpoint of :func:`run_steps`, read with torch's safe unpickler: a file crafted
-    to run code is refused before anything in it runs, and a checkpoint of an older demhec (which
-    pickled numpy's RNG state) is refused with how to go on."""
-    path = Path(path)
-    try:
-        state = load_tensors(path, "training checkpoint", holds="checkpoint")
-    except DemHECError as e:
-        if _is_legacy_checkpoint(path):
-            raise DemHECError(
-                f"checkpoint {path} was written by an older demhec in a format that is not loaded for "
-                f"safety; delete it to restart the run, or if you trust the file, convert it once with "
-                f"`demhec convert-checkpoint {path}`") from e
-        raise DemHECError(f"{e}; the checkpoint is unreadable, delete it to start over") from e
-    if not isinstance(state, dict) or "fingerprint" not in state:
-        raise DemHECError(f"{path} is not a demhec training checkpoint")
-    return state
-
-
-# numpy's array reconstruction, which format-1 checkpoints need for the RNG state they pickled;
-# allowed only by convert_checkpoint, which the user runs knowingly on a file they trust.
-def _numpy_globals() -> list[Any]:
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def _is_legacy_checkpoint(path: Path) -> bool:
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - not a torch.save archive at all
-        return False
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_globals()}
-    return bool(unsafe) and all(u.replace("numpy.core.", "numpy._core.") in allowed for u in unsafe)
-
-
-def convert_checkpoint(path: str | Path) -> Path:
-    """Rewrite a resume checkpoint of an older demhec (numpy's RNG state pickled) in the current
-    format, in place. It reads the file with the safe unpickler plus numpy's array reconstruction
-    (no other code can run), so only a file that needs nothing more is converted."""
-    path = Path(path)
-    if not _is_legacy_checkpoint(path):
-        read_checkpoint(path)  # a current checkpoint passes; anything else says what it is
-        return path
-    with torch.serialization.safe_globals(_numpy_globals()):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
-    state["rng"]["numpy"] = {"kind": kind, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                             "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    with atomic_write(path) as f:
-        torch.save(state, f)
-    return path
-
-
-def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
-    state = read_checkpoint(path)
-    if state["fingerprint"] != fingerprint:
-        diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise DemHECError(
-            f"checkpoint {path} was written by a run with a different config or data (differs in {diff}); "
-            "delete it or choose another checkpoint path"
-        )
-    return state
 
 
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:

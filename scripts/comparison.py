@@ -40,7 +40,9 @@ from demhec.experiments.comparison import (
     train_run_model,
     write_manifest,
 )
-from demhec.experiments.pipeline import Experiment, build_eval_cache, record_stage_time
+from demhec.experiments.inputs import build_eval_cache
+from demhec.experiments.profiles import Experiment
+from demhec.experiments.stage_times import record_stage_time
 
 STAGES = ("train", "score", "adapt", "manifest")
 

@@ -5,15 +5,15 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
 
     python scripts/cpu_reproduction.py                 # profile cpu, seeds 0, 1 and 2
     python scripts/cpu_reproduction.py --data-root /path/to/imagefolder_or_archive
-    python scripts/cpu_reproduction.py --halves demhec,plain,random_noise --seeds 0   # issue 16
+    python scripts/cpu_reproduction.py --halves demhec,plain,random_noise --seeds 0   # the selection protocol
     python scripts/cpu_reproduction.py --gpu-halves    # the GPU run's committed checkpoints, re-scored
-    python scripts/cpu_reproduction.py --figures34     # Figures 3-4 on the report half (issue 16)
+    python scripts/cpu_reproduction.py --figures34     # Figures 3-4 on the report half
     python scripts/cpu_reproduction.py --recommend --seeds 0,1,2   # the chosen config vs its controls
     python scripts/cpu_reproduction.py --strongest 3 --seeds 1,2   # the 3 strongest discriminating runs
 
-``--halves`` scores the base model and each named run (a key of ``experiments.RUNS``; fine-tuned
-where its checkpoint is missing) on both halves of the evaluation split, the selection protocol of
-issue 16: configurations are chosen on the "selection" half and reported on the "report" half.
+``--halves`` scores the base model and each named run (a key of ``experiments.runs.RUNS``; fine-tuned
+where its checkpoint is missing) on both halves of the evaluation split, the selection protocol:
+configurations are chosen on the "selection" half and reported on the "report" half.
 ``--gpu-halves`` does the same for the committed state dicts of scripts/gpu_reproduction.py's
 phase A (the "gpu" profile), without training anything. ``--figures34`` computes notebook 09's
 Figures 3-4 on the report half: the base model, the paper's config and the configuration chosen on
@@ -22,9 +22,9 @@ the selection half among the runs with halves results (fine-tuned where its chec
 controls (same freezing, learning rate, radius and budget) on every seed, scores them on both halves
 in both suites, and copies the seed-0 state dicts to ``checkpoints/resnet20_{recommended,plain,
 random_noise,gaussian_aug}.pt``. ``--strongest K`` repeats, on ``--seeds``, the K runs of
-``experiments.DISCRIMINATING`` that give back the most clean accuracy on the selection half at seed 0.
+``experiments.runs.DISCRIMINATING`` that give back the most clean accuracy on the selection half at seed 0.
 
-Every stage that did work records its wall time (``experiments.record_stage_time``: one JSON under
+Every stage that did work records its wall time (``experiments.stage_times.record_stage_time``: one JSON under
 ``<cell>/stage_times/``, with the thread count and the load average), which notebook 09 and the
 README show.
 """
@@ -38,30 +38,31 @@ import time
 from demhec._common import DemHECError, TrainingDiverged
 from demhec.adaptation import ADAPT_METHODS
 from demhec.corruptions import SUITES
-from demhec.experiments import (
+from demhec.experiments import Experiment
+from demhec.experiments.gpu import GPU_A_RUNS
+from demhec.experiments.layout import model_path
+from demhec.experiments.model_cache import base_model, run_spec
+from demhec.experiments.pipeline import halves_result, robustness_result
+from demhec.experiments.runs import (
     ABLATIONS,
     CONTROL_RUNS,
     DISCRIMINATING,
     FIGURE34_CORRUPTIONS,
-    GPU_A_RUNS,
     LATE_RUNS,
     RUNS,
-    Experiment,
+    control_of,
+    get,
+)
+from demhec.experiments.selection import chosen_run, record_choice, record_strongest
+from demhec.experiments.stage_times import record_stage_time
+from demhec.experiments.study import (
     ablation_checkpoint,
     ablation_halves,
     ablation_result,
-    base_model,
-    chosen_run,
-    control_of,
     entropy_records,
     export_checkpoints,
-    halves_result,
     paired_gain_result,
-    record_choice,
     record_divergence,
-    record_stage_time,
-    record_strongest,
-    robustness_result,
 )
 
 MAIN_RUNS = ("demhec", "plain")
@@ -87,20 +88,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tta-only", action="store_true",
                    help="run only the test-time adaptation stage (needs the committed checkpoints)")
     p.add_argument("--halves", default=None,
-                   help="comma-separated runs (keys of experiments.RUNS) to score on both halves of the "
-                        "evaluation split, after the base model (issue 16); only this stage runs")
+                   help="comma-separated runs (keys of experiments.runs.RUNS) to score on both halves of the "
+                        "evaluation split, after the base model (the selection protocol); only this stage runs")
     p.add_argument("--gpu-halves", action="store_true",
                    help="score the committed GPU phase-A checkpoints on both halves (no training); only this stage runs")
     p.add_argument("--figures34", action="store_true",
                    help="compute notebook 09's Figures 3-4 on the report half (base, paper config, the "
                         "selection half's choice); only this stage runs")
     p.add_argument("--recommend", action="store_true",
-                   help="issue 16, point 5: choose the configuration on the selection half (recorded once), "
+                   help="choose the configuration on the selection half (recorded once), "
                         "then train it and its plain, random-noise and Gaussian-augmentation controls on --seeds, "
                         "score them on both halves in both suites and export the seed-0 state dicts; only this "
                         "stage runs")
     p.add_argument("--strongest", type=int, default=0, metavar="K",
-                   help="issue 16, point 3: the K discriminating runs (experiments.DISCRIMINATING) that give back "
+                   help="the K discriminating runs (experiments.runs.DISCRIMINATING) that give back "
                         "the most clean accuracy on the selection half at seed 0, on both halves for --seeds; "
                         "refused until every discriminating run has a seed-0 outcome; only this stage runs")
     p.add_argument("--no-base", action="store_true",
@@ -159,8 +160,6 @@ def gpu_halves_stage(args, stage) -> None:
     GPU profile's schedule is never started here)."""
     import json
 
-    from demhec.experiments.ablations import _ablation_config
-    from demhec.experiments.pipeline import model_spec
     from demhec.results import fingerprint
 
     gpu = Experiment(profile="gpu", dataset="cifar10", backbone="resnet20", results_dir=args.results_dir,
@@ -168,9 +167,9 @@ def gpu_halves_stage(args, stage) -> None:
                      progress=not args.no_progress)
     stage("GPU base (the CPU base) on both halves", halves_result, gpu, "before")
     for run in GPU_A_RUNS:
-        path = gpu.checkpoint("demhec" if run == "demhec" else f"demhec_{run}")
+        path = model_path(gpu, get(run))
         side = path.with_suffix(".fingerprint.json")
-        wanted = fingerprint(model_spec(gpu, "demhec", _ablation_config(gpu, run)[0]))
+        wanted = fingerprint(run_spec(gpu, get(run)))
         if not side.exists() or json.loads(side.read_text()) != wanted:
             print(f"[skip] GPU {run}: no committed checkpoint made with its config ({path})", flush=True)
             continue
@@ -184,7 +183,7 @@ def kept(exp: Experiment, run: str) -> str:
 
 
 def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
-    """Issue 16: the base model and each run of ``names``, per seed, on both halves; then, for
+    """The selection protocol: the base model and each run of ``names``, per seed, on both halves; then, for
     the GPU script's phase-A runs among them, seed 0 (when among ``seeds``) on the whole split as
     well, which notebook 09 sets beside the GPU results."""
     for name in names:
@@ -206,7 +205,7 @@ def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = Tr
 
 
 def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:
-    """Issue 16, point 3: the ``k`` strongest discriminating runs, picked on the selection half
+    """The ``k`` strongest discriminating runs, picked on the selection half
     among every one of them (``record_strongest``: written once, refused until each has a seed-0
     outcome), repeated on ``seeds``."""
     try:
@@ -218,7 +217,7 @@ def strongest_stage(k: int, seeds: list[int], exp, stage) -> None:
 
 
 def recommend_stage(seeds: list[int], exp, stage) -> None:
-    """Issue 16, point 5: the configuration chosen on the selection half (``record_choice``, kept
+    """The configuration chosen on the selection half (``record_choice``, kept
     once written) against its own controls: the acceptance's suite on every seed first (each
     seed's four runs together, the seed-0 state dicts exported under their committed names as soon
     as they exist), then the other suite."""
@@ -246,7 +245,7 @@ def figures34_stage(first: Experiment, stage) -> None:
 
 
 def tta_stage(first: Experiment, stage) -> None:
-    """Test-time adaptation baselines (issue 20): no training, the base and Dem-HEC checkpoints
+    """Test-time adaptation baselines: no training, the base and Dem-HEC checkpoints
     adapted to each evaluation set; each JSON also times a plain evaluation of the same model."""
     for phase in ("before", "after"):
         for adapt in ADAPT_METHODS:

@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 
 from demhec._common import DemHECError
-from demhec.experiments import pipeline as P
-from demhec.experiments.ablations import NOISE
+from demhec.experiments.inputs import scored_on
+from demhec.experiments.model_cache import model_spec
+from demhec.experiments.pipeline import result_spec
+from demhec.experiments.profiles import CORRUPTION_SEED, Experiment
+from demhec.experiments.runs import NOISE
 from demhec.results import fingerprint
 from demhec.training import DemHECConfig, TrainConfig
 
@@ -42,47 +45,47 @@ def _complete(cls, recorded: dict):
 def record_fingerprint(path: Path, record: dict) -> dict:
     """The fingerprint the pipeline asks for when it requests what ``record`` holds."""
     c, e = record["config"], record["config"]["experiment"]
-    exp = P.Experiment(profile=e["profile"], dataset=e["requested_dataset"], backbone=e["requested_backbone"],
+    exp = Experiment(profile=e["profile"], dataset=e["requested_dataset"], backbone=e["requested_backbone"],
                        seed=e["seed"], allow_train=False, base_epochs=e.get("base_epochs"))
     kind = record["kind"]
     phase, _, adapt = kind.split("/", 1)[1].partition("+")  # "before+bn": adapted at test time
     how = {"corruption_seed": c.get("corruption_seed", e["seed"])}
-    if how["corruption_seed"] != P.CORRUPTION_SEED:
-        raise DemHECError(f"{path}: corrupted with seed {how['corruption_seed']}, not {P.CORRUPTION_SEED}")
+    if how["corruption_seed"] != CORRUPTION_SEED:
+        raise DemHECError(f"{path}: corrupted with seed {how['corruption_seed']}, not {CORRUPTION_SEED}")
     if kind.startswith("robustness/after") or kind == "paired/after":
-        model = P.model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]))
+        model = model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]))
     elif kind.startswith("robustness/"):
         if fingerprint({"x": _complete(TrainConfig, c["model"])}) != fingerprint({"x": exp.base_config}):
             raise DemHECError(f"{path}: its base recipe is not the {exp.profile} profile's")
-        model = P.model_spec(exp, "base" if phase == "before" else phase)
+        model = model_spec(exp, "base" if phase == "before" else phase)
     elif kind.startswith("entropy/"):
         if "log_width" not in record["metrics"]:
             raise DemHECError(f"{path}: an entropy result without its layers' widths (made before they were "
                               "recorded) is not what the pipeline asks for; recompute it")
         if phase == "before":
-            model = P.model_spec(exp, "base")
+            model = model_spec(exp, "base")
         else:
-            model = P.model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]) if "model" in c else exp.demhec_config)
-        scored = P.scored_on(c["suite"], corruption=c["corruption"], severity=c["severity"], pooled=c["pooled"],
+            model = model_spec(exp, "demhec", _complete(DemHECConfig, c["model"]) if "model" in c else exp.demhec_config)
+        scored = scored_on(c["suite"], corruption=c["corruption"], severity=c["severity"], pooled=c["pooled"],
                              images=exp.prof.entropy_images, images_seed=1, log_width=True)
         if "split" in c:  # drawn from a half of the evaluation split
             scored.update(split=c["split"], split_seed=c["split_seed"])
-        return P.result_spec(exp, kind, model, **scored)
+        return result_spec(exp, kind, model, **scored)
     else:
         raise DemHECError(f"{path}: unknown result kind {kind!r}")
     if kind == "paired/after":
         if c["corruptions"] != list(NOISE):
             raise DemHECError(f"{path}: paired over {c['corruptions']}, not {list(NOISE)}")
-        return P.result_spec(exp, kind, model, run=c["run"], **P.scored_on(
+        return result_spec(exp, kind, model, run=c["run"], **scored_on(
             c["suite"], corruptions=c["corruptions"], severity=c["severity"]))
-    scored = P.scored_on(c["suite"], corruptions=c["corruptions"], severities=c["severities"])
-    if "split" in c:  # a half of the evaluation split (experiments.halves_result)
+    scored = scored_on(c["suite"], corruptions=c["corruptions"], severities=c["severities"])
+    if "split" in c:  # a half of the evaluation split (experiments.pipeline.halves_result)
         scored.update(split=c["split"], split_seed=c["split_seed"])
     if adapt:
         from demhec.adaptation import AdaptConfig
 
         scored["adapt"] = _complete(AdaptConfig, c["adapt"])
-    return P.result_spec(exp, kind, model, **scored)
+    return result_spec(exp, kind, model, **scored)
 
 
 def stamp(path: Path) -> bool:

@@ -3,7 +3,7 @@
 Every real-data number of the CPU reproduction comes from a 150- to 600-step budget; the paper
 fine-tunes for 20 epochs (A.3: batch 128, lr 0.05, 2 warm-up epochs, cosine: 7,020 steps on the
 45,000-image training split). This script runs that schedule on the CPU reproduction's data and
-split (profiles ``gpu`` and ``gpu_strong`` of :mod:`demhec.experiments`) as a set of processes that
+split (profiles ``gpu`` and ``gpu_strong`` of :mod:`demhec.experiments.profiles`) as a set of processes that
 share one GPU, and packs whatever has finished into ``--out`` after every job, so a run stopped at
 its limit still returns all it finished:
 
@@ -199,15 +199,12 @@ def run_bench(args: argparse.Namespace, compile_: bool) -> dict:
 
 def run_job(args: argparse.Namespace) -> dict:
     """One job of the plan, in this process; returns what run.json records of it."""
-    from demhec.experiments import (
-        ablation_model,
-        ablation_result,
-        base_model,
-        build_eval_cache,
-        eval_data,
-        robustness_result,
-        train_data,
-    )
+    from demhec.experiments.inputs import build_eval_cache, eval_data, train_data
+    from demhec.experiments.layout import model_path
+    from demhec.experiments.model_cache import base_model
+    from demhec.experiments.pipeline import robustness_result
+    from demhec.experiments.runs import get
+    from demhec.experiments.study import ablation_model, ablation_result
 
     name, status = args.job, Path(args.status_dir)
     deadline = args.deadline
@@ -230,7 +227,7 @@ def run_job(args: argparse.Namespace) -> dict:
         cfg, path, make = exp.base_config, exp.checkpoint("base"), lambda: base_model(exp)
     else:
         cfg = exp.demhec_config
-        path = exp.checkpoint("demhec" if run == "demhec" else f"demhec_{run}")
+        path = model_path(exp, get(run))
         make = lambda: ablation_model(exp, run)  # noqa: E731
     steps = cfg.epochs * (len(train_data(exp)) // cfg.batch_size)  # training drops the last batch
     if getattr(cfg, "max_steps", None):
@@ -245,7 +242,6 @@ def comparison_job(args: argparse.Namespace, name: str) -> dict:
     """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed); its scoring
     runs on the CPU back home (``scripts/comparison.py --profile gpu_a3``): the fifteen corruptions
     include glass blur, whose numba the device lacks."""
-    from demhec.experiments import train_data
     from demhec.experiments.comparison import (
         checkpoint_path,
         comparison_experiment,
@@ -253,6 +249,7 @@ def comparison_job(args: argparse.Namespace, name: str) -> dict:
         run_config,
         train_run_model,
     )
+    from demhec.experiments.inputs import train_data
 
     run_name, _, seed = name.rpartition("_s") if re.search(r"_s\d+$", name) else (name, "", "0")
     run = comparison_run(run_name)
@@ -321,7 +318,7 @@ def comparison_jobs(smoke: bool) -> list[Job]:
 
 
 def plan(smoke: bool = False) -> list[Job]:
-    from demhec.experiments import GPU_A_RUNS, GPU_B_RUNS
+    from demhec.experiments.gpu import GPU_A_RUNS, GPU_B_RUNS
 
     gpu_start = ("bench",)  # the benchmark has the GPU to itself
     jobs = [Job("bench"), Job("data", gpu=False), Job("cache", needs=("data",), gpu=False),
@@ -441,7 +438,7 @@ class Runner:
                 job.state = "not started"
 
     def record(self) -> dict:
-        from demhec.experiments import GPU_A_RUNS, GPU_B_RUNS
+        from demhec.experiments.gpu import GPU_A_RUNS, GPU_B_RUNS
         from demhec.results import write_result
 
         jobs = {}

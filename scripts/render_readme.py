@@ -35,10 +35,10 @@ def _signed(v: float) -> str:
 def gpu(results: Path) -> str:
     """The GPU script's runs (A.3's 7,020 steps) beside the paper's Table 1 ResNet-20 column, the
     target verdicts of the paper's config, and the measured step times."""
-    records = ex.gpu_records(results)
+    records = ex.gpu.gpu_records(results)
     if not records:
         return "No GPU results are committed yet (`results/gpu/` is empty).\n"
-    summary = ex.gpu_summary(records)
+    summary = ex.gpu.gpu_summary(records)
     table = pd.DataFrame({
         "source": summary.source, "run": summary.label,
         "clean": [f"{c:.2f} ({_signed(d)})" if c == c else "--" for c, d in zip(summary.clean, summary.d_clean)],
@@ -87,17 +87,17 @@ def _sd(v: float) -> str:
 
 
 def cpu_controls(results: Path) -> str:
-    """Issue 16 at the CPU budget (150 steps): every run with halves results on the report half,
+    """The selection protocol at the CPU budget (150 steps): every run with halves results on the report half,
     means over its seeds, ranked by how much of the paper config's clean cost it gives back; the
     configuration chosen on the selection half; the controls' verdict; the price of T_he."""
     exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
-    runs = ["demhec", *[r for r in ex.RUNS if r != "demhec"]]
-    base, got = ex.existing_halves(exp, runs, (0, 1, 2))
+    runs = ["demhec", *[r for r in ex.runs.RUNS if r != "demhec"]]
+    base, got = ex.study.existing_halves(exp, runs, (0, 1, 2))
     if base is None or ("demhec", 0) not in got:
         return "No CPU halves results of the paper's config are committed yet.\n"
-    summary = ex.half_summary(base, got, "report")
-    report = ex.ranked_runs(summary)
-    cost = ex.step_cost_ratios(results)
+    summary = ex.selection.half_summary(base, got, "report")
+    report = ex.selection.ranked_runs(summary)
+    cost = ex.selection.step_cost_ratios(results)
     table = pd.DataFrame({
         "run": [f"`{r}`" for r in report.run], "change": report.label, "seeds": report.seeds,
         "clean vs base": [_pm(d, se) for d, se in zip(report.d_clean, report.se_clean)],
@@ -105,50 +105,50 @@ def cpu_controls(results: Path) -> str:
         "clean vs paper config": [_signed(v) for v in report.r_clean],
         "noise S5 vs base": [_pm(d, se) for d, se in zip(report.d_noise_s5, report.se_noise_s5)],
         "noise sd over seeds": [_sd(v) for v in report.sd_noise_s5],
-        "step cost (plain = 1)": [_cost(ex.run_step_cost(exp, r, cost)) for r in report.run]})
+        "step cost (plain = 1)": [_cost(ex.selection.run_step_cost(exp, r, cost)) for r in report.run]})
     lines = [f"Report half ({int(base['report']['metrics']['n'])} images), cifar-c suite, means over each run's "
              "seeds; ± is the paired standard error over the half's images, \"sd over seeds\" the spread of the "
              "change between seeds (-- with one seed):", "", markdown_table(table), ""]
-    lines += [f"- {line}" for line in ex.describe_ranking(report, ex.DISCRIMINATING)]
-    strongest = ex.strongest_path(exp)
+    lines += [f"- {line}" for line in ex.prose.describe_ranking(report, ex.runs.DISCRIMINATING)]
+    strongest = ex.selection.strongest_path(exp)
     if strongest.exists():
         picked = read_result(strongest)["metrics"]["runs"]
         lines.append(f"- Picked to be repeated over seeds: {', '.join(f'`{r}`' for r in picked)}, the discriminating runs "
                      "that give back the most clean accuracy on the selection half at seed 0 (the seeds column says "
                      "how many seeds are scored).")
     seed0 = {k: v for k, v in got.items() if k[1] == 0}
-    choice = ex.select_run(ex.half_summary(base, seed0, "selection"))
+    choice = ex.selection.select_run(ex.selection.half_summary(base, seed0, "selection"))
     rep = report.set_index("run").loc[choice["run"]]
     lines.append(f"- Chosen on the selection half at seed 0 ({choice['rule']}, among {len(choice['candidates'])} "
                  f"configuration{'s' if len(choice['candidates']) > 1 else ''} of the paper's loss): `{choice['run']}`; on the report half clean "
                  f"{_pm(rep.d_clean, rep.se_clean)}, noise S5 mean {_pm(rep.d_noise_s5, rep.se_noise_s5)} "
                  f"points from the base (mean of {int(rep.seeds)} seed{'s' if rep.seeds > 1 else ''}).")
-    lines += [f"- {line}" for line in ex.controls_verdict(summary)]
-    diverged = ex.existing_divergences(exp, list(ex.CONTROLS))
-    lines += [f"- {line}" for line in ex.describe_divergences(diverged)]
+    lines += [f"- {line}" for line in ex.verdict.controls_verdict(summary)]
+    diverged = ex.study.existing_divergences(exp, list(ex.runs.CONTROLS))
+    lines += [f"- {line}" for line in ex.prose.describe_divergences(diverged)]
     return "\n".join(lines) + "\n"
 
 
 def cpu_recommended(results: Path) -> str:
-    """Issue 16, point 5: the configuration recorded as chosen on the selection half, against its
+    """The recommended configuration: the one recorded as chosen on the selection half, against its
     own controls on the report half (means over the seeds that exist, both suites), and the
     plain-language conclusion built from those numbers."""
     exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
-    read = {suite: ex.recommended_halves(exp, (0, 1, 2), suite) for suite in ("cifar-c", "imagecorruptions")}
+    read = {suite: ex.selection.recommended_halves(exp, (0, 1, 2), suite) for suite in ("cifar-c", "imagecorruptions")}
     choice, base, runs = read["cifar-c"]
     if choice is None or base is None or (choice["metrics"]["run"], 0) not in runs:
         return "No recommended configuration is scored yet (`scripts/cpu_reproduction.py --recommend`).\n"
     run = choice["metrics"]["run"]
-    controls = [ex.control_of(c, run) for c in ex.CONTROL_RUNS]
+    controls = [ex.runs.control_of(c, run) for c in ex.runs.CONTROL_RUNS]
     m = choice["metrics"]
-    lines = [f"Recorded choice (`{ex.choice_path(exp).relative_to(results.parent)}`): `{run}`, chosen on the "
+    lines = [f"Recorded choice (`{ex.selection.choice_path(exp).relative_to(results.parent)}`): `{run}`, chosen on the "
              f"{choice['split']} half ({m['rule']}) among {', '.join(f'`{c}`' for c in m['candidates'])}.", ""]
     verdicts = {}
     for suite, (_, b, r) in read.items():
         if b is None or (run, 0) not in r:
             lines += [f"Not scored in the `{suite}` suite yet.", ""]
             continue
-        summary = ex.recommended_summary(b, r, run, "report")
+        summary = ex.verdict.recommended_summary(b, r, run, "report")
         rows = summary[summary.run != "base"].groupby(["run", "label"], sort=False)
         table = pd.DataFrame([{"run": f"`{k[0]}`", "change": k[1], "seeds": len(g),
                                "clean vs base": _signed(g.d_clean.mean()),
@@ -157,17 +157,17 @@ def cpu_recommended(results: Path) -> str:
                               for k, g in rows])
         lines += [f"`{suite}` suite, report half ({int(b['report']['metrics']['n'])} images), means over the seeds:", "",
                   markdown_table(table), ""]
-        verdicts[suite] = ex.recommendation_verdict(summary, run, controls)
-    cost = ex.run_step_cost(exp, run, ex.step_cost_ratios(results))
-    lines += [f"- {line}" for line in ex.describe_recommendation(exp, verdicts["cifar-c"], cost)]
-    lines += [f"- {line}" for line in ex.describe_suites(verdicts)]
+        verdicts[suite] = ex.verdict.recommendation_verdict(summary, run, controls)
+    cost = ex.selection.run_step_cost(exp, run, ex.selection.step_cost_ratios(results))
+    lines += [f"- {line}" for line in ex.prose.describe_recommendation(exp, verdicts["cifar-c"], cost)]
+    lines += [f"- {line}" for line in ex.prose.describe_suites(verdicts)]
     return "\n".join(lines) + "\n"
 
 
 def cpu_stage_times(results: Path) -> str:
     """The wall time of each stage of ``scripts/cpu_reproduction.py`` that recorded one."""
     exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results))
-    rows = ex.stage_times(exp)
+    rows = ex.stage_times.stage_times(exp)
     if not rows:
         return "No stage times are recorded yet.\n"
     table = pd.DataFrame({"date": [r["date"] for r in rows], "stage": [r["stage"] for r in rows],

@@ -34,9 +34,26 @@ _LOCAL_PATHS = tuple(dict.fromkeys(str(p) for p in (ROOT, ROOT.parent, Path.home
                                    if str(p) not in ("/", "")))
 
 
+def merge_streams(outputs: list[dict]) -> list[dict]:
+    """A cell's consecutive stream outputs of one name (stdout, stderr) as one output, its text
+    split into lines as nbformat writes it: the kernel sends a cell's prints in one message or in
+    several, depending on timing."""
+    merged: list[dict] = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if out.get("output_type") != "stream":
+            merged.append(out)
+        elif prev is not None and prev.get("output_type") == "stream" and prev.get("name") == out.get("name"):
+            prev["text"] = ("".join(prev["text"]) + "".join(out["text"])).splitlines(keepends=True)
+        else:
+            merged.append({**out, "text": "".join(out["text"]).splitlines(keepends=True)})
+    return merged
+
+
 def scrub(path: Path) -> None:
     """Drop what makes an executed notebook differ between identical runs (papermill's timings,
-    its input/output paths, kernel warnings, execution counts) and fail when an output names a local folder."""
+    its input/output paths, kernel warnings, execution counts, how the prints were split into
+    messages) and fail when an output names a local folder."""
     nb = json.loads(path.read_text())
     pm = nb.get("metadata", {}).get("papermill", {})
     nb["metadata"]["papermill"] = {"parameters": pm.get("parameters", {})}
@@ -48,7 +65,8 @@ def scrub(path: Path) -> None:
         cell.get("metadata", {}).pop("execution", None)
         if cell["cell_type"] == "code":  # outputs are the page; counts only say how it was run
             cell["execution_count"] = None
-            for out in cell.get("outputs", []):
+            cell["outputs"] = merge_streams(cell.get("outputs", []))
+            for out in cell["outputs"]:
                 if "execution_count" in out:
                     out["execution_count"] = None
     text = json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"

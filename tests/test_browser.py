@@ -1,4 +1,4 @@
-"""The notebooks as a reader meets them (issue 18): JupyterLab started from the project's
+"""The notebooks as a reader meets them: JupyterLab started from the project's
 environment, an executed notebook opened in headless Chromium (Debian's ``chromium``, driven by
 playwright), its figures rendered as images and no cell showing an error.
 

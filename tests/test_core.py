@@ -1,4 +1,4 @@
-"""Method core (issue 3): entropy, generation, losses, fine-tuning step, public names."""
+"""Method core: entropy, generation, losses, fine-tuning step, public names."""
 
 from __future__ import annotations
 

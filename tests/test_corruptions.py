@@ -584,7 +584,7 @@ def test_cifar_c_port_equals_the_official_formulas(corruption, severity):
         np.testing.assert_array_equal(ours[i], ref, err_msg=f"{corruption} s{severity} image {i}")
 
 
-# --- the released files as suites (issue 19) ---------------------------------------------------
+# --- the released files as suites ----------------------------------------------------------------
 
 
 class _MeanNet(torch.nn.Module):
@@ -651,7 +651,7 @@ def test_released_suites_download_when_asked_and_name_what_is_missing(tmp_path, 
 
 def test_released_suite_by_name_in_notebooks_and_cli(tmp_path, capsys):
     from demhec.cli import main
-    from demhec.experiments import notebook_setup
+    from demhec.experiments.notebook import notebook_setup
 
     _mini_cifar_c(tmp_path / "data" / "CIFAR-10-C")
     common = dict(profile="paper", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path / "r"),

@@ -1,4 +1,4 @@
-"""Data-parallel runs (issue 9): sharded batches, 2 gloo processes under torchrun against one
+"""Data-parallel runs: sharded batches, 2 gloo processes under torchrun against one
 process, resume under torchrun, rank-0-only outputs and evaluation equal to one process."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_two_ranks_match_one_process(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 def test_leaving_the_group_stops_gloo_threads(tmp_path):
-    """Issue 18: rank 1 of `demhec evaluate` aborted at exit ("terminate called without an active
+    """A regression: rank 1 of `demhec evaluate` aborted at exit ("terminate called without an active
     exception"): torch.distributed.nn, imported after the group was joined, held the group in its
     functions' default arguments, so gloo's threads outlived teardown. They end at teardown now."""
     _torchrun([str(ROOT / "tests" / "teardown_worker.py"), str(tmp_path)], cwd=tmp_path)

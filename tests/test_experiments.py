@@ -1,4 +1,4 @@
-"""Results, profiles, notebook parameter validation and the CLI (issues 2, 3, 5)."""
+"""Results, profiles, notebook parameter validation and the CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import torch
 from demhec import experiments as ex
 from demhec import results
 from demhec._common import DemHECError, parse_number
+from demhec.data import DEFAULT_JPEG_ARCHIVE, jpeg_source
+from demhec.training import DemHECConfig, TrainConfig
 from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,11 +134,11 @@ def test_notebook_setup_rejects_bad_parameters(override, message, tmp_path):
                   results_dir=str(tmp_path))
     params.update(override)
     with pytest.raises(DemHECError, match=message):
-        ex.notebook_setup(**params)
+        ex.notebook.notebook_setup(**params)
 
 
 def test_notebook_setup_substitutes_and_resolves(tmp_path):
-    ctx = ex.notebook_setup(profile="demo", dataset="tinyimagenet", backbone="vit_large_patch16_384",
+    ctx = ex.notebook.notebook_setup(profile="demo", dataset="tinyimagenet", backbone="vit_large_patch16_384",
                             results_dir="build/x", suite="imagecorruptions")
     assert ctx.exp.effective_dataset == "digits" and ctx.exp.effective_backbone == "vit_test"
     assert Path(ctx.exp.results_dir).is_absolute()
@@ -147,25 +149,25 @@ def test_missing_result_named_without_allow_train(tmp_path):
     exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
                         results_dir=str(tmp_path), allow_train=False)
     with pytest.raises(DemHECError, match="before_cifar-c.json"):
-        ex.robustness_result(exp, "before")
+        ex.pipeline.robustness_result(exp, "before")
 
 
 @pytest.mark.slow
 def test_smoke_pipeline_end_to_end(tmp_path):
     exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
                         results_dir=str(tmp_path), allow_train=True)
-    before = ex.robustness_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
-    after = ex.robustness_result(exp, "after", corruptions=["gaussian_noise"], severities=[5])
+    before = ex.pipeline.robustness_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
+    after = ex.pipeline.robustness_result(exp, "after", corruptions=["gaussian_noise"], severities=[5])
     assert before["data"]["dataset"] == "digits" and before["profile"] == "smoke"
     assert before["config"]["model"]["epochs"] == 1
     assert after["config"]["model"]["alpha"] == 0.5
-    table = ex.before_after_table(before, after, "table1", "cifar10", "resnet20")
+    table = ex.tables.before_after_table(before, after, "table1", "cifar10", "resnet20")
     assert set(table.phase) == {"before", "after"} and table.paper.notna().all()
     assert (exp.root / "checkpoints" / "resnet20_demhec.pt").exists()
     # Cached: a second call neither trains nor evaluates.
     exp2 = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20",
                          results_dir=str(tmp_path), allow_train=False)
-    assert ex.robustness_result(exp2, "after", corruptions=["gaussian_noise"], severities=[5]) == after
+    assert ex.pipeline.robustness_result(exp2, "after", corruptions=["gaussian_noise"], severities=[5]) == after
     assert not any("/" in v and v.startswith("/") for v in after["data"].values())
 
 
@@ -180,11 +182,11 @@ def _papermill(tmp_path, *params):
 
 def test_allow_train_auto_computes_in_smoke_and_demo_only(tmp_path):
     common = dict(dataset="cifar10", backbone="resnet56", results_dir=str(tmp_path))
-    assert ex.notebook_setup(profile="smoke", **common).exp.allow_train
-    assert ex.notebook_setup(profile="demo", **common).exp.allow_train
-    assert not ex.notebook_setup(profile="cpu", **common).exp.allow_train
-    assert not ex.notebook_setup(profile="paper", **common).exp.allow_train
-    assert not ex.notebook_setup(profile="demo", allow_train=False, **common).exp.allow_train
+    assert ex.notebook.notebook_setup(profile="smoke", **common).exp.allow_train
+    assert ex.notebook.notebook_setup(profile="demo", **common).exp.allow_train
+    assert not ex.notebook.notebook_setup(profile="cpu", **common).exp.allow_train
+    assert not ex.notebook.notebook_setup(profile="paper", **common).exp.allow_train
+    assert not ex.notebook.notebook_setup(profile="demo", allow_train=False, **common).exp.allow_train
 
 
 def test_setup_says_what_it_will_compute(tmp_path, capsys):
@@ -195,7 +197,7 @@ def test_setup_says_what_it_will_compute(tmp_path, capsys):
     assert "will compute: train base resnet20" in out and "Dem-HEC fine-tune" in out
     assert "before_cifar-c.json, after_cifar-c.json" in out and "min on 2 idle CPU cores" in out
     for phase in ("before", "after"):
-        path = ex.robustness_path(ctx.exp, phase, "cifar-c")
+        path = ex.layout.result_path(ctx.exp, ex.pipeline.as_run(ctx.exp, phase))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     assert ctx.plan(["before", "after"]).startswith("nothing to compute")
@@ -208,9 +210,9 @@ def test_figure_cells_must_show_an_image():
     shown = {"cell_type": "code", "source": "fig = plots.entropy_figure(a, b)\nplots.show_figure(fig, 's', d)",
              "outputs": [{"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Image>"}}]}
     hidden = {**shown, "outputs": [{"output_type": "stream", "name": "stdout", "text": "wrote s.png"}]}
-    table = {"cell_type": "code", "source": "ex.wide_table(long)", "outputs": []}
+    table = {"cell_type": "code", "source": "ex.tables.wide_table(long)", "outputs": []}
     heatmap = {**hidden, "source": ["fig = plots.delta_heatmap(gains)\n"]}
-    assert ex.figure_cells_without_image([shown, hidden, table, heatmap]) == [1, 3]
+    assert ex.notebook.figure_cells_without_image([shown, hidden, table, heatmap]) == [1, 3]
 
 
 @pytest.mark.slow
@@ -230,7 +232,7 @@ def test_design_card_command_in_demo_from_the_notebooks_folder(tmp_path):
     cells = json.loads(out.read_text())["cells"]
     text = json.dumps(cells)
     assert "resnet56 -> resnet20" in text and "nothing to compute" in text
-    assert not ex.figure_cells_without_image(cells)
+    assert not ex.notebook.figure_cells_without_image(cells)
     assert sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])) == 2
     bad = subprocess.run([*cmd, "-p", "profile", "cpu"], capture_output=True, text=True, cwd=ROOT / "notebooks")
     assert bad.returncode != 0
@@ -262,17 +264,17 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     expected = {"before_cifar-c.json", "before_imagecorruptions.json", "after_cifar-c.json",
                 "after_cifar-c_seed1.json", "after_plain_cifar-c.json", "after_plain_cifar-c_seed1.json",
                 "after_imagecorruptions.json", "after_plain_imagecorruptions.json",
-                *(f"after_{run}_cifar-c.json" for run in ex.ABLATIONS if run not in ("demhec", "plain")),
-                *(f"after_{run}_cifar-c_seed1.json" for run in ex.LATE_RUNS),
-                *(f"after_{run}_imagecorruptions.json" for run in ex.LATE_RUNS),
+                *(f"after_{run}_cifar-c.json" for run in ex.runs.ABLATIONS if run not in ("demhec", "plain")),
+                *(f"after_{run}_cifar-c_seed1.json" for run in ex.runs.LATE_RUNS),
+                *(f"after_{run}_imagecorruptions.json" for run in ex.runs.LATE_RUNS),
                 *(f"paired_{tag}_cifar-c_s5{sfx}.json" for tag in ("after", "after_late_frozen_tuned")
                   for sfx in ("", "_seed1")),
                 *(f"{phase}_{adapt}_cifar-c.json" for phase in ("before", "after") for adapt in ("bn", "tent"))}
     assert set(names) == expected
-    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.ABLATIONS) - 2 + 2 * len(ex.LATE_RUNS) + 4 + 4
+    assert first.count("[stage]") == 1 + 2 + 4 + 2 + len(ex.runs.ABLATIONS) - 2 + 2 * len(ex.runs.LATE_RUNS) + 4 + 4
     rec = json.loads((cell / "after_eps16_cifar-c.json").read_text())
     assert rec["config"]["model"]["eps"] == pytest.approx(16 / 255)
-    smoke = ex.PROFILES["smoke"].demhec
+    smoke = ex.profiles.PROFILES["smoke"].demhec
     rec = json.loads((cell / "after_budget_x4_cifar-c.json").read_text())
     assert rec["config"]["model"]["max_steps"] == 4 * smoke.max_steps and rec["config"]["model"]["epochs"] == 4
     rec = json.loads((cell / "after_low_lr_cifar-c.json").read_text())
@@ -293,7 +295,7 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
     before = json.loads((cell / "before_cifar-c.json").read_text())["metrics"]
     assert rec["metrics"]["clean"]["diff"] == pytest.approx(after["clean_accuracy"] - before["clean_accuracy"])
     noise_s5 = [pd.DataFrame(m["table"]).set_index(["corruption", "severity"]).accuracy
-                .loc[[(c, 5) for c in ex.NOISE]].mean() for m in (after, before)]
+                .loc[[(c, 5) for c in ex.runs.NOISE]].mean() for m in (after, before)]
     assert rec["metrics"]["corrupted"]["diff"] == pytest.approx(noise_s5[0] - noise_s5[1])
     mtimes = {p: p.stat().st_mtime_ns for p in cell.glob("*.json")}
     script.main(args)
@@ -334,8 +336,8 @@ def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     fig34 = any((CPU_RESULTS / "cifar10_jpeg").rglob("entropy_*_report.json"))
     halves = any((CPU_RESULTS / "cifar10_jpeg").rglob("halves/after_cifar-c_selection.json"))
     assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6 + fig34 + halves
-    # issue 16's exported state dicts (the recommended config and its controls) once committed
-    exported = [f"resnet20_{n}.pt" for n in ex.EXPORTED] if (CPU_RESULTS / "checkpoints" / "resnet20_recommended.json").exists() else []
+    # the exported state dicts (the recommended config and its controls) once committed
+    exported = [f"resnet20_{n}.pt" for n in ex.runs.EXPORTED] if (CPU_RESULTS / "checkpoints" / "resnet20_recommended.json").exists() else []
     for name in ("resnet20_base.pt", "resnet20_demhec.pt", *exported):
         model = demhec.get_model("resnet20", num_classes=10, pretrained=str(CPU_RESULTS / "checkpoints" / name))
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
@@ -348,13 +350,13 @@ def _robustness_record(seed: int, clean: float, cells: dict[tuple[str, int], flo
 
 
 def test_severity_gains_average_seeds_per_severity():
-    cells = {(c, s): 50.0 for c in (*ex.NOISE, "snow") for s in (1, 5)}
+    cells = {(c, s): 50.0 for c in (*ex.runs.NOISE, "snow") for s in (1, 5)}
     base = _robustness_record(0, 80.0, cells)
     runs = {}
     for seed, shift in ((0, 2.0), (1, 4.0)):
-        moved = {(c, s): a + (shift if s == 5 and c in ex.NOISE else -1.0) for (c, s), a in cells.items()}
+        moved = {(c, s): a + (shift if s == 5 and c in ex.runs.NOISE else -1.0) for (c, s), a in cells.items()}
         runs[("demhec", seed)] = _robustness_record(seed, 80.0 - shift, moved)
-    sev = ex.severity_gains(base, runs).set_index("severity")
+    sev = ex.tables.severity_gains(base, runs).set_index("severity")
     assert list(sev.index) == [1, 5] and (sev.seeds == 2).all()
     assert sev.loc[1, "d_noise"] == pytest.approx(-1.0) and sev.loc[1, "d_all"] == pytest.approx(-1.0)
     assert sev.loc[5, "d_noise"] == pytest.approx(3.0)
@@ -362,7 +364,7 @@ def test_severity_gains_average_seeds_per_severity():
     assert sev.loc[5, "d_clean"] == pytest.approx(-3.0)
     only_s5 = {k: v for k, v in cells.items() if k[1] == 5}
     with pytest.raises(DemHECError, match="severity 1"):
-        ex.severity_gains(base, {("plain", 0): _robustness_record(0, 80.0, only_s5)})
+        ex.tables.severity_gains(base, {("plain", 0): _robustness_record(0, 80.0, only_s5)})
 
 
 @pytest.mark.parametrize("max_steps", [None, 2])
@@ -370,7 +372,6 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     from dataclasses import replace
 
     from demhec import training
-    from demhec.experiments.ablations import _budget
     from demhec.training import DemHECConfig, finetune
     from tests.conftest import TinyNet
 
@@ -383,7 +384,7 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     taken = []
     for factor in (1, 4):
         taken.append(0)
-        finetune(TinyNet(), data, replace(cfg, **_budget(factor)(cfg)),
+        finetune(TinyNet(), data, ex.runs.Run("budget", "budget", "", ex.runs.budget(factor)).config(cfg),
                  on_step=lambda step, _: taken.__setitem__(-1, step))
     (total, warmup), (total4, warmup4) = schedules
     assert taken == [total, total4] and total4 == 4 * total  # a cap at the epochs' end fails here
@@ -394,7 +395,7 @@ def test_budget_runs_take_factor_times_the_steps_with_the_same_warmup_share(monk
     assert "max_steps 10 exceeds 1 epoch(s) x 4 steps per epoch" in caplog.text
 
 
-# --- every cache checks what it holds (issue 19) ---------------------------------------------
+# --- every cache checks what it holds ------------------------------------------------------
 
 # A second valid value for every text or optional field of the configs; a new field of either
 # kind fails the parametrised tests below until it is given one here.
@@ -422,7 +423,7 @@ def smoke_cell(tmp_path_factory):
     exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20", results_dir=str(root),
                         allow_train=True)
     for phase in ("before", "after"):
-        ex.robustness_result(exp, phase, "cifar-c", ["gaussian_noise"], [5])
+        ex.pipeline.robustness_result(exp, phase, "cifar-c", ["gaussian_noise"], [5])
     return dataclasses.replace(exp, allow_train=False)
 
 
@@ -430,61 +431,61 @@ def _fields(cls):
     return [f.name for f in dataclasses.fields(cls) if f.name != "seed"]  # the seed names the file
 
 
-@pytest.mark.parametrize("name", _fields(ex.pipeline.DemHECConfig))
+@pytest.mark.parametrize("name", _fields(DemHECConfig))
 def test_changed_demhec_field_is_not_served_from_the_cache(smoke_cell, monkeypatch, name):
-    prof = ex.PROFILES["smoke"]
-    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+    prof = ex.profiles.PROFILES["smoke"]
+    monkeypatch.setitem(ex.profiles.PROFILES, "smoke", dataclasses.replace(
         prof, demhec=dataclasses.replace(prof.demhec, **{name: _other(prof.demhec, name)})))
     with pytest.raises(DemHECError, match=rf"after_cifar-c\.json.*model\.config\.{name} \(recorded"):
-        ex.robustness_result(smoke_cell, "after", "cifar-c", ["gaussian_noise"], [5])
+        ex.pipeline.robustness_result(smoke_cell, "after", "cifar-c", ["gaussian_noise"], [5])
     with pytest.raises(DemHECError, match=rf"resnet20_demhec\.pt.*config\.{name} \(recorded"):
-        ex.demhec_model(smoke_cell, num_classes=10)
-    assert ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])  # untouched
+        ex.model_cache.demhec_model(smoke_cell, num_classes=10)
+    assert ex.pipeline.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])  # untouched
 
 
-@pytest.mark.parametrize("name", _fields(ex.pipeline.TrainConfig))
+@pytest.mark.parametrize("name", _fields(TrainConfig))
 def test_changed_base_field_is_not_served_from_the_cache(smoke_cell, monkeypatch, name):
-    prof = ex.PROFILES["smoke"]
-    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+    prof = ex.profiles.PROFILES["smoke"]
+    monkeypatch.setitem(ex.profiles.PROFILES, "smoke", dataclasses.replace(
         prof, base=dataclasses.replace(prof.base, **{name: _other(prof.base, name)})))
     for phase in ("before", "after"):  # a fine-tune records the base it starts from
         with pytest.raises(DemHECError, match=rf"{phase}_cifar-c\.json.*model\.(config|base)\.{name} \(recorded"):
-            ex.robustness_result(smoke_cell, phase, "cifar-c", ["gaussian_noise"], [5])
+            ex.pipeline.robustness_result(smoke_cell, phase, "cifar-c", ["gaussian_noise"], [5])
     with pytest.raises(DemHECError, match=rf"resnet20_base\.pt.*config\.{name} \(recorded"):
-        ex.base_model(smoke_cell, num_classes=10)
+        ex.model_cache.base_model(smoke_cell, num_classes=10)
 
 
 @pytest.mark.parametrize("change, field", [
-    (dict(corruptions=["gaussian_noise", "pixelate"]), "corruptions"),  # the issue's reproduction
+    (dict(corruptions=["gaussian_noise", "pixelate"]), "corruptions"),  # other corruptions than the file holds
     (dict(severities=[3]), "severities"),
 ])
 def test_changed_evaluation_is_not_served_from_the_cache(smoke_cell, change, field):
     args = {"corruptions": ["gaussian_noise"], "severities": [5], **change}
     with pytest.raises(DemHECError, match=rf"{field} \(recorded"):
-        ex.robustness_result(smoke_cell, "after", "cifar-c", **args)
+        ex.pipeline.robustness_result(smoke_cell, "after", "cifar-c", **args)
 
 
 def test_changed_data_or_corruption_seed_is_not_served_from_the_cache(smoke_cell, monkeypatch):
-    prof = ex.PROFILES["smoke"]
-    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(prof, eval_limit=prof.eval_limit + 1))
+    prof = ex.profiles.PROFILES["smoke"]
+    monkeypatch.setitem(ex.profiles.PROFILES, "smoke", dataclasses.replace(prof, eval_limit=prof.eval_limit + 1))
     with pytest.raises(DemHECError, match=r"data\.limit \(recorded"):
-        ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
-    monkeypatch.setitem(ex.PROFILES, "smoke", prof)
-    monkeypatch.setattr(ex.pipeline, "CORRUPTION_SEED", 1)
+        ex.pipeline.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
+    monkeypatch.setitem(ex.profiles.PROFILES, "smoke", prof)
+    monkeypatch.setattr(ex.inputs, "CORRUPTION_SEED", 1)
     with pytest.raises(DemHECError, match=r"corruption_seed \(recorded 0, requested 1\)"):
-        ex.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
+        ex.pipeline.robustness_result(smoke_cell, "before", "cifar-c", ["gaussian_noise"], [5])
 
 
 def test_a_mismatch_recomputes_when_training_is_allowed(smoke_cell, monkeypatch):
-    prof = ex.PROFILES["smoke"]
-    monkeypatch.setitem(ex.PROFILES, "smoke", dataclasses.replace(
+    prof = ex.profiles.PROFILES["smoke"]
+    monkeypatch.setitem(ex.profiles.PROFILES, "smoke", dataclasses.replace(
         prof, demhec=dataclasses.replace(prof.demhec, alpha=0.25)))
     exp = dataclasses.replace(smoke_cell, results_dir=str(Path(smoke_cell.results_dir).parent / "copy"))
     import shutil
 
     shutil.copytree(smoke_cell.root, exp.root)
     before = results.read_result(exp.cell_dir / "after_cifar-c.json")
-    rec = ex.robustness_result(dataclasses.replace(exp, allow_train=True), "after", "cifar-c", ["gaussian_noise"], [5])
+    rec = ex.pipeline.robustness_result(dataclasses.replace(exp, allow_train=True), "after", "cifar-c", ["gaussian_noise"], [5])
     assert rec["config"]["model"]["alpha"] == 0.25 and before["config"]["model"]["alpha"] == prof.demhec.alpha
     assert rec["fingerprint"]["model.config.alpha"] == 0.25
     side = json.loads(exp.checkpoint("demhec").with_suffix(".fingerprint.json").read_text())
@@ -500,56 +501,56 @@ def test_released_suite_result_records_the_files_it_read(smoke_cell, tmp_path):
     np.save(folder / "gaussian_noise.npy", np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
     np.save(folder / "labels.npy", np.arange(20) % 10)
     exp = dataclasses.replace(smoke_cell, data_root=str(tmp_path))
-    rec = ex.robustness_result(dataclasses.replace(exp, allow_train=True), "before", "cifar10-c",
+    rec = ex.pipeline.robustness_result(dataclasses.replace(exp, allow_train=True), "before", "cifar10-c",
                                ["gaussian_noise"], [5])
     assert [(r["corruption"], r["n"]) for r in rec["metrics"]["table"]] == [("clean", 24), ("gaussian_noise", 4)]
     assert rec["fingerprint"]["released_files.md5"] == "56bf5dcef84df0e2308c6dcbcbbd8499"
     assert rec["fingerprint"]["suite"] == "cifar10-c"
-    assert ex.robustness_result(exp, "before", "cifar10-c", ["gaussian_noise"], [5]) == rec
+    assert ex.pipeline.robustness_result(exp, "before", "cifar10-c", ["gaussian_noise"], [5]) == rec
 
 
 def test_check_shown_catches_a_table_that_is_not_its_results(caplog):
-    cells = {(c, s): 50.0 + s for c in ex.NOISE for s in (1, 5)}
+    cells = {(c, s): 50.0 + s for c in ex.runs.NOISE for s in (1, 5)}
     before, after = _robustness_record(0, 80.0, cells), _robustness_record(0, 81.0, {k: v + 1 for k, v in cells.items()})
-    long = ex.before_after_table(before, after).rename(columns={"accuracy": "ours"})
-    ex.check_shown(long, {"before": before, "after": after})
-    same = ex.before_after_table(before, before).rename(columns={"accuracy": "ours"})
+    long = ex.tables.before_after_table(before, after).rename(columns={"accuracy": "ours"})
+    ex.checks.check_shown(long, {"before": before, "after": after})
+    same = ex.tables.before_after_table(before, before).rename(columns={"accuracy": "ours"})
     # the base model scored twice: an error, except in the smoke profile (a saturated 2-step base
     # can score the same after a fine-tune that moved its weights), where it is a warning
     for profile in ("demo", "cpu", "paper", None):
         again = dict(before, **({"profile": profile} if profile else {}))
         with pytest.raises(DemHECError, match="after equals before in every cell"):
-            ex.check_shown(same, {"before": before, "after": again})
+            ex.checks.check_shown(same, {"before": before, "after": again})
     for profile in ("smoke", "gpu_smoke"):  # the smoke profile and its twins
         caplog.clear()
-        with caplog.at_level("WARNING", logger="demhec.experiments.tables"):
-            ex.check_shown(same, {"before": before, "after": dict(before, profile=profile)})
+        with caplog.at_level("WARNING", logger="demhec.experiments.checks"):
+            ex.checks.check_shown(same, {"before": before, "after": dict(before, profile=profile)})
         assert "after equals before in every cell" in caplog.text
     # a calibration error that moved is a change, even with every accuracy as it was
     ece = {"before": before, "after": dict(before, profile="cpu", metrics=dict(
         before["metrics"], table=[dict(r, ece=5.0 + (r["corruption"] == "clean")) for r in before["metrics"]["table"]]))}
     ece["before"] = dict(before, metrics=dict(before["metrics"], table=[dict(r, ece=5.0) for r in before["metrics"]["table"]]))
-    ex.check_shown(same, ece)
+    ex.checks.check_shown(same, ece)
     shifted = long.assign(ours=long.ours + (long.phase == "after"))
     with pytest.raises(DemHECError, match="after rows shown differ"):
-        ex.check_shown(shifted, {"before": before, "after": after})
+        ex.checks.check_shown(shifted, {"before": before, "after": after})
     with pytest.raises(DemHECError, match="no number"):
-        ex.check_shown(long.assign(ours=long.ours.where(long.severity != 5)), {"before": before, "after": after})
+        ex.checks.check_shown(long.assign(ours=long.ours.where(long.severity != 5)), {"before": before, "after": after})
 
 
 def test_check_summary_and_families_catch_rows_that_are_not_their_results():
-    cells = {(c, s): 50.0 + s for c in (*ex.NOISE, "snow") for s in (1, 5)}
+    cells = {(c, s): 50.0 + s for c in (*ex.runs.NOISE, "snow") for s in (1, 5)}
     rec = _robustness_record(0, 80.0, cells)
     for r in rec["metrics"]["table"]:
-        r["family"] = "clean" if r["corruption"] == "clean" else ("noise" if r["corruption"] in ex.NOISE else "weather")
-    table = ex.summary_vs_paper({"ours": rec}, "table4")
-    ex.check_summary(table, {"ours": rec})
+        r["family"] = "clean" if r["corruption"] == "clean" else ("noise" if r["corruption"] in ex.runs.NOISE else "weather")
+    table = ex.tables.summary_vs_paper({"ours": rec}, "table4")
+    ex.checks.check_summary(table, {"ours": rec})
     with pytest.raises(DemHECError, match="row 'ours' shown differs"):
-        ex.check_summary(table.assign(snow=table.snow + 1), {"ours": rec})
-    families = ex.family_table({"dem_hec": rec}, paper_backbone="resnet18")
-    ex.check_families(families, {"dem_hec": rec})
+        ex.checks.check_summary(table.assign(snow=table.snow + 1), {"ours": rec})
+    families = ex.tables.family_table({"dem_hec": rec}, paper_backbone="resnet18")
+    ex.checks.check_families(families, {"dem_hec": rec})
     with pytest.raises(DemHECError, match="family means shown for 'dem_hec' differ"):
-        ex.check_families(families.assign(ours=families.ours * 2), {"dem_hec": rec})
+        ex.checks.check_families(families.assign(ours=families.ours * 2), {"dem_hec": rec})
 
 
 def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
@@ -584,38 +585,38 @@ def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
 
 def test_entropy_and_clean_accuracy_checks_catch_a_wrong_row():
     rec = {"metrics": {"clean": {"l1": [1.0, 2.0], "l2": [0.5]}, "corrupted": {"l1": [3.0], "l2": [1.5, 2.5]}}}
-    summary = ex.entropy_summary(rec).assign(phase="after")
-    ex.check_entropy_shown(summary, {"after": rec})
+    summary = ex.tables.entropy_summary(rec).assign(phase="after")
+    ex.checks.check_entropy_shown(summary, {"after": rec})
     wrong = summary.copy()
     wrong.loc[wrong.layer == "l2", "corrupted"] = 2.5  # l2's corrupted mean is 2.0
     with pytest.raises(DemHECError, match="after corrupted entropies shown differ"):
-        ex.check_entropy_shown(wrong, {"after": rec})
+        ex.checks.check_entropy_shown(wrong, {"after": rec})
     records = {p: {"config": {"experiment": {"dataset": "digits", "backbone": "resnet20"}},
                    "metrics": {"clean_accuracy": acc}} for p, acc in (("before", 90.0), ("after", 91.5))}
     table = pd.DataFrame({"dataset": ["digits"] * 2, "backbone": ["resnet20"] * 2,
                           "phase": ["before", "after"], "accuracy": [90.0, 91.5]})
-    ex.check_clean_shown(table, records)
+    ex.checks.check_clean_shown(table, records)
     with pytest.raises(DemHECError, match="after clean accuracy shown for resnet20 differs"):
-        ex.check_clean_shown(table.assign(accuracy=[90.0, 90.0]), records)
+        ex.checks.check_clean_shown(table.assign(accuracy=[90.0, 90.0]), records)
     with pytest.raises(DemHECError, match="without a number"):
-        ex.check_clean_shown(table.assign(accuracy=[90.0, float("nan")]), records)
+        ex.checks.check_clean_shown(table.assign(accuracy=[90.0, float("nan")]), records)
 
 
 def test_ablation_check_catches_a_wrong_row():
     def rec(clean, noise):
         cells = [{"corruption": "clean", "severity": 0, "accuracy": clean}]
-        cells += [{"corruption": c, "severity": 5, "accuracy": noise} for c in ex.NOISE]
+        cells += [{"corruption": c, "severity": 5, "accuracy": noise} for c in ex.runs.NOISE]
         return {"seed": 0, "metrics": {"clean_accuracy": clean, "table": cells}}
 
     base, runs = rec(85.0, 50.0), {("demhec", 0): rec(80.0, 60.0), ("plain", 0): rec(84.0, 49.0)}
-    summary = ex.ablation_summary(base, runs)
-    ex.check_ablation_shown(summary, base, runs)
+    summary = ex.tables.ablation_summary(base, runs)
+    ex.checks.check_ablation_shown(summary, base, runs)
     swapped = {("demhec", 0): runs[("plain", 0)], ("plain", 0): runs[("demhec", 0)]}
     with pytest.raises(DemHECError, match="row of 'demhec' seed 0 shown differs"):
-        ex.check_ablation_shown(summary, base, swapped)
+        ex.checks.check_ablation_shown(summary, base, swapped)
     unchanged = {**runs, ("plain", 0): dict(base, profile="cpu")}  # the base model scored as a run
     with pytest.raises(DemHECError, match="'plain' seed 0 equals before in every cell"):
-        ex.check_ablation_shown(ex.ablation_summary(base, unchanged), base, unchanged)
+        ex.checks.check_ablation_shown(ex.tables.ablation_summary(base, unchanged), base, unchanged)
 
 
 def _counted(clean, cells, n=200):
@@ -630,56 +631,75 @@ def test_recount_reads_the_raw_outcomes_not_the_table():
     bits, else each cell's correct count over its image count; so a table whose accuracy does
     not follow from those is caught, in a notebook, by check_number and check_recounted."""
     rec = _counted(170, {("gaussian_noise", 5): 90, ("shot_noise", 5): 110})
-    assert ex.recount(rec) == pytest.approx(85.0)
-    assert ex.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)]) == pytest.approx(50.0)
+    assert ex.checks.recount(rec) == pytest.approx(85.0)
+    assert ex.checks.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)]) == pytest.approx(50.0)
     base = _counted(180, {("gaussian_noise", 5): 60, ("shot_noise", 5): 70})
-    assert ex.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)], base=base) == pytest.approx(17.5)
-    ex.check_number(85.0, ex.recount(rec), "clean accuracy")
+    assert ex.checks.recount(rec, [("gaussian_noise", 5), ("shot_noise", 5)], base=base) == pytest.approx(17.5)
+    ex.checks.check_number(85.0, ex.checks.recount(rec), "clean accuracy")
     with pytest.raises(DemHECError, match="clean accuracy: shown 85.5, but the result file's raw outcomes give 85"):
-        ex.check_number(85.5, ex.recount(rec), "clean accuracy")
-    long = ex.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
-    ex.check_recounted({"before": base, "after": rec}, long)
+        ex.checks.check_number(85.5, ex.checks.recount(rec), "clean accuracy")
+    long = ex.tables.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
+    ex.checks.check_recounted({"before": base, "after": rec}, long)
     rec["metrics"]["table"][1]["accuracy"] = 46.0  # the table says 46, its counts 90 of 200
-    long = ex.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
-    ex.check_shown(long, {"before": base, "after": rec})  # the table against the file's table: agrees
+    long = ex.tables.before_after_table(base, rec).rename(columns={"accuracy": "ours"})
+    ex.checks.check_shown(long, {"before": base, "after": rec})  # the table against the file's table: agrees
     with pytest.raises(DemHECError, match="after accuracy shown for gaussian_noise S5"):
-        ex.check_recounted({"before": base, "after": rec}, long)
+        ex.checks.check_recounted({"before": base, "after": rec}, long)
     rec["metrics"]["clean_accuracy"] = 86.0
     with pytest.raises(DemHECError, match="the after clean accuracy: shown 86"):
-        ex.check_recounted({"after": rec})
+        ex.checks.check_recounted({"after": rec})
     with pytest.raises(DemHECError, match="no cell impulse_noise/5"):
-        ex.recount(rec, [("impulse_noise", 5)])
+        ex.checks.recount(rec, [("impulse_noise", 5)])
     # a halves result: the per-image outcomes, paired over the images with the base's
     rng = np.random.default_rng(0)
     clean, noise, fixed = rng.random(400) < 0.8, rng.random(400) < 0.4, rng.random(400) < 0.2
     def half(noise_outcomes):
-        cells = {("clean", 0): clean, **{(c, 5): noise_outcomes for c in ex.NOISE}}
+        cells = {("clean", 0): clean, **{(c, 5): noise_outcomes for c in ex.runs.NOISE}}
         return {"split": "report", "metrics": {
-            "n": 400, "correct": {f"{c}/{s}": ex.pack_outcomes(o) for (c, s), o in cells.items()},
+            "n": 400, "correct": {f"{c}/{s}": ex.halves.pack_outcomes(o) for (c, s), o in cells.items()},
             "table": [{"corruption": c, "severity": s, "accuracy": 100 * o.mean()} for (c, s), o in cells.items()]}}
 
     h_base, h_run = half(noise), half(noise | fixed)
     h_run["metrics"]["table"] = [dict(r, accuracy=0.0) for r in h_run["metrics"]["table"]]  # not read
-    cells = [(c, 5) for c in ex.NOISE]
-    assert ex.recount(h_run, cells) == pytest.approx(100 * (noise | fixed).mean())
-    assert ex.recount(h_run, cells, base=h_base) == pytest.approx(100 * (fixed & ~noise).mean())
+    cells = [(c, 5) for c in ex.runs.NOISE]
+    assert ex.checks.recount(h_run, cells) == pytest.approx(100 * (noise | fixed).mean())
+    assert ex.checks.recount(h_run, cells, base=h_base) == pytest.approx(100 * (fixed & ~noise).mean())
 
 
 def test_recount_gap_is_the_mean_per_image_gap():
     rec = {"metrics": {"clean": {"l1": [1.0, 2.0, 3.0]}, "corrupted": {"l1": [2.0, 2.5, 4.5]},
                        "log_width": {"l1": 2.0}}}
-    assert ex.recount_gap(rec, "l1") == pytest.approx(1.0)
-    assert ex.recount_gap(rec, "l1", normalised=True) == pytest.approx(0.5)
-    row = ex.entropy_summary(rec, normalised=True).set_index("layer").loc["l1"]
-    ex.check_number(row.gap, ex.recount_gap(rec, "l1", normalised=True), "gap")
+    assert ex.checks.recount_gap(rec, "l1") == pytest.approx(1.0)
+    assert ex.checks.recount_gap(rec, "l1", normalised=True) == pytest.approx(0.5)
+    row = ex.tables.entropy_summary(rec, normalised=True).set_index("layer").loc["l1"]
+    ex.checks.check_number(row.gap, ex.checks.recount_gap(rec, "l1", normalised=True), "gap")
     with pytest.raises(DemHECError, match="not of the same images"):
-        ex.recount_gap({"metrics": {"clean": {"l1": [1.0]}, "corrupted": {"l1": [1.0, 2.0]}}}, "l1")
+        ex.checks.recount_gap({"metrics": {"clean": {"l1": [1.0]}, "corrupted": {"l1": [1.0, 2.0]}}}, "l1")
 
 
 def test_cpu_images_missing_is_said_not_raised(tmp_path):
-    ctx = ex.notebook_setup(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path),
+    ctx = ex.notebook.notebook_setup(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path),
                             data_root=str(tmp_path / "nowhere.tar.gz"))
-    assert "nowhere.tar.gz was not found" in ex.data_unavailable(ctx.exp)
-    assert ex.data_unavailable(ex.notebook_setup(profile="demo", dataset="cifar10", backbone="resnet20").exp) == ""
+    assert "nowhere.tar.gz was not found" in ex.inputs.data_unavailable(ctx.exp)
+    assert ex.inputs.data_unavailable(ex.notebook.notebook_setup(profile="demo", dataset="cifar10", backbone="resnet20").exp) == ""
     # The default data_root, as the notebooks resolve it, means the archive beside the checkout.
-    assert ex.pipeline.jpeg_source(ex.resolve_path("data")) == ex.pipeline.DEFAULT_JPEG_ARCHIVE
+    assert jpeg_source(ex.notebook.resolve_path("data")) == DEFAULT_JPEG_ARCHIVE
+
+
+def test_the_package_exposes_few_names_and_every_page_names_one_it_has():
+    """``demhec.experiments`` is read through a few sub-namespaces (``ex.tables.wide_table``), not
+    ~130 flat names; every ``ex.<name>[.<name>]`` a notebook, script or test uses exists."""
+    import re
+
+    assert len(ex.__all__) <= 40 and set(ex.__all__) <= set(dir(ex))
+    sources = {p: "".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"])
+               for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    sources.update({p: p.read_text() for folder in ("scripts", "tests", "benchmarks")
+                    for p in sorted((ROOT / folder).glob("*.py"))})
+    missing = []
+    for path, text in sources.items():
+        for first, second in set(re.findall(r"(?<![\w.])ex\.(\w+)(?:\.(\w+))?", text)):
+            target = getattr(ex, first, None)
+            if target is None or (second and isinstance(target, type(ex)) and not hasattr(target, second)):
+                missing.append(f"{path.name}: ex.{first}{'.' + second if second else ''}")
+    assert not missing, missing

@@ -1,4 +1,4 @@
-"""scripts/gpu_reproduction.py in its smoke mode: the whole plan on a CPU (issue 17)."""
+"""scripts/gpu_reproduction.py in its smoke mode: the whole plan on a CPU."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     run = json.loads((results / "gpu_smoke" / "run.json").read_text())
     jobs = run["metrics"]["jobs"]
     # Phase C, the comparison, in the smoke plan: two cheap runs at seed 0.
-    expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ex.GPU_A_RUNS), "b_base", "b_demhec",
+    expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ex.gpu.GPU_A_RUNS), "b_base", "b_demhec",
                 "b_plain", "c_plain_s0", "c_ba_s0"}
-    assert {"demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
+    assert {"demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug"} <= set(ex.gpu.GPU_A_RUNS)
     assert set(jobs) == expected
     assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
     assert all(j["wall_s"] > 0 for j in jobs.values())
@@ -52,22 +52,22 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     # Every model was trained in this call, and the step counts are the recipes'.
     for name in expected - {"bench", "data", "cache", "a_before"}:
         assert jobs[name]["trained"] == "here" and jobs[name]["steps_run"] == jobs[name]["steps"] > 0, name
-    assert jobs["a_plain"]["steps"] == ex.PROFILES["gpu_smoke"].demhec.max_steps
+    assert jobs["a_plain"]["steps"] == ex.profiles.PROFILES["gpu_smoke"].demhec.max_steps
     a = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
     b = results / "gpu_smoke" / "strong_base" / "cifar10_jpeg" / "resnet20"
     names = {"before_cifar-c.json", *(f"after_{r}_cifar-c.json".replace("after_demhec_", "after_")
-                                      for r in ex.GPU_A_RUNS)}
+                                      for r in ex.gpu.GPU_A_RUNS)}
     assert {p.name for p in a.glob("*.json")} == names
     assert {p.name for p in b.glob("*.json")} == {"before_cifar-c.json", "after_cifar-c.json",
                                                   "after_plain_cifar-c.json"}
     before_b = json.loads((b / "before_cifar-c.json").read_text())
-    assert before_b["config"]["model"]["epochs"] == ex.PROFILES["gpu_strong_smoke"].base.epochs
+    assert before_b["config"]["model"]["epochs"] == ex.profiles.PROFILES["gpu_strong_smoke"].base.epochs
     # Phase A starts from the committed CPU base, named with its hash.
     before_a = json.loads((a / "before_cifar-c.json").read_text())
     assert before_a["config"]["experiment"]["base_weights"]["path"] == "results/cpu/checkpoints/resnet20_base.pt"
     late = json.loads((a / "after_late_frozen_tuned_cifar-c.json").read_text())
     assert late["config"]["model"]["freeze"] == "after:2"
-    assert late["config"]["model"]["lr"] == pytest.approx(ex.PROFILES["gpu_smoke"].demhec.lr / 5)
+    assert late["config"]["model"]["lr"] == pytest.approx(ex.profiles.PROFILES["gpu_smoke"].demhec.lr / 5)
     table = pd.DataFrame(late["metrics"]["table"])
     assert set(table.severity) == {0, 1, 3, 5} and len(table) == 1 + 7 * 3
     assert jobs["a_late_frozen_tuned"]["clean_accuracy"] == late["metrics"]["clean_accuracy"]
@@ -196,11 +196,11 @@ def test_a_missing_archive_fails_with_one_line(tmp_path):
 
 def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     _, _, results, _ = smoke_run
-    records = ex.gpu_records(results, smoke=True)
+    records = ex.gpu.gpu_records(results, smoke=True)
     assert set(records) == {"gpu", "gpu_strong"}
-    summary = ex.gpu_summary(records)
+    summary = ex.gpu.gpu_summary(records)
     a = summary[summary.source.str.contains("CPU base")]
-    assert list(a.run) == ["base", *ex.GPU_A_RUNS]
+    assert list(a.run) == ["base", *ex.gpu.GPU_A_RUNS]
     cell = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
     after = json.loads((cell / "after_late_frozen_tuned_cifar-c.json").read_text())
     before = json.loads((cell / "before_cifar-c.json").read_text())
@@ -208,8 +208,8 @@ def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     assert row.clean == after["metrics"]["clean_accuracy"]
     assert row.d_clean == pytest.approx(after["metrics"]["clean_accuracy"] - before["metrics"]["clean_accuracy"])
     b = summary[summary.source.str.contains("GPU-trained base")]
-    assert b.source.iloc[0].endswith(f"({ex.PROFILES['gpu_strong_smoke'].base.epochs} epoch)")
-    assert list(b.run) == ["base", *ex.GPU_B_RUNS]
+    assert b.source.iloc[0].endswith(f"({ex.profiles.PROFILES['gpu_strong_smoke'].base.epochs} epoch)")
+    assert list(b.run) == ["base", *ex.gpu.GPU_B_RUNS]
     # The paper's rows are Table 1's ResNet-20 means at S5, computed here from the CSV.
     paper = pd.read_csv(ROOT / "results" / "paper" / "table1.csv")
     paper = paper[(paper.backbone == "resnet20") & (paper.dataset == "cifar10") & (paper.severity == 5)]
@@ -218,4 +218,4 @@ def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     assert p_rows.loc["demhec", "noise_s5"] == pytest.approx(noise[noise.phase == "after"].accuracy.mean())
     assert p_rows.loc["demhec", "d_all_s5"] == pytest.approx(paper[paper.phase == "after"].accuracy.mean()
                                                              - paper[paper.phase == "before"].accuracy.mean())
-    assert ex.gpu_records(tmp_path, smoke=True) == {}
+    assert ex.gpu.gpu_records(tmp_path, smoke=True) == {}

@@ -1,4 +1,4 @@
-"""What an unfriendly user breaks (issue 21): divergence, resume with other data, devices, the
+"""What an unfriendly user breaks: divergence, resume with other data, devices, the
 corruption cache, full disks and bad inputs through the Python API and the command line."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_a_finished_run_with_non_finite_weights_is_an_error():
     model.mode = "buffer"
     with pytest.raises(DemHECError, match="diverged.*no checkpoint was being written") as info:
         train(model, (x, y), TrainConfig(epochs=1, batch_size=8))
-    # a study can record the divergence as the run's outcome (issue 16's bn_frozen)
+    # a study can record the divergence as the run's outcome (the controls' bn_frozen)
     assert isinstance(info.value, TrainingDiverged) and info.value.step >= 0 and "loss" in info.value.parts
 
 

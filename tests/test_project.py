@@ -1,4 +1,4 @@
-"""Foundation (issue 2): dependency sync, stripped notebooks, CI entry, README commands."""
+"""Foundation: dependency sync, stripped notebooks, CI entry, README commands."""
 
 from __future__ import annotations
 
@@ -61,7 +61,15 @@ def test_required_dependencies_present():
     assert "imagecorruptions" not in deps  # the unmaintained 1.1.2 breaks under numpy 2
 
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+def _pages(pattern: str) -> list[Path]:
+    """The notebooks matching ``pattern`` (under notebooks/) that git tracks: not a scratch copy
+    such as the ``out.ipynb`` of the README's papermill command."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--", f":(glob)notebooks/{pattern}"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return sorted(p for p in {ROOT / line for line in listed.stdout.splitlines()} if p.exists())
+
+
+NOTEBOOKS = _pages("*.ipynb")
 
 
 def test_there_are_notebooks():
@@ -96,12 +104,12 @@ NO_NUMBERS = ("01_fig2_corruptions.ipynb",)
 def test_notebook_recounts_a_key_number_from_its_raw_outcomes(nb):
     """Besides checking its tables against the result files' tables (check_*_shown), every
     notebook that shows numbers recomputes at least one key number from a result file's raw
-    outcomes (correct-image counts, per-image outcomes or entropies: demhec.experiments.recount,
-    recount_gap), so that the page fails when a number does not follow from them."""
+    outcomes (correct-image counts, per-image outcomes or entropies: demhec.experiments.checks's
+    recount, recount_gap), so that the page fails when a number does not follow from them."""
     code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
-    # A page section (ex.*_page) recounts inside the library and lists what in Page.checked
+    # A page section (ex.pages.*_page) recounts inside the library and lists what in Page.checked
     # (tests/test_comparison.py checks that it does).
-    assert re.search(r"\bex\.(check_recounted|recount|recount_gap|\w+_page)\(", code), nb.name
+    assert re.search(r"\bex\.(checks\.(check_recounted|recount|recount_gap)|pages\.\w+_page)\(", code), nb.name
 
 
 def test_ci_runs_the_readme_test_command():
@@ -179,7 +187,7 @@ def test_readme_library_example_runs(tmp_path):
 
 def test_readme_commands_are_known():
     """Every shell command the README shows is one that a test or CI runs."""
-    known = ("make demo", "make test", ".venv/bin/papermill notebooks/03_table1.ipynb",
+    known = (". .venv/bin/activate", "make demo", "make test", ".venv/bin/papermill notebooks/03_table1.ipynb",
              "demhec train", "demhec finetune", "demhec evaluate", "demhec entropy",
              ".venv/bin/python scripts/cpu_reproduction.py", ".venv/bin/python scripts/run_notebooks.py --profile cpu",
              "torchrun ")  # torchrun: tests/test_distributed.py
@@ -192,7 +200,7 @@ def test_readme_commands_are_known():
                     assert re.search(r" -m demhec (train|finetune|evaluate) ", line), line
 
 
-EXECUTED = sorted((ROOT / "notebooks" / "executed").glob("*/*.ipynb"))
+EXECUTED = _pages("executed/*/*.ipynb")
 
 
 def test_executed_notebooks_are_committed_for_demo_and_cpu():
@@ -205,7 +213,7 @@ def test_executed_notebooks_are_committed_for_demo_and_cpu():
 
 @pytest.mark.parametrize("nb", EXECUTED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_executed_notebook_shows_its_figures_without_paths_or_timings(nb):
-    from demhec.experiments import figure_cells_without_image
+    from demhec.experiments.notebook import figure_cells_without_image
 
     text = nb.read_text()
     data = json.loads(text)

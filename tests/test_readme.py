@@ -50,3 +50,37 @@ def test_the_gpu_block_renders_the_result_files(tmp_path):
     rec["metrics"]["clean_accuracy"] = 12.34
     path.write_text(json.dumps(rec))
     assert "12.34" in mod.gpu(results) and "12.34" not in mod.gpu(ROOT / "results")
+
+
+# Programs that `make` installs into .venv/bin, not onto the PATH.
+VENV_PROGRAMS = ("papermill", "demhec", "python", "pytest", "torchrun", "jupyter")
+ACTIVATE = ". .venv/bin/activate"
+
+
+def shell_commands_outside_the_venv(readme: str) -> list[str]:
+    """The commands of the README's bash blocks that run a program of .venv/bin by its bare name
+    without an activation line before them in their block (`command not found` on a fresh clone)."""
+    import re
+
+    bad = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        active = False
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if line in (ACTIVATE, "source .venv/bin/activate"):
+                active = True
+            elif line.split(" ", 1)[0] in VENV_PROGRAMS and not active:
+                bad.append(line)
+    return bad
+
+
+def test_the_readme_commands_run_as_typed_on_a_fresh_clone():
+    assert shell_commands_outside_the_venv((ROOT / "README.md").read_text()) == []
+    block = "```bash\n{}\n```\n"
+    assert shell_commands_outside_the_venv(block.format("papermill 03_table1.ipynb out.ipynb")) == [
+        "papermill 03_table1.ipynb out.ipynb"]
+    assert shell_commands_outside_the_venv(block.format("demhec train \\\n  --dataset digits  # x")) == [
+        "demhec train    --dataset digits"]
+    assert shell_commands_outside_the_venv(block.format(".venv/bin/python -m pytest")) == []
+    assert shell_commands_outside_the_venv(block.format(f"{ACTIVATE}\n# one\ntorchrun -m demhec train")) == []
+    assert shell_commands_outside_the_venv(block.format("demhec entropy") + block.format(ACTIVATE)) == ["demhec entropy"]

@@ -1,5 +1,5 @@
 """The method and the metrics against references written independently of the library: hand
-formulas on tiny models and hand-computed values (issue 19)."""
+formulas on tiny models and hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 8): resume after SIGKILL, atomic files, non-finite loss, determinism."""
+"""Reliability: resume after SIGKILL, atomic files, non-finite loss, determinism."""
 
 from __future__ import annotations
 

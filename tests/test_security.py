@@ -128,15 +128,15 @@ def test_a_checkpoint_of_an_older_demhec_says_how_to_go_on_and_converts(tmp_path
 
 
 def test_a_resumed_run_restores_the_global_rng_states(tmp_path):
-    from demhec.training import _rng_state, _set_rng_state
+    from demhec.checkpoints import rng_state, set_rng_state
 
     torch.manual_seed(3)
     np.random.seed(4)
-    state = _rng_state()
+    state = rng_state()
     expected = (torch.rand(3), np.random.rand(3))
     torch.manual_seed(5)
     np.random.seed(6)
-    _set_rng_state(state)
+    set_rng_state(state)
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
 
 

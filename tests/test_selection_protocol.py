@@ -1,10 +1,12 @@
-"""Issue 16: the selection protocol (two halves of the evaluation split) and the new options
-(random-noise control, Gaussian-noise augmentation, masked InfoNCE, KD's literal direction)."""
+"""The selection protocol (two halves of the evaluation split), the run records and the layout of
+their files, and the controls' options (random-noise control, Gaussian-noise augmentation, masked
+InfoNCE, KD's literal direction)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,8 @@ from demhec.evaluation import paired_difference
 from demhec.generation import uniform_ball_samples
 from demhec.results import fingerprint
 from tests.conftest import TinyNet, load_script
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- masked InfoNCE -----------------------------------------------------------------------------
 
@@ -151,6 +155,11 @@ def test_gaussian_augment_draws_sigma_per_image_and_leaves_a_clean_share():
     assert torch.equal(training.gaussian_augment(x, 0.1, 1.0, torch.Generator().manual_seed(0)), x)
 
 
+def _config(exp, name):
+    """The config of the study's run ``name`` in ``exp`` (the profile's, with the run's changes)."""
+    return ex.runs.get(name).config(exp.demhec_config)
+
+
 def _trained_on(cfg, n=16):
     """Fine-tune a TinyNet with ``cfg`` on n random 8x8 images and return, per forward pass of the
     student, the images it was given (the inputs its training losses were computed on), with
@@ -175,9 +184,7 @@ def test_the_gaussian_augmentation_control_trains_on_noisy_images():
     """Rusak et al.'s augmentation as the control uses it: the images the model is trained on are
     the training images with per-image Gaussian noise of sigma in [0, noise_sigma], about a
     clean share of them left as they are; with noise_sigma 0, the training images themselves."""
-    from demhec.experiments.ablations import _ablation_config
-
-    cfg, _ = _ablation_config(ex.Experiment(profile="smoke"), "gaussian_aug")
+    cfg = _config(ex.Experiment(profile="smoke"), "gaussian_aug")
     assert (cfg.alpha, cfg.lambda_c, cfg.lambda_kd, cfg.noise_sigma) == (0, 0, 0, pytest.approx(0.10))
     cfg = dataclasses.replace(cfg, augment="none", batch_size=8, epochs=4, max_steps=4, noise_clean_share=0.5)
     seen, clean = _trained_on(cfg)
@@ -197,9 +204,7 @@ def test_the_gaussian_augmentation_control_trains_on_noisy_images():
 def test_the_random_noise_control_trains_on_uniform_samples_around_its_images():
     """The random-noise control's x': the model's second pass of every step sees each image of the
     first moved uniformly within the eps-ball (clipped to [0, 1]), never the image itself."""
-    from demhec.experiments.ablations import _ablation_config
-
-    cfg, _ = _ablation_config(ex.Experiment(profile="smoke"), "random_noise")
+    cfg = _config(ex.Experiment(profile="smoke"), "random_noise")
     assert cfg.samples == "uniform" and cfg.alpha > 0 and cfg.lambda_c > 0
     cfg = dataclasses.replace(cfg, augment="none", batch_size=8, epochs=1, max_steps=2)
     seen, clean = _trained_on(cfg)
@@ -238,53 +243,131 @@ def test_new_fields_keep_the_paper_defaults_and_the_old_fingerprints():
     ("gaussian_aug", {"alpha": 0.0, "lambda_c": 0.0, "lambda_kd": 0.0, "noise_sigma": 0.1}),
 ])
 def test_each_control_is_one_change_from_the_profile_config(run, changed):
-    from demhec.experiments.ablations import _ablation_config
-
     exp = ex.Experiment(profile="cpu")
-    cfg, tag = _ablation_config(exp, run)
+    cfg, tag = _config(exp, run), ex.runs.get(run).stem
     base = exp.demhec_config
     diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
     assert diff == pytest.approx(changed) if all(isinstance(v, float) for v in changed.values()) else diff == changed
-    assert tag == f"after_{run}" and run in ex.ABLATION_LABELS and run not in ex.ABLATIONS
-    assert {"random_noise", "gaussian_aug"} <= set(ex.GPU_A_RUNS)
+    assert tag == f"after_{run}" and run in ex.runs.CONTROLS and run not in ex.runs.ABLATIONS
+    assert {"random_noise", "gaussian_aug"} <= set(ex.gpu.GPU_A_RUNS)
 
 
 def test_controls_of_another_config_share_its_changes():
-    from demhec.experiments.ablations import _ablation_config
-
     exp = ex.Experiment(profile="cpu")
-    config, _ = _ablation_config(exp, "late_frozen_tuned")
-    assert ex.control_of("plain", "demhec") == "plain"  # the paper config's controls keep their names
-    name = ex.control_of("random_noise", "late_frozen_tuned")
+    config = _config(exp, "late_frozen_tuned")
+    assert ex.runs.control_of("plain", "demhec") == "plain"  # the paper config's controls keep their names
+    name = ex.runs.control_of("random_noise", "late_frozen_tuned")
     assert name == "random_noise@late_frozen_tuned"
-    cfg, tag = _ablation_config(exp, name)
+    cfg, tag = _config(exp, name), ex.runs.get(name).stem
     assert tag == "after_random_noise_at_late_frozen_tuned"
     # the config's freezing, learning rate and radius, the control's sampling
     assert cfg == dataclasses.replace(config, samples="uniform")
-    gauss, _ = _ablation_config(exp, ex.control_of("gaussian_aug", "late_frozen_tuned"))
+    gauss = _config(exp, ex.runs.control_of("gaussian_aug", "late_frozen_tuned"))
     assert (gauss.freeze, gauss.lr, gauss.alpha, gauss.lambda_c, gauss.lambda_kd) == (config.freeze, config.lr, 0, 0, 0)
     assert gauss.noise_sigma > 0
-    assert all(ex.is_control(r) for r in ("plain", "gaussian_aug", name, "plain_late_frozen_tuned"))
-    assert not any(ex.is_control(r) for r in ("demhec", "late_frozen_tuned", "eps2"))
-    assert "late_frozen_tuned" in ex.run_label(name) and ex.run_label("eps2") == ex.ABLATION_LABELS["eps2"]
-    assert ex.run_family(name) == "controls of late_frozen_tuned"
+    assert all(ex.runs.is_control(r) for r in ("plain", "gaussian_aug", name, "plain_late_frozen_tuned"))
+    assert not any(ex.runs.is_control(r) for r in ("demhec", "late_frozen_tuned", "eps2"))
+    assert "late_frozen_tuned" in ex.runs.get(name).label and ex.runs.get("eps2").label == "eps = 2/255"
+    assert ex.runs.get(name).family == "controls of late_frozen_tuned"
     with pytest.raises(DemHECError, match="valid configurations"):
-        ex.control_of("plain", "random_noise")  # a control has no controls
+        ex.runs.control_of("plain", "random_noise")  # a control has no controls
     with pytest.raises(DemHECError, match="valid controls"):
-        _ablation_config(exp, "eps2@late_frozen_tuned")
+        _config(exp, "eps2@late_frozen_tuned")
     with pytest.raises(DemHECError, match="valid runs"):
-        _ablation_config(exp, "no_such_run")
+        _config(exp, "no_such_run")
 
 
-def _chosen_by_hand(base, runs, max_clean_cost=ex.CHOICE_RULE["max_clean_cost"]):
+# --- run records and where their files live ----------------------------------------------------
+
+
+def test_one_run_record_serves_the_study_and_the_comparison():
+    from demhec.experiments import comparison
+
+    assert comparison.Run is ex.runs.Run and all(isinstance(r, ex.runs.Run) for r in comparison.COMPARISON)
+    exp = ex.Experiment(profile="cpu")
+    # the study's runs carry the names their committed files have: results by phase, models by method
+    assert (ex.runs.DEMHEC.stem, ex.runs.DEMHEC.model_name) == ("after", "demhec")
+    assert (ex.runs.get("eps2").stem, ex.runs.get("eps2").model_name) == ("after_eps2", "demhec_eps2")
+    both = ex.runs.get("plain@late_frozen_tuned")
+    assert (both.stem, both.model_name) == ("after_plain_at_late_frozen_tuned", "demhec_plain_at_late_frozen_tuned")
+    assert (ex.runs.BASE.stem, ex.runs.BASE.model_name, ex.runs.BASE.phase) == ("before", "base", "before")
+    assert ex.runs.BASE.config(exp.demhec_config) is None
+    augmix = ex.runs.baseline("augmix")
+    assert (augmix.stem, augmix.model_name, augmix.phase) == ("baseline_augmix", "baseline_augmix", "baseline:augmix")
+    # a comparison run is named after itself, its base model "before" of its backbone's folder
+    plain = comparison.comparison_run("plain")
+    assert (plain.stem, plain.model_name, plain.phase) == ("plain", "plain", "after")
+    assert comparison.comparison_run("base").stem == comparison.run_tag(comparison.comparison_run("base")) == "before"
+    # the same changes give the same config, whichever record holds them
+    assert comparison.run_config(exp, comparison.comparison_run("random_noise")) == _config(exp, "random_noise")
+    assert ex.runs.get("plain@late_frozen_tuned") == both  # records made alike are equal
+
+
+def test_relative_overrides_resolve_exactly_as_the_committed_configs():
+    base = ex.Experiment(profile="cpu").demhec_config
+    low = _config(ex.Experiment(profile="cpu"), "low_lr")
+    assert low.lr == base.lr / 5  # bit for bit: the fingerprints of the committed results
+    budget = _config(ex.Experiment(profile="cpu"), "budget_x4")
+    assert (budget.epochs, budget.warmup_epochs, budget.max_steps) == (4 * base.epochs, 4 * base.warmup_epochs,
+                                                                       4 * base.max_steps)
+    assert isinstance(budget.epochs, int) and ex.runs.Scaled(2).of(None) is None
+    with pytest.raises(DemHECError, match="unknown Dem-HEC setting"):
+        ex.runs.Run("x", "x", "", {"no_such_field": 1}).config(base)
+
+
+def test_a_custom_config_is_a_run_named_after_its_changes():
+    exp = ex.Experiment(profile="smoke")
+    assert ex.runs.of_config(exp.demhec_config, None) is ex.runs.DEMHEC
+    assert ex.runs.of_config(exp.demhec_config, dataclasses.replace(exp.demhec_config, seed=3)) is ex.runs.DEMHEC
+    run = ex.runs.of_config(exp.demhec_config, dataclasses.replace(exp.demhec_config, eps=4 / 255, freeze="after:2"))
+    assert run.stem == f"after_eps-{4 / 255!r}_freeze-after-2" and run.model_name.startswith("demhec_eps-")
+    assert run.config(exp.demhec_config) == dataclasses.replace(exp.demhec_config, eps=4 / 255, freeze="after:2")
+    assert ex.pipeline.as_run(exp, "after", dataclasses.replace(exp.demhec_config, eps=4 / 255)).label == \
+        f"Dem-HEC with eps = {4 / 255}"
+    # a caller that names the files itself (the comparison) gets those names for results and model alike
+    tagged = ex.pipeline.as_run(exp, "after", exp.demhec_config, tag="plain")
+    assert (tagged.stem, tagged.model_name, tagged.overrides) == ("plain", "plain", {})
+    with pytest.raises(DemHECError, match="unknown phase"):
+        ex.pipeline.as_run(exp, "during")
+
+
+def test_result_path_is_the_layout_of_the_committed_files():
+    exp = ex.Experiment(profile="cpu", dataset="cifar10", backbone="resnet20")
+    cell = Path("results") / "cpu" / "cifar10_jpeg" / "resnet20"
+    R, path = ex.layout.Request, ex.layout.result_path
+    from demhec.corruptions import CORRUPTIONS
+
+    assert path(exp, ex.runs.BASE) == cell / "before_cifar-c.json"
+    assert path(exp, ex.runs.DEMHEC, R(suite="imagecorruptions")) == cell / "after_imagecorruptions.json"
+    assert path(exp, ex.runs.DEMHEC, R(adapt="tent")) == cell / "after_tent_cifar-c.json"
+    seed2 = dataclasses.replace(exp, seed=2)
+    assert path(seed2, ex.runs.get("eps1"), R(half="report")) == cell / "halves" / "after_eps1_cifar-c_seed2_report.json"
+    assert path(exp, "plain", R(corruptions=CORRUPTIONS, half="selection")) == cell / "halves" / "plain_cifar-c_all_selection.json"
+    assert path(exp, ex.runs.get("eps2"), R("entropy", corruption="pixelate", severity=5, half="report")) == \
+        cell / "entropy_after_eps2_pixelate_s5_cifar-c_report.json"
+    assert path(seed2, ex.runs.get("late_frozen_tuned"), R("paired", severity=5)) == \
+        cell / "paired_after_late_frozen_tuned_cifar-c_s5_seed2.json"
+    assert path(exp, ex.runs.get("bn_frozen"), R("diverged")) == cell / "halves" / "after_bn_frozen_cifar-c_diverged.json"
+    assert ex.layout.selection_record(exp, "choice") == cell / "halves" / "choice_cifar-c.json"
+    ckpt = Path("results") / "cpu" / "checkpoints"
+    assert ex.layout.model_path(seed2, ex.runs.get("eps1")) == ckpt / "resnet20_demhec_eps1_seed2.pt"
+    assert ex.layout.model_path(seed2, ex.runs.BASE) == ckpt / "resnet20_base.pt"  # one base for every seed
+    for committed in (cell / "before_cifar-c.json", cell / "halves" / "after_eps1_cifar-c_seed2_report.json",
+                      cell / "entropy_after_eps2_pixelate_s5_cifar-c_report.json", ckpt / "resnet20_demhec.pt"):
+        assert (ROOT / committed).exists(), committed
+    with pytest.raises(DemHECError, match="kind of result"):
+        R("everything")
+
+
+def _chosen_by_hand(base, runs, max_clean_cost=ex.selection.CHOICE_RULE["max_clean_cost"]):
     """The selection rule written out from the selection-half files' per-image outcomes: each
     run's change from the base in clean accuracy and in the noise S5 mean; among the runs within
     the clean-cost limit the largest noise gain, else the largest noise gain minus clean cost;
     a tie to the run listed first."""
     def accuracy(rec, cells):
-        return 100 * np.mean([ex.outcomes(rec, c, s) for c, s in cells])
+        return 100 * np.mean([ex.halves.outcomes(rec, c, s) for c, s in cells])
 
-    noise = [(c, 5) for c in ex.NOISE]
+    noise = [(c, 5) for c in ex.runs.NOISE]
     d = {r: (accuracy(rec, [("clean", 0)]) - accuracy(base, [("clean", 0)]), accuracy(rec, noise) - accuracy(base, noise))
          for r, rec in runs.items()}
     within = [r for r in d if d[r][0] >= -max_clean_cost]
@@ -305,50 +388,50 @@ def test_select_run_takes_the_largest_noise_gain_within_the_clean_cost_limit():
             ("eps1", 0, -6.0, 30.0),  # a larger gain, over the clean-cost limit
             ("steps2", 0, -2.0, 14.0),
             ("plain", 0, 0.0, 40.0), ("random_noise", 0, -1.0, 50.0)]  # controls: never candidates
-    choice = ex.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=10.0)
+    choice = ex.selection.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=10.0)
     assert choice["run"] == "steps1" and choice["candidates"] == ["eps2", "steps1", "eps1", "steps2"]
     assert choice["d_clean"] == pytest.approx(-3.9) and choice["d_noise_s5"] == pytest.approx(15.0)
     assert choice["meets_targets"] and "clean cost <= 4" in choice["rule"]
-    assert not ex.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=16.0)["meets_targets"]
-    assert ex.select_run(_selection_rows([r for r in rows if r[0] != "steps1"]))["run"] == "steps2"
+    assert not ex.selection.select_run(_selection_rows(rows), max_clean_cost=4.0, min_noise_gain=16.0)["meets_targets"]
+    assert ex.selection.select_run(_selection_rows([r for r in rows if r[0] != "steps1"]))["run"] == "steps2"
     # seed means decide: eps2 (12.0 and 13.0, mean 12.5) over steps2 (12.4), which beats eps2's seed 0 alone
-    assert ex.select_run(_selection_rows([*rows[:2], ("steps2", 0, -2.0, 12.4)]))["run"] == "eps2"
-    assert ex.select_run(_selection_rows([rows[0], ("steps2", 0, -2.0, 12.4)]))["run"] == "steps2"
+    assert ex.selection.select_run(_selection_rows([*rows[:2], ("steps2", 0, -2.0, 12.4)]))["run"] == "eps2"
+    assert ex.selection.select_run(_selection_rows([rows[0], ("steps2", 0, -2.0, 12.4)]))["run"] == "steps2"
     # a cost of exactly the limit is within it
     at_limit = [("eps2", 0, -4.0, 20.0), ("steps1", 0, -1.0, 11.0)]
-    assert ex.select_run(_selection_rows(at_limit), max_clean_cost=4.0)["run"] == "eps2"
-    assert ex.select_run(_selection_rows(at_limit), max_clean_cost=3.99)["run"] == "steps1"
+    assert ex.selection.select_run(_selection_rows(at_limit), max_clean_cost=4.0)["run"] == "eps2"
+    assert ex.selection.select_run(_selection_rows(at_limit), max_clean_cost=3.99)["run"] == "steps1"
 
 
 def test_select_run_breaks_a_tie_by_the_order_of_the_runs_and_falls_back_past_the_limit():
     tie = [("eps2", 0, -1.0, 12.0), ("steps1", 0, -2.0, 12.0), ("steps2", 0, -0.5, 11.0)]
-    assert ex.select_run(_selection_rows(tie))["run"] == "eps2"
-    assert ex.select_run(_selection_rows([tie[1], tie[0], tie[2]]))["run"] == "steps1"
+    assert ex.selection.select_run(_selection_rows(tie))["run"] == "eps2"
+    assert ex.selection.select_run(_selection_rows([tie[1], tie[0], tie[2]]))["run"] == "steps1"
     # nobody within the limit: the largest noise gain minus clean cost (24 against 21 and 13)
     over = [("freeze_none", 0, -10.0, 31.0), ("eps1", 0, -6.0, 30.0), ("eps16", 0, -9.0, 22.0)]
-    choice = ex.select_run(_selection_rows(over), max_clean_cost=4.0)
+    choice = ex.selection.select_run(_selection_rows(over), max_clean_cost=4.0)
     assert choice["run"] == "eps1" and "minus clean cost" in choice["rule"] and not choice["meets_targets"]
 
 
 def test_the_recorded_choice_names_its_half_and_inputs_and_is_kept(tmp_path):
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    ex.halves_result(exp, "before")
+    ex.pipeline.halves_result(exp, "before")
     for run in ("demhec", "eps2"):
-        ex.ablation_halves(exp, run)
-    rec = ex.record_choice(exp, ["demhec", "eps2", "plain"])  # plain has no halves here: left out
+        ex.study.ablation_halves(exp, run)
+    rec = ex.selection.record_choice(exp, ["demhec", "eps2", "plain"])  # plain has no halves here: left out
     m = rec["metrics"]
     assert rec["split"] == "selection" and rec["config"]["split"] == "selection" and rec["kind"] == "choice"
     assert m["candidates"] == ["demhec", "eps2"]
-    base, got = ex.existing_halves(exp, ["demhec", "eps2"])
+    base, got = ex.study.existing_halves(exp, ["demhec", "eps2"])
     assert m["run"] == _chosen_by_hand(base["selection"], {r: got[(r, 0)]["selection"] for r in ("demhec", "eps2")})
     assert m["inputs"] == {"base": base["selection"]["fingerprint"],
                            **{r: got[(r, 0)]["selection"]["fingerprint"] for r in ("demhec", "eps2")}}
-    assert ex.choice_path(exp).exists()
-    ex.ablation_halves(exp, "steps1")  # scored later: extends chosen_run's candidates, not the record
-    again = ex.record_choice(exp, ["demhec", "eps2", "plain", "steps1"])
+    assert ex.selection.choice_path(exp).exists()
+    ex.study.ablation_halves(exp, "steps1")  # scored later: extends chosen_run's candidates, not the record
+    again = ex.selection.record_choice(exp, ["demhec", "eps2", "plain", "steps1"])
     assert again["metrics"]["candidates"] == ["demhec", "eps2"]
-    assert "steps1" in ex.chosen_run(exp, ["demhec", "eps2", "steps1"])["candidates"]
-    fresh = ex.record_choice(dataclasses.replace(exp, recompute=True), ["demhec", "eps2", "steps1"])
+    assert "steps1" in ex.selection.chosen_run(exp, ["demhec", "eps2", "steps1"])["candidates"]
+    fresh = ex.selection.record_choice(dataclasses.replace(exp, recompute=True), ["demhec", "eps2", "steps1"])
     assert fresh["metrics"]["candidates"] == ["demhec", "eps2", "steps1"]
 
 
@@ -359,9 +442,9 @@ def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path)
     from demhec import get_model
 
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    assert not ex.ablation_checkpoint(exp, "plain@eps2").exists()
-    paths = ex.export_checkpoints(exp, "eps2")
-    assert sorted(paths) == sorted(ex.EXPORTED)
+    assert not ex.study.ablation_checkpoint(exp, "plain@eps2").exists()
+    paths = ex.study.export_checkpoints(exp, "eps2")
+    assert sorted(paths) == sorted(ex.runs.EXPORTED)
     record = json.loads(exp.checkpoint("recommended").with_suffix(".json").read_text())
     assert record["profile"] == "smoke" and record["git_commit"] and record["versions"]["torch"]
     manifest = record["files"]
@@ -371,10 +454,10 @@ def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path)
     for name, path in paths.items():
         assert path.name == f"{exp.model_key}_{name}.pt" and path.with_suffix(".fingerprint.json").exists()
         assert manifest[name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        kept = ex.ablation_checkpoint(exp, manifest[name]["run"])  # the fine-tune's own cache
+        kept = ex.study.ablation_checkpoint(exp, manifest[name]["run"])  # the fine-tune's own cache
         assert kept != path and kept.read_bytes() == path.read_bytes()
-        trained = ex.ablation_model(dataclasses.replace(exp, allow_train=False), manifest[name]["run"])
-        loaded = get_model(exp.effective_backbone, num_classes=len(ex.train_data(exp).classes), pretrained=str(path))
+        trained = ex.study.ablation_model(dataclasses.replace(exp, allow_train=False), manifest[name]["run"])
+        loaded = get_model(exp.effective_backbone, num_classes=len(ex.inputs.train_data(exp).classes), pretrained=str(path))
         for (k, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
             assert torch.equal(a, b), k
     assert manifest["recommended"]["config"]["eps"] == pytest.approx(2 / 255)
@@ -385,20 +468,20 @@ def test_export_checkpoints_writes_loadable_state_dicts_and_a_manifest(tmp_path)
 
 def test_eval_halves_split_each_class_in_two_fixed_halves():
     labels = np.repeat(np.arange(10), 500)[np.random.default_rng(5).permutation(5000)]
-    h = ex.eval_halves(labels)
+    h = ex.halves.eval_halves(labels)
     sel, rep = h["selection"], h["report"]
     assert len(np.intersect1d(sel, rep)) == 0 and len(sel) + len(rep) == 5000
     for c in range(10):
         assert (labels[sel] == c).sum() == 250 and (labels[rep] == c).sum() == 250
-    assert all(np.array_equal(h[k], ex.eval_halves(labels)[k]) for k in h)  # fixed by its seed
-    assert not np.array_equal(sel, ex.eval_halves(labels, seed=1)["selection"])
-    odd = ex.eval_halves(np.array([0, 0, 0, 1]))
+    assert all(np.array_equal(h[k], ex.halves.eval_halves(labels)[k]) for k in h)  # fixed by its seed
+    assert not np.array_equal(sel, ex.halves.eval_halves(labels, seed=1)["selection"])
+    odd = ex.halves.eval_halves(np.array([0, 0, 0, 1]))
     assert sorted(np.concatenate([odd["selection"], odd["report"]])) == [0, 1, 2, 3]
 
 
 def test_outcomes_round_trip():
     bits = np.random.default_rng(0).random(2503) < 0.7
-    assert np.array_equal(ex.unpack_outcomes(ex.pack_outcomes(bits), len(bits)), bits)
+    assert np.array_equal(ex.halves.unpack_outcomes(ex.halves.pack_outcomes(bits), len(bits)), bits)
 
 
 def test_halves_add_up_to_the_whole_split(tmp_path):
@@ -406,19 +489,19 @@ def test_halves_add_up_to_the_whole_split(tmp_path):
     the whole split's result, cell by cell; each file names its half."""
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
     kw = dict(corruptions=["gaussian_noise"], severities=[5])
-    halves = ex.halves_result(exp, "before", **kw)
-    whole = ex.result_table(ex.robustness_result(exp, "before", **kw)).set_index(["corruption", "severity"])
-    parts = [ex.result_table(halves[h]).set_index(["corruption", "severity"]) for h in ex.EVAL_HALVES]
+    halves = ex.pipeline.halves_result(exp, "before", **kw)
+    whole = ex.tables.result_table(ex.pipeline.robustness_result(exp, "before", **kw)).set_index(["corruption", "severity"])
+    parts = [ex.tables.result_table(halves[h]).set_index(["corruption", "severity"]) for h in ex.halves.EVAL_HALVES]
     assert (parts[0].correct + parts[1].correct).equals(whole.correct)
     assert (parts[0].n + parts[1].n).equals(whole.n)
-    for h in ex.EVAL_HALVES:
+    for h in ex.halves.EVAL_HALVES:
         rec = halves[h]
         assert rec["split"] == h and rec["config"]["split"] == h and rec["fingerprint"]["split"] == h
         assert (tmp_path / "smoke" / "digits" / "resnet20" / "halves" / f"before_cifar-c_{h}.json").exists()
-        out = ex.outcomes(rec, "gaussian_noise", 5)
-        assert out.sum() == int(parts[ex.EVAL_HALVES.index(h)].loc[("gaussian_noise", 5), "correct"])
+        out = ex.halves.outcomes(rec, "gaussian_noise", 5)
+        assert out.sum() == int(parts[ex.halves.EVAL_HALVES.index(h)].loc[("gaussian_noise", 5), "correct"])
     # a second call reads the files
-    assert ex.halves_result(dataclasses.replace(exp, allow_train=False), "before", **kw)["report"] == halves["report"]
+    assert ex.pipeline.halves_result(dataclasses.replace(exp, allow_train=False), "before", **kw)["report"] == halves["report"]
 
 
 def test_each_halfs_file_holds_the_outcomes_of_its_own_images(tmp_path):
@@ -429,32 +512,32 @@ def test_each_halfs_file_holds_the_outcomes_of_its_own_images(tmp_path):
     from demhec.corruptions import corrupt_split
 
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    halves = ex.halves_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
-    data = ex.eval_data(exp)
-    idx = ex.eval_halves(data.labels)
+    halves = ex.pipeline.halves_result(exp, "before", corruptions=["gaussian_noise"], severities=[5])
+    data = ex.inputs.eval_data(exp)
+    idx = ex.halves.eval_halves(data.labels)
     assert len(np.intersect1d(idx["selection"], idx["report"])) == 0
     assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(len(data.labels)))
-    model = ex.base_model(dataclasses.replace(exp, allow_train=False), len(data.classes))
+    model = ex.model_cache.base_model(dataclasses.replace(exp, allow_train=False), len(data.classes))
     sets = {("clean", 0): data.images,
-            ("gaussian_noise", 5): corrupt_split(data.images, "gaussian_noise", 5, suite="cifar-c", seed=ex.CORRUPTION_SEED)}
+            ("gaussian_noise", 5): corrupt_split(data.images, "gaussian_noise", 5, suite="cifar-c", seed=ex.profiles.CORRUPTION_SEED)}
     for half, rec in halves.items():
         assert rec["metrics"]["n"] == len(idx[half]) and rec["data"]["count"] == str(len(idx[half]))
         for (c, s), images in sets.items():
             direct = predict(model, images[idx[half]]).argmax(1).numpy() == data.labels[idx[half]]
-            assert np.array_equal(ex.outcomes(rec, c, s), direct), (half, c)
-            row = ex.result_table(rec).set_index(["corruption", "severity"]).loc[(c, s)]
+            assert np.array_equal(ex.halves.outcomes(rec, c, s), direct), (half, c)
+            row = ex.tables.result_table(rec).set_index(["corruption", "severity"]).loc[(c, s)]
             assert row.correct == direct.sum() and row.n == len(direct)
     # the two halves' outcomes are told apart (else the comparison above would prove little)
     assert len(idx["selection"]) != len(idx["report"]) or not np.array_equal(
-        ex.outcomes(halves["selection"], "clean", 0), ex.outcomes(halves["report"], "clean", 0))
+        ex.halves.outcomes(halves["selection"], "clean", 0), ex.halves.outcomes(halves["report"], "clean", 0))
 
 
 def _half_record(split, clean, noise, seed=0):
-    cells = {("clean", 0): clean, **{(c, 5): noise for c in ex.NOISE}}
+    cells = {("clean", 0): clean, **{(c, 5): noise for c in ex.runs.NOISE}}
     table = [{"corruption": c, "severity": s, "accuracy": 100 * float(np.mean(o))} for (c, s), o in cells.items()]
     return {"seed": seed, "split": split,
             "metrics": {"clean_accuracy": 100 * float(np.mean(clean)), "table": table, "n": len(clean),
-                        "correct": {f"{c}/{s}": ex.pack_outcomes(o) for (c, s), o in cells.items()}}}
+                        "correct": {f"{c}/{s}": ex.halves.pack_outcomes(o) for (c, s), o in cells.items()}}}
 
 
 def test_halves_summary_paired_errors_and_the_selection_rule():
@@ -465,22 +548,22 @@ def test_halves_summary_paired_errors_and_the_selection_rule():
     runs = {("demhec", 0): _half_record("selection", base_clean & ~flip, base_noise | flip),
             ("plain", 0): _half_record("selection", base_clean, base_noise)}
     base = _half_record("selection", base_clean, base_noise)
-    s = ex.halves_summary(base, runs, reference=("demhec", 0)).set_index("run")
+    s = ex.selection.halves_summary(base, runs, reference=("demhec", 0)).set_index("run")
     ref = paired_difference(torch.tensor(base_clean), torch.tensor(base_clean & ~flip))
     assert s.loc["demhec", "d_clean"] == pytest.approx(ref["diff"]) and s.loc["demhec", "se_clean"] == pytest.approx(ref["se"])
     assert s.loc["plain", "r_clean"] == pytest.approx(-ref["diff"])
     assert s.loc["plain", "se_clean"] == 0 and set(s.split) == {"selection"}
-    choice = ex.select_run(s.reset_index(), max_clean_cost=100)
+    choice = ex.selection.select_run(s.reset_index(), max_clean_cost=100)
     assert choice["run"] == "demhec" and choice["candidates"] == ["demhec"]  # a control is never chosen
     renamed = s.reset_index().replace({"run": {"plain": "late_frozen_tuned", "demhec": "plain@late_frozen_tuned"}})
-    assert ex.select_run(renamed, max_clean_cost=100)["candidates"] == ["late_frozen_tuned"]  # nor its controls
+    assert ex.selection.select_run(renamed, max_clean_cost=100)["candidates"] == ["late_frozen_tuned"]  # nor its controls
     with pytest.raises(DemHECError, match="no candidate"):
-        ex.select_run(s.drop("demhec").reset_index())
+        ex.selection.select_run(s.drop("demhec").reset_index())
     report = {k: dict(v, split="report") for k, v in runs.items()}
     with pytest.raises(DemHECError, match="one half"):
-        ex.halves_summary(base, report)
+        ex.selection.halves_summary(base, report)
     with pytest.raises(DemHECError, match="selection half only"):
-        ex.select_run(ex.halves_summary(dict(base, split="report"), report))
+        ex.selection.select_run(ex.selection.halves_summary(dict(base, split="report"), report))
     assert isinstance(s, pd.DataFrame)
 
 
@@ -497,8 +580,8 @@ def test_ranked_runs_spread_over_seeds_and_the_strongest_on_the_selection_half()
                 ("steps1", 0): _half_record(split, clean & ~drop[3], noise),
                 ("plain", 0): _half_record(split, clean & ~drop[4], noise)}
 
-    s = ex.halves_summary(_half_record("report", clean, noise), runs("report"), reference=("demhec", 0))
-    ranked = ex.ranked_runs(s).set_index("run")
+    s = ex.selection.halves_summary(_half_record("report", clean, noise), runs("report"), reference=("demhec", 0))
+    ranked = ex.selection.ranked_runs(s).set_index("run")
     per_seed = s[s.run == "eps2"].set_index("seed")
     assert list(ranked.index) == ["eps2", "steps1", "plain", "demhec"]  # most clean cost given back first
     assert ranked.loc["eps2", "seeds"] == 2 and ranked.loc["steps1", "seeds"] == 1
@@ -508,58 +591,58 @@ def test_ranked_runs_spread_over_seeds_and_the_strongest_on_the_selection_half()
     assert ranked.loc["eps2", "r_clean"] == pytest.approx(per_seed.r_clean.mean()) and np.isnan(ranked.loc["steps1", "sd_clean"])
     assert set(ranked.split) == {"report"} and "base" not in ranked.index
     with pytest.raises(DemHECError, match="reference"):
-        ex.ranked_runs(ex.halves_summary(_half_record("report", clean, noise), runs("report")))
-    moved, within, missing = ex.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=1.96)
+        ex.selection.ranked_runs(ex.selection.halves_summary(_half_record("report", clean, noise), runs("report")))
+    moved, within, missing = ex.prose.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=1.96)
     assert "`eps2`" in moved and "sd " in moved and "2 seeds" in moved and "`plain`" in moved  # 10 and 6 points
     assert within.endswith("none.") and "`eps1`" in missing
-    _, within_wide, _ = ex.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=100)
+    _, within_wide, _ = ex.prose.describe_ranking(ranked.reset_index(), ["eps2", "plain", "eps1"], z=100)
     assert "`eps2`" in within_wide
-    sel = ex.halves_summary(_half_record("selection", clean, noise), runs("selection"), reference=("demhec", 0))
+    sel = ex.selection.halves_summary(_half_record("selection", clean, noise), runs("selection"), reference=("demhec", 0))
     # candidates only (the control plain is not one), at seed 0 only
-    assert ex.strongest_runs(sel, ["eps2", "steps1", "demhec"], k=2) == ["eps2", "steps1"]
-    assert ex.strongest_runs(sel, ["steps1", "no_infonce"], k=3) == ["steps1"]
+    assert ex.selection.strongest_runs(sel, ["eps2", "steps1", "demhec"], k=2) == ["eps2", "steps1"]
+    assert ex.selection.strongest_runs(sel, ["steps1", "no_infonce"], k=3) == ["steps1"]
     with pytest.raises(DemHECError, match="selection half only"):
-        ex.strongest_runs(s, ["eps2"])
+        ex.selection.strongest_runs(s, ["eps2"])
 
 
 def test_the_strongest_runs_are_recorded_once_among_every_candidate(tmp_path):
     from demhec._common import TrainingDiverged
 
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    ex.halves_result(exp, "before")
+    ex.pipeline.halves_result(exp, "before")
     for run in ("demhec", "eps2"):
-        ex.ablation_halves(exp, run)
+        ex.study.ablation_halves(exp, run)
     with pytest.raises(DemHECError, match="no seed-0 result yet for: steps1, bn_frozen"):
-        ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
-    assert not ex.strongest_path(exp).exists()
-    ex.ablation_halves(exp, "steps1")
-    ex.record_divergence(exp, "bn_frozen", TrainingDiverged("diverged", step=3, what="non-finite loss", parts={}))
-    rec = ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
+        ex.selection.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
+    assert not ex.selection.strongest_path(exp).exists()
+    ex.study.ablation_halves(exp, "steps1")
+    ex.study.record_divergence(exp, "bn_frozen", TrainingDiverged("diverged", step=3, what="non-finite loss", parts={}))
+    rec = ex.selection.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)
     m = rec["metrics"]
     assert rec["split"] == "selection" and rec["kind"] == "choice/strongest" and m["diverged"] == ["bn_frozen"]
-    base, got = ex.existing_halves(exp, ["demhec", "eps2", "steps1"])
-    sel = ex.half_summary(base, got, "selection")
-    assert m["runs"] == ex.strongest_runs(sel, ["eps2", "steps1"], k=1)
+    base, got = ex.study.existing_halves(exp, ["demhec", "eps2", "steps1"])
+    sel = ex.selection.half_summary(base, got, "selection")
+    assert m["runs"] == ex.selection.strongest_runs(sel, ["eps2", "steps1"], k=1)
     assert set(m["inputs"]) == {"base", "demhec", "eps2", "steps1"}
     assert m["inputs"]["eps2"] == got[("eps2", 0)]["selection"]["fingerprint"]
-    mtime = ex.strongest_path(exp).stat().st_mtime_ns
-    assert ex.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)["metrics"]["runs"] == m["runs"]
-    assert ex.strongest_path(exp).stat().st_mtime_ns == mtime  # kept, not recomputed
+    mtime = ex.selection.strongest_path(exp).stat().st_mtime_ns
+    assert ex.selection.record_strongest(exp, ["eps2", "steps1", "bn_frozen"], k=1)["metrics"]["runs"] == m["runs"]
+    assert ex.selection.strongest_path(exp).stat().st_mtime_ns == mtime  # kept, not recomputed
 
 
 def test_stage_times_are_recorded_per_stage_and_skip_cache_hits(tmp_path):
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    assert ex.record_stage_time(exp, "eps1 seed 0 on both halves", 0.3) is None  # served from caches
-    assert ex.stage_times(exp) == []
-    ex.record_stage_time(exp, "eps1 seed 0 on both halves", 61.5)
-    ex.record_stage_time(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions", 12.0)
-    ex.record_stage_time(exp, "eps1 seed 0 on both halves", 70.0)  # a rerun replaces the time
-    rows = ex.stage_times(exp)
+    assert ex.stage_times.record_stage_time(exp, "eps1 seed 0 on both halves", 0.3) is None  # served from caches
+    assert ex.stage_times.stage_times(exp) == []
+    ex.stage_times.record_stage_time(exp, "eps1 seed 0 on both halves", 61.5)
+    ex.stage_times.record_stage_time(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions", 12.0)
+    ex.stage_times.record_stage_time(exp, "eps1 seed 0 on both halves", 70.0)  # a rerun replaces the time
+    rows = ex.stage_times.stage_times(exp)
     assert [r["stage"] for r in rows] == ["eps1 seed 0 on both halves",
                                          "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions"]
     assert rows[0]["wall_s"] == 70.0 and rows[0]["torch_threads"] == torch.get_num_threads() and rows[0]["cpu_count"] >= 1
-    assert ex.stage_times(exp, "imagecorruptions")[0]["wall_s"] == 12.0
-    path = ex.stage_time_path(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions")
+    assert ex.stage_times.stage_times(exp, "imagecorruptions")[0]["wall_s"] == 12.0
+    path = ex.stage_times.stage_time_path(exp, "plain@late_frozen_tuned seed 1 on both halves, imagecorruptions")
     assert path.parent.name == "stage_times" and " " not in path.name and "," not in path.name
     rec = results.read_result(path)
     assert rec["kind"] == "stage_time" and rec["git_commit"] and rec["versions"]
@@ -574,20 +657,20 @@ def test_controls_verdict_reads_the_paired_errors():
     base = _half_record("report", clean, noise)
     runs = {("demhec", 0): _half_record("report", clean, noise | gain),
             ("random_noise", 0): _half_record("report", clean, noise | small)}
-    s = ex.halves_summary(base, runs, reference=("demhec", 0))
-    lines = ex.controls_verdict(s, controls=("random_noise", "gaussian_aug"))
+    s = ex.selection.halves_summary(base, runs, reference=("demhec", 0))
+    lines = ex.verdict.controls_verdict(s, controls=("random_noise", "gaussian_aug"))
     assert "report half" in lines[0] and lines[0].endswith(": met).")  # +17 noise, no clean cost
     assert "ahead by at least 3 points" in lines[1] and "random-noise" in lines[1]
     assert "not run" in lines[2]
     with pytest.raises(DemHECError, match="reference"):
-        ex.controls_verdict(ex.halves_summary(base, runs))
+        ex.verdict.controls_verdict(ex.selection.halves_summary(base, runs))
 
 
 def test_existing_halves_reads_only_what_is_there(tmp_path):
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    assert ex.existing_halves(exp, ["demhec"]) == (None, {})
-    made = ex.ablation_halves(exp, "random_noise")
-    base, runs = ex.existing_halves(exp, ["demhec", "random_noise"])
+    assert ex.study.existing_halves(exp, ["demhec"]) == (None, {})
+    made = ex.study.ablation_halves(exp, "random_noise")
+    base, runs = ex.study.existing_halves(exp, ["demhec", "random_noise"])
     assert base is None and list(runs) == [("random_noise", 0)]
     assert runs[("random_noise", 0)]["report"]["metrics"] == made["report"]["metrics"]
 
@@ -598,14 +681,14 @@ def test_same_base_halves_takes_another_profiles_base_only_for_the_same_state_di
     exp = ex.Experiment(profile="smoke", dataset="cifar10", backbone="resnet20", results_dir=str(tmp_path))
     path = exp.checkpoint("base")
     other = {h: {"config": {"experiment": {"base_weights": {"sha256": hashlib.sha256(b"weights").hexdigest()}}}}
-             for h in ex.EVAL_HALVES}
-    assert ex.same_base_halves(exp, other) is None  # no checkpoint of its own
+             for h in ex.halves.EVAL_HALVES}
+    assert ex.study.same_base_halves(exp, other) is None  # no checkpoint of its own
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"weights")
-    assert ex.same_base_halves(exp, other) is other
-    assert ex.same_base_halves(exp, None) is None
+    assert ex.study.same_base_halves(exp, other) is other
+    assert ex.study.same_base_halves(exp, None) is None
     path.write_bytes(b"other weights")
-    assert ex.same_base_halves(exp, other) is None
+    assert ex.study.same_base_halves(exp, other) is None
 
 
 # --- Figures 3-4 on a half, normalised by layer width -------------------------------------------
@@ -633,9 +716,9 @@ def test_layer_widths_are_the_sizes_eq4_runs_over():
 
 def test_entropy_result_on_a_half_for_a_named_run(tmp_path):
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    data = ex.eval_data(exp)
-    report = set(ex.eval_halves(data.labels)["report"].tolist())
-    rec = ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="report")
+    data = ex.inputs.eval_data(exp)
+    report = set(ex.halves.eval_halves(data.labels)["report"].tolist())
+    rec = ex.study.ablation_entropy(exp, "before", "gaussian_noise", 5, half="report")
     assert rec["split"] == "report" and rec["config"]["split"] == "report"
     assert "report half" in rec["data"]["half"]
     m = rec["metrics"]
@@ -643,23 +726,23 @@ def test_entropy_result_on_a_half_for_a_named_run(tmp_path):
     n = len(next(iter(m["clean"].values())))
     assert n == min(exp.prof.entropy_images, len(report))
     # the normalised summary divides each layer's means by its recorded log width
-    raw, norm = ex.entropy_summary(rec), ex.entropy_summary(rec, normalised=True)
+    raw, norm = ex.tables.entropy_summary(rec), ex.tables.entropy_summary(rec, normalised=True)
     scale = pd.Series(m["log_width"])
     np.testing.assert_allclose(norm.set_index("layer")["clean"], raw.set_index("layer")["clean"] / scale[raw.layer].values)
-    ex.check_entropy_shown(norm.assign(model="base"), {"base": rec}, normalised=True, key="model")
+    ex.checks.check_entropy_shown(norm.assign(model="base"), {"base": rec}, normalised=True, key="model")
     with pytest.raises(DemHECError, match="differ"):
-        ex.check_entropy_shown(raw.assign(model="base"), {"base": rec}, normalised=True, key="model")
+        ex.checks.check_entropy_shown(raw.assign(model="base"), {"base": rec}, normalised=True, key="model")
     # another half or another run is another request: its own file, never this one reused
-    other = ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="selection")
+    other = ex.study.ablation_entropy(exp, "before", "gaussian_noise", 5, half="selection")
     assert other["metrics"]["clean"] != m["clean"]
-    run = ex.ablation_entropy(exp, "random_noise", "gaussian_noise", 5, half="report")
+    run = ex.study.ablation_entropy(exp, "random_noise", "gaussian_noise", 5, half="report")
     assert run["kind"] == "entropy/after" and run["config"]["model"]["samples"] == "uniform"
     files = sorted(p.name for p in (tmp_path / "smoke").rglob("entropy_*.json"))
     assert len(files) == 3 and all(f.endswith(("_report.json", "_selection.json")) for f in files)
     with pytest.raises(DemHECError, match="half"):
-        ex.ablation_entropy(exp, "before", "gaussian_noise", 5, half="test")
+        ex.study.ablation_entropy(exp, "before", "gaussian_noise", 5, half="test")
     with pytest.raises(DemHECError, match="no layer widths"):
-        ex.entropy_summary({"metrics": {"clean": m["clean"], "corrupted": m["corrupted"]}}, normalised=True)
+        ex.tables.entropy_summary({"metrics": {"clean": m["clean"], "corrupted": m["corrupted"]}}, normalised=True)
 
 
 def test_describe_entropy_claim_reads_the_gaps():
@@ -668,11 +751,11 @@ def test_describe_entropy_claim_reads_the_gaps():
                              "clean": 0.5, "corrupted": [0.5 + g for g in gaps], "gap": gaps})
 
     holds = pd.concat([rows("base", "pixelate", [0.0, 0.1, 0.2, 0.3]), rows("Dem-HEC", "pixelate", [0.0, 0.0, 0.1, 0.1])])
-    text = ex.describe_entropy_claim(holds)
+    text = ex.prose.describe_entropy_claim(holds)
     assert "raises the base model's middle-layer entropy" in text and "grows" in text
     assert "Dem-HEC narrows it" in text
     fails = pd.concat([rows("base", "pixelate", [0.2, -0.1, 0.0, 0.1]), rows("Dem-HEC", "pixelate", [0.3, 0.3, 0.3, 0.3])])
-    text = ex.describe_entropy_claim(fails)
+    text = ex.prose.describe_entropy_claim(fails)
     assert "does not raise" in text and "does not grow" in text and "Dem-HEC does not narrow it" in text
 
 
@@ -708,58 +791,58 @@ def test_entropy_grid_figure_draws_each_panel():
 def test_step_cost_of_each_run_reads_the_benchmark_json(tmp_path):
     from demhec.results import write_result
 
-    assert ex.step_cost_ratios(tmp_path) == {}
-    write_result(tmp_path / ex.STEP_COST_PATH, kind="cost/dem-hec-step", profile="cpu", config={},
+    assert ex.selection.step_cost_ratios(tmp_path) == {}
+    write_result(tmp_path / ex.selection.STEP_COST_PATH, kind="cost/dem-hec-step", profile="cpu", config={},
                  metrics={"ratio": {"1": 2.5, "5": 5.5}}, data={"source": "test"}, seed=0)
-    ratios = ex.step_cost_ratios(tmp_path)
+    ratios = ex.selection.step_cost_ratios(tmp_path)
     assert ratios == {1: 2.5, 5: 5.5}
     exp = ex.Experiment(profile="cpu")
-    assert ex.run_step_cost(exp, "plain", ratios) == 1.0 == ex.run_step_cost(exp, "gaussian_aug", ratios)
-    assert ex.run_step_cost(exp, "demhec", ratios) == 5.5 and ex.run_step_cost(exp, "steps1", ratios) == 2.5
-    assert math.isnan(ex.run_step_cost(exp, "steps2", ratios))  # not measured
-    assert math.isnan(ex.run_step_cost(exp, "random_noise", ratios))  # its T_he = 0 step not measured
-    assert ex.run_step_cost(exp, "random_noise", {**ratios, 0: 2.2}) == 2.2
+    assert ex.selection.run_step_cost(exp, "plain", ratios) == 1.0 == ex.selection.run_step_cost(exp, "gaussian_aug", ratios)
+    assert ex.selection.run_step_cost(exp, "demhec", ratios) == 5.5 and ex.selection.run_step_cost(exp, "steps1", ratios) == 2.5
+    assert math.isnan(ex.selection.run_step_cost(exp, "steps2", ratios))  # not measured
+    assert math.isnan(ex.selection.run_step_cost(exp, "random_noise", ratios))  # its T_he = 0 step not measured
+    assert ex.selection.run_step_cost(exp, "random_noise", {**ratios, 0: 2.2}) == 2.2
 
 
 def test_recommendation_verdict_and_its_sentences():
     rng = np.random.default_rng(2)
     n = 2000
     clean, noise = rng.random(n) < 0.85, rng.random(n) < 0.4
-    base = {h: _half_record(h, clean, noise) for h in ex.EVAL_HALVES}
-    run, controls = "late_frozen_tuned", [ex.control_of(c, "late_frozen_tuned") for c in ex.CONTROL_RUNS]
+    base = {h: _half_record(h, clean, noise) for h in ex.halves.EVAL_HALVES}
+    run, controls = "late_frozen_tuned", [ex.runs.control_of(c, "late_frozen_tuned") for c in ex.runs.CONTROL_RUNS]
     runs = {}
     for seed in (0, 1):
         g = np.random.default_rng(10 + seed)
         big, small, cost = g.random(n) < 0.3, g.random(n) < 0.05, g.random(n) < 0.02
         for name, fixed, lost in ((run, big, cost), (controls[0], small, cost), (controls[2], big, cost)):
-            runs[(name, seed)] = {h: _half_record(h, clean & ~lost, noise | fixed, seed) for h in ex.EVAL_HALVES}
-    s = ex.recommended_summary(base, runs, run)
+            runs[(name, seed)] = {h: _half_record(h, clean & ~lost, noise | fixed, seed) for h in ex.halves.EVAL_HALVES}
+    s = ex.verdict.recommended_summary(base, runs, run)
     assert set(s.split) == {"report"} and (s.run == "base").sum() == 1
     # each control is paired with the recommended run of its own seed
     for seed in (0, 1):
         row = s[(s.run == controls[0]) & (s.seed == seed)].iloc[0]
         own = s[(s.run == run) & (s.seed == seed)].iloc[0]
         assert row.r_noise_s5 == pytest.approx(row.d_noise_s5 - own.d_noise_s5)
-    v = ex.recommendation_verdict(s, run, controls)
+    v = ex.verdict.recommendation_verdict(s, run, controls)
     assert v["seeds"] == [0, 1] and v["noise_met"] and v["clean_met"]
     assert v["controls"][controls[0]]["met"] and not v["controls"][controls[2]]["met"]  # the same gain
     assert v["controls"][controls[1]] is None and not v["controls_met"] and not v["all_met"]
-    lines = ex.describe_recommendation(ex.Experiment(profile="cpu"), v, 4.91)
+    lines = ex.prose.describe_recommendation(ex.Experiment(profile="cpu"), v, 4.91)
     assert "eps = 4/255 (paper config: 8/255)" in lines[0]
     assert "freezing: the later stages frozen, the stem and the first two stages train (paper config: the stem and the first stage frozen)" in lines[0]
     assert "mean of 2 seeds" in lines[1] and "sd " in lines[1] and "4.91 plain steps" in lines[1]
     assert "not run yet" in lines[3] and "less than 3 points" in lines[4]
     assert "plain fine-tune control" in lines[2] and "not met" in lines[-1] and "selection rule picks" in lines[-1]
     with pytest.raises(DemHECError, match="no halves results"):
-        ex.recommended_summary(base, runs, "eps2")
+        ex.verdict.recommended_summary(base, runs, "eps2")
     assert v["base_noise_s5"] == pytest.approx(100 * noise.mean())
     # the same runs in another suite, where the noises are stronger and the gain is gone
-    weak = {k: {h: _half_record(h, clean & ~lost, noise, k[1]) for h in ex.EVAL_HALVES}
+    weak = {k: {h: _half_record(h, clean & ~lost, noise, k[1]) for h in ex.halves.EVAL_HALVES}
             for k in runs for lost in [rng.random(n) < 0.02]}
-    hard = {h: _half_record(h, clean, noise) for h in ex.EVAL_HALVES}
-    other = ex.recommendation_verdict(ex.recommended_summary(hard, weak, run), run, controls)
-    assert ex.describe_suites({"cifar-c": v}) == []
-    (line,) = ex.describe_suites({"cifar-c": v, "imagecorruptions": other})
+    hard = {h: _half_record(h, clean, noise) for h in ex.halves.EVAL_HALVES}
+    other = ex.verdict.recommendation_verdict(ex.verdict.recommended_summary(hard, weak, run), run, controls)
+    assert ex.prose.describe_suites({"cifar-c": v}) == []
+    (line,) = ex.prose.describe_suites({"cifar-c": v, "imagecorruptions": other})
     assert "`imagecorruptions` suite" in line and f"against {v['d_noise_s5']:+.2f} in `cifar-c`" in line
     assert f"by {other['d_noise_s5']:+.2f} points" in line and "noise not met" in line
     assert "plain fine-tune" in line and "Gaussian-augmentation" in line and "random-noise" not in line
@@ -774,22 +857,22 @@ def test_a_diverged_fine_tune_is_recorded_as_its_outcome(tmp_path):
     assert isinstance(err, TrainingDiverged) and isinstance(err, DemHECError)
     assert err.step == 9 and err.parts["kd"] == 9.7e23 and "diverged at step 9" in str(err)
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    rec = ex.record_divergence(exp, "bn_frozen", err)
+    rec = ex.study.record_divergence(exp, "bn_frozen", err)
     assert rec["kind"] == "diverged" and rec["metrics"]["step"] == err.step and rec["config"]["run"] == "bn_frozen"
     assert rec["config"]["model"]["bn"] == "frozen" and rec["git_commit"] and rec["data"]
-    assert ex.divergence_path(exp, "bn_frozen").name == "after_bn_frozen_cifar-c_diverged.json"
-    assert ex.existing_divergences(exp, ["bn_frozen", "eps2"]) == {"bn_frozen": rec}
+    assert ex.study.divergence_path(exp, "bn_frozen").name == "after_bn_frozen_cifar-c_diverged.json"
+    assert ex.study.existing_divergences(exp, ["bn_frozen", "eps2"]) == {"bn_frozen": rec}
     # a record is the outcome of one config and seed only
-    assert ex.existing_divergences(dataclasses.replace(exp, seed=1), ["bn_frozen"]) == {}
-    ex.divergence_path(exp, "bn_frozen").rename(ex.divergence_path(exp, "eps2"))
-    assert ex.existing_divergences(exp, ["bn_frozen", "eps2"]) == {}
+    assert ex.study.existing_divergences(dataclasses.replace(exp, seed=1), ["bn_frozen"]) == {}
+    ex.study.divergence_path(exp, "bn_frozen").rename(ex.study.divergence_path(exp, "eps2"))
+    assert ex.study.existing_divergences(exp, ["bn_frozen", "eps2"]) == {}
 
 
 def test_describe_divergences_names_step_and_learning_rate():
     rec = {"metrics": {"step": 9, "what": "non-finite gradients"}, "config": {"model": {"lr": 0.05}}}
-    (line,) = ex.describe_divergences({"bn_frozen": rec})
+    (line,) = ex.prose.describe_divergences({"bn_frozen": rec})
     assert "bn_frozen" in line and "step 9" in line and "lr 0.05" in line and "no accuracy" in line
-    assert ex.describe_divergences({}) == []
+    assert ex.prose.describe_divergences({}) == []
 
 
 def test_halves_stage_names_a_rescoring_of_a_kept_checkpoint(tmp_path, capsys):
@@ -801,7 +884,7 @@ def test_halves_stage_names_a_rescoring_of_a_kept_checkpoint(tmp_path, capsys):
     first = capsys.readouterr().out
     assert "[stage] eps2 seed 0 on both halves: " in first and "scoring only" not in first
     exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
-    assert ex.ablation_checkpoint(exp, "eps2").exists()
+    assert ex.study.ablation_checkpoint(exp, "eps2").exists()
     for path in (exp.cell_dir / "halves").glob("after_eps2_*"):
         path.unlink()
     script.main(args)

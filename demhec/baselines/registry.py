@@ -53,8 +53,7 @@ def register_method(method: Method) -> Method:
     """Add ``method`` to :data:`METHODS`; a name can be registered once."""
     if method.name in METHODS:
         raise DemHECError(f"training method {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return METHODS.setdefault(method.name, method)
 
 
 def get_method(name: str) -> Method:

@@ -53,7 +53,10 @@ _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def _download_hint(function: str) -> str:
-    return f"download it with demhec.corruptions.{function}(root)"
+    from .._common import words
+
+    return words(f"download it with demhec.corruptions.{function}(root)",
+                 "pass --download to fetch it, or point --data-root at a local copy")
 
 
 def _cifar_c_folder(root: Path, archive: Archive, corruption: str) -> Path:
@@ -120,7 +123,10 @@ def released_split(suite: str, root: str | os.PathLike | None, corruption: str, 
     dataset = RELEASED_SUITES[check_choice("suite", suite, RELEASED_SUITES)]
     check_corruption(corruption, suite)
     if root is None:
-        raise DemHECError(f"suite {suite!r} reads the released files: give the folder that holds them (data_root)")
+        from .._common import words
+
+        raise DemHECError(f"suite {suite!r} reads the released files: give the folder that holds them "
+                          f"({words('data_root', '--data-root')})")
     if download and not released_available(suite, root):
         if dataset == "tinyimagenet":
             download_tiny_imagenet_c(root)

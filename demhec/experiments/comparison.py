@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .._common import atomic_write, check_choice
 from ..training import DemHECConfig
-from .ablations import gaussian_aug_sigma
-from .pipeline import (
-    EVAL_HALVES,
-    REPO_ROOT,
-    Experiment,
-    base_model,
-    demhec_model,
-    halves_path,
-    halves_result,
-)
+from .halves import EVAL_HALVES
+from .model_cache import base_model, demhec_model
+from .pipeline import halves_path, halves_result
+from .profiles import REPO_ROOT, Experiment
+from .runs import Run, gaussian_aug_sigma
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
            "comparison_run", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
@@ -44,26 +38,6 @@ __all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "checkpoint_path", "co
 PROFILE = "a3"
 ADAPTATIONS = ("bn", "tent")
 PLAIN = {"alpha": 0.0, "lambda_c": 0.0, "lambda_kd": 0.0}  # clean cross-entropy only
-
-
-@dataclass(frozen=True)
-class Run:
-    """One row of the comparison."""
-
-    name: str  # result and checkpoint name (results/cpu/checkpoints/a3/<backbone>_<name>.pt)
-    label: str  # as tables print it
-    family: str  # "Dem-HEC", "compared method", "control", "architecture" or "base"
-    # Changes to A.3's DemHECConfig (a function of nothing when reading them is slow).
-    overrides: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(default_factory=dict)
-    backbone: str = "resnet20"
-    fine_tuned: bool = True  # False: the backbone's base model scored as it is
-
-    def config(self, base: DemHECConfig) -> DemHECConfig | None:
-        """``base`` (A.3's config in the comparison) with this run's changes (None for a base)."""
-        if not self.fine_tuned:
-            return None
-        changes = self.overrides() if callable(self.overrides) else self.overrides
-        return replace(base, **changes)
 
 
 def _method(name: str) -> dict[str, Any]:

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .._common import check_choice
+from ..checkpoints import read_checkpoint
 from ..evaluation import mean_corruption_error, paired_difference
 from ..results import REPO_ROOT
-from ..training import read_checkpoint
 from .comparison import (
     ADAPTATIONS,
     COMPARISON,
@@ -34,7 +34,8 @@ from .comparison import (
     run_config,
     score_run,
 )
-from .pipeline import EVAL_HALVES, stage_times, unpack_outcomes
+from .halves import EVAL_HALVES, unpack_outcomes
+from .stage_times import stage_times
 
 __all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_records", "comparison_table",
            "comparison_verdict", "describe_comparison", "run_metrics", "table3_rows", "table4_rows",

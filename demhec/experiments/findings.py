@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import paired_difference
-from .pipeline import unpack_outcomes
+from .halves import unpack_outcomes
 
 __all__ = ["Evidence", "Finding", "PRECEDENCE", "evidence_sources", "findings", "findings_table"]
 

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .._common import DemHECError, check_choice
+from ..data import DATASETS_BY_PROFILE
 from ..results import check_writable
-from .pipeline import (
-    DATASETS_BY_PROFILE,
-    PROFILES,
-    REPO_ROOT,
-    Experiment,
-    entropy_path,
-    robustness_path,
-)
+from .layout import Request, model_path, result_path
+from .pipeline import as_run
+from .profiles import PROFILES, REPO_ROOT, Experiment
+from .runs import BASE, DEMHEC
 
 # The profiles that compute a missing result by default (allow_train="auto"): minutes on a CPU.
 AUTO_TRAIN_PROFILES = ("smoke", "demo")
@@ -226,7 +223,7 @@ def _minutes(seconds: float) -> str:
 def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> str:
     e = ctx.exp
     results, models = [], {}
-    base_missing = not (e.prof.pretrained or e.base_weights_path or e.weights) and not e.checkpoint("base").exists()
+    base_missing = not (e.prof.pretrained or e.base_weights_path or e.weights) and not model_path(e, BASE).exists()
     for item in dict.fromkeys(needs):
         if item == "model:before":  # the base model itself, not only its results
             if base_missing:
@@ -234,19 +231,20 @@ def _plan(ctx: NotebookContext, needs: Sequence[str], pooled: bool = False) -> s
             continue
         if item.startswith("entropy:"):
             phase = item.split(":", 1)[1]
-            path = entropy_path(e, phase, ctx.corruptions[0], ctx.severities[0], ctx.suite, pooled)
+            path = result_path(e, as_run(e, phase), Request("entropy", ctx.suite, corruption=ctx.corruptions[0],
+                                                            severity=ctx.severities[0], pooled=pooled))
         else:
-            phase, path = item, robustness_path(e, item, ctx.suite, corruptions=ctx.corruptions)
+            phase, path = item, result_path(e, as_run(e, item), Request(suite=ctx.suite, corruptions=ctx.corruptions))
         if path.exists() and not e.recompute:
             continue
         results.append(path.name)
         if base_missing:
             models["base"] = f"base {e.effective_backbone} ({e.base_config.epochs} epochs on {e.effective_dataset})"
-        if phase == "after" and not e.checkpoint("demhec").exists():
+        if phase == "after" and not model_path(e, DEMHEC).exists():
             steps = f", at most {e.demhec_config.max_steps} steps" if e.demhec_config.max_steps else ""
             models["demhec"] = f"the Dem-HEC fine-tune ({e.demhec_config.epochs} epochs{steps})"
         if phase.startswith("baseline:") and phase != "baseline:pad_crop":
-            if not e.checkpoint(f"baseline_{phase.split(':', 1)[1]}").exists():
+            if not model_path(e, as_run(e, phase)).exists():
                 models[phase] = f"the {phase.split(':', 1)[1]} baseline"
     if not results and not models:
         return "nothing to compute: every result this notebook shows is on disk"

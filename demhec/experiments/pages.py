@@ -16,6 +16,14 @@ from typing import Any
 import pandas as pd
 
 from ..results import paper_table, save_table
+from .checks import (
+    check_families,
+    check_number,
+    check_recounted,
+    check_shown,
+    check_summary,
+    recount,
+)
 from .comparison import PROFILE
 from .comparison_tables import (
     COMPARISON_METRICS,
@@ -28,6 +36,9 @@ from .comparison_tables import (
     table4_rows,
     with_wall_times,
 )
+from .pipeline import robustness_result
+from .prose import describe_families, describe_summary
+from .tables import before_after_table, family_table, result_table, summary_vs_paper
 
 __all__ = ["Page", "comparison_page", "comparison_status", "ranked_comparison", "table3_page", "table3_plan",
            "table4_page", "table4_plan"]
@@ -105,7 +116,6 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
     against the noise S5 mean and against the all-15 S5 mean; fine-tuned, from-scratch and
     test-time models marked apart). Tables are saved under ``ctx.tables_dir``."""
     from .. import plots
-    from .tables import check_number, recount
 
     results_dir = ctx.exp.results_dir
     records = comparison_records(profile, results_dir)
@@ -169,15 +179,6 @@ def table3_page(ctx: Any, methods: list[str]) -> Page:
     if ctx.exp.profile == "cpu":
         return comparison_page(ctx, "table3")
     from .. import adaptation, get_model
-    from .pipeline import robustness_result
-    from .tables import (
-        check_families,
-        check_number,
-        describe_families,
-        family_table,
-        recount,
-        result_table,
-    )
 
     def result(phase: str, adapt: str | None = None) -> dict:
         return robustness_result(ctx.exp, phase, ctx.suite, ctx.corruptions, ctx.severities, adapt=adapt)
@@ -213,15 +214,6 @@ def table4_page(ctx: Any) -> Page:
     beside the paper's Dem-HEC and push-pull rows."""
     if ctx.exp.profile == "cpu":
         return comparison_page(ctx, "table4")
-    from .pipeline import robustness_result
-    from .tables import (
-        before_after_table,
-        check_recounted,
-        check_shown,
-        check_summary,
-        describe_summary,
-        summary_vs_paper,
-    )
 
     before = robustness_result(ctx.exp, "before", ctx.suite, ctx.corruptions, ctx.severities)
     after = robustness_result(ctx.exp, "after", ctx.suite, ctx.corruptions, ctx.severities)

@@ -181,13 +181,7 @@ class MultiScalePushPullConv2d(nn.Module):
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        *,
-        stride: int = 1,
-        padding: int = 1,
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, padding: int = 1,
         # Pull upsampling factors (ours: the paper's text was not available). They bracket
         # Strisciuglio et al.'s h = 2 and give distinct odd pull kernels of 5, 7 and 9 px for
         # the 3x3 stem (2.5 would repeat 7 px).

@@ -1,0 +1,126 @@
+"""The images of an experiment: its training and evaluation data, and how its corrupted
+evaluation sets are made, cached and scored (every result that reads them sees the same images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import ImageArrays, jpeg_source, load_named, subset
+from ..runs import EvalRun
+from .profiles import CORRUPTION_SEED, SUBSET_SEED, Experiment, Profile
+
+
+def _limit(exp: Experiment, split: str) -> int | None:
+    return exp.prof.train_limit if split == "train" else exp.prof.eval_limit
+
+
+def _load(exp: Experiment, split: str) -> ImageArrays:
+    arrays = load_named(exp.effective_dataset, split, exp.data_root, download=exp.download,
+                        cache_dir=Path(exp.results_dir) / "cache", progress=exp.progress,
+                        eval_per_class=exp.prof.eval_per_class)
+    return subset(arrays, _limit(exp, split), seed=SUBSET_SEED)
+
+
+def train_data(exp: Experiment) -> ImageArrays:
+    """The experiment's training images (the profile's substitute dataset and limit)."""
+    return _load(exp, "train")
+
+
+def eval_data(exp: Experiment) -> ImageArrays:
+    """The experiment's evaluation images (the profile's substitute dataset and limit)."""
+    return _load(exp, "test")
+
+
+def data_request(exp: Experiment, split: str) -> dict[str, Any]:
+    """Which images a split of the experiment is, as a cache fingerprint records it: known
+    without reading the data, so a cached result is checked (and the committed ones load) where
+    the data is absent."""
+    out = {"dataset": exp.effective_dataset, "split": split, "limit": _limit(exp, split),
+           "subset_seed": SUBSET_SEED}
+    if exp.prof.eval_per_class != Profile.eval_per_class:  # recorded where it differs (smoke)
+        out["eval_per_class"] = exp.prof.eval_per_class
+    return out
+
+
+def provenance(arrays: ImageArrays) -> dict:
+    """What a result records of the images it saw: their provenance and count."""
+    prov = dict(arrays.provenance)
+    prov["count"] = str(len(arrays))
+    return prov
+
+
+def data_unavailable(exp: Experiment) -> str:
+    """Why the experiment's images cannot be read on this machine ("" when they can): the
+    ``cpu`` profile's JPEG archive of real CIFAR-10 images is on the development machines only."""
+    if exp.effective_dataset != "cifar10_jpeg":
+        return ""
+    source = jpeg_source(exp.data_root)
+    if source.exists():
+        return ""
+    return (f"The real CIFAR-10 images of the {exp.profile!r} profile are not on this machine: {source.name} "
+            "was not found (the JPEG archive is on the development machines only; -p data_root takes the "
+            "archive or its extracted folder), so the images cannot be shown here.")
+
+
+def corrupted_eval_kw(exp: Experiment) -> dict[str, Any]:
+    """Where and how the experiment's corrupted evaluation sets are made, cached and scored
+    (every result that reads them must see the same images), and how every evaluation entry
+    point runs (:class:`~demhec.runs.EvalRun`)."""
+    run = EvalRun(batch_size=exp.prof.eval_batch_size, device=exp.device,
+                  channels_last=exp.channels_last, progress=exp.progress)
+    return dict(seed=CORRUPTION_SEED, cache_dir=Path(exp.results_dir) / "cache" / "corruptions",
+                key=f"{exp.effective_dataset}-eval", data_root=exp.data_root, download=exp.download,
+                **run.keywords())
+
+
+def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
+                     corruptions: Sequence[str] | None = None,
+                     severities: Sequence[int] | None = None, workers: int | None = None) -> None:
+    """Generate the experiment's corrupted evaluation sets into the cache that
+    :func:`.pipeline.robustness_result` reads, ahead of the models that need them (several
+    processes then read one cache instead of each building it)."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES, corruption_grid
+
+    kw = corrupted_eval_kw(exp)
+    for _ in corruption_grid(eval_data(exp).images, corruptions or PAPER_CORRUPTIONS,
+                             severities or PAPER_SEVERITIES, suite=suite, seed=kw["seed"],
+                             cache_dir=kw["cache_dir"], key=kw["key"], workers=workers,
+                             progress=exp.progress):
+        pass
+
+
+def scored_on(suite: str, **how: Any) -> dict[str, Any]:
+    """How a result's corrupted images are made, for its fingerprint: the suite, the corruption
+    seed, ``how`` (corruptions, severities, ...), and for a released suite the archive its files
+    come from (a corruption seed does not apply to them, but stays recorded alike)."""
+    from ..corruptions import CIFAR_C_ARCHIVES, RELEASED_SUITES, TINY_IMAGENET_C_ARCHIVE
+
+    out = {"suite": suite, **how, "corruption_seed": CORRUPTION_SEED}
+    if suite in RELEASED_SUITES:
+        dataset = RELEASED_SUITES[suite]
+        archive = TINY_IMAGENET_C_ARCHIVE if dataset == "tinyimagenet" else CIFAR_C_ARCHIVES[dataset]
+        out["released_files"] = {"url": archive.url, "md5": archive.md5}
+    return out
+
+
+def corruption_examples(exp: Experiment, suite: str, corruptions: Sequence[str],
+                        severities: Sequence[int], n_images: int = 7) -> tuple[np.ndarray, dict]:
+    """Clean evaluation images and their corrupted versions (Figure 2 inputs); a released
+    suite shows its own files' images at the same indices of the test set."""
+    from ..corruptions import RELEASED_SUITES, corrupt_split, released_split
+
+    data = eval_data(exp)
+    # One image per class where possible, so the figure shows varied content.
+    idx = [int(np.flatnonzero(data.labels == c)[0]) for c in np.unique(data.labels)][:n_images]
+    clean = data.images[idx]
+
+    def corrupted(c: str, s: int) -> np.ndarray:
+        if suite in RELEASED_SUITES:
+            return released_split(suite, exp.data_root, c, s, download=exp.download, classes=data.classes)[0][idx]
+        return corrupt_split(clean, c, s, suite=suite, seed=CORRUPTION_SEED)
+
+    return clean, {(c, s): np.asarray(corrupted(c, s)) for c in corruptions for s in severities}
