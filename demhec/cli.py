@@ -404,6 +404,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _finish(args, stem, "cli/finetune", cfg, model, tr, ev, {"base_weights": Path(weights).name})
 
 
+def _model_to_score(args: argparse.Namespace):
+    """The weights to score (``--weights`` or the base the command line trained), the test split,
+    and the model, after checking that the weights were made for this dataset and its classes."""
+    weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
+    _check_made_for(args, weights)
+    ev = _data(args, "test")
+    _check_made_for(args, weights, ev.classes)
+    return weights, ev, _model(args, len(ev.classes), weights)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._common import check_choice
     from .corruptions import ALL_SUITES, check_corruption
@@ -417,11 +427,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         check_corruption(c, args.suite)
     severities = [_severity(s) for s in args.severities.split(",")]
     check_writable(args.out)
-    weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
-    _check_made_for(args, weights)
-    ev = _data(args, "test")
-    _check_made_for(args, weights, ev.classes)
-    model = _model(args, len(ev.classes), weights)
+    weights, ev, model = _model_to_score(args)
     _refuse_other_result(args, Path(args.out) / f"{Path(weights).stem}_{args.suite}.json")
     run = _from_args(EvalRun, args, device=args.device, progress=not args.no_progress)
     table = evaluate(model, ev, corruptions, severities, args.suite, seed=args.seed,
@@ -438,7 +444,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_entropy(args: argparse.Namespace) -> None:
-
     from .corruptions import check_corruption, corrupt_split
     from .entropy import layer_entropy
     from .evaluation import as_float_images
@@ -447,11 +452,7 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     check_corruption(args.corruption, args.suite)
     severity = _severity(args.severity)
     check_writable(args.out)
-    weights = args.weights or str(_stem(args, "base").with_suffix(".pt"))
-    _check_made_for(args, weights)
-    ev = _data(args, "test")
-    _check_made_for(args, weights, ev.classes)
-    model = _model(args, len(ev.classes), weights)
+    weights, ev, model = _model_to_score(args)
     corrupted = corrupt_split(ev.images, args.corruption, severity, suite=args.suite, seed=args.seed)
 
     def run(images):
