@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args()
     # FlopCounterMode cannot follow the ascent's torch.autograd.grad, so the Dem-HEC step's FLOPs
-    # are the plain step's scaled by the (2 T_he + 7) / 3 forward-equivalents (README.md).
+    # are the plain step's scaled by the (2 T_he + 7) / 3 forward-equivalents (docs/distributed.md).
     flops = FlopCounterMode(display=False)
     one_step("plain", args.batch_size, flops)
     plain_gflop = flops.get_total_flops() / 1e9

@@ -3,7 +3,7 @@
 Both steps run the library's own loops (``demhec.train`` and ``demhec.finetune``) on the same
 model architecture and the same batches; the per-step wall time comes from the ``on_step``
 callback, the first steps are discarded as warm-up, and the median is reported. The compute
-bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see README.md).
+bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see docs/distributed.md).
 
     python benchmarks/step_cost.py --steps 12 --the 1 5 10 --rounds 3
     python benchmarks/step_cost.py --the 1 2 5 --freeze auto --out results/cpu/bench/step_cost_the.json

@@ -1,18 +1,22 @@
-"""Render the README's result blocks from the committed result JSONs.
+"""Render the generated blocks of README.md and docs/*.md from the committed result JSONs.
 
 Each block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
-README.md and is produced by the function of that name below from ``results/``, so no number in it
-is typed by hand. ``--check`` exits non-zero when a block differs from what the results give
+README.md or a page of docs/ and is produced by the function of that name below (:data:`BLOCKS`)
+from ``results/`` (the ``notebooks`` block from the notebooks on disk), so no number in it is typed
+by hand. ``--check`` exits non-zero when a block differs from what the results give
 (``tests/test_readme.py`` runs it); without it the blocks are rewritten in place::
 
-    .venv/bin/python scripts/render_readme.py          # after committing new results
+    .venv/bin/python scripts/render_readme.py            # after committing new results
+    .venv/bin/python scripts/render_readme.py --check    # exit 1 while a block is stale
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demhec import experiments as ex  # noqa: E402
+from demhec.experiments.comparison_tables import (  # noqa: E402
+    comparison_records,
+    comparison_table,
+    comparison_verdict,
+    describe_comparison,
+)
+from demhec.experiments.findings import PRECEDENCE, findings  # noqa: E402
 from demhec.results import markdown_table, read_result  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)", re.S)
@@ -178,35 +189,148 @@ def cpu_stage_times(results: Path) -> str:
             "says how many jobs shared the cores:\n\n" + markdown_table(table) + "\n")
 
 
+def findings_block(results: Path) -> str:
+    """The project's findings (:func:`demhec.experiments.findings.findings`): each question, its
+    answer from the best evidence, what that evidence is, and what lower-ranked evidence said. The
+    site's front page (``scripts/build_site.py``) shows the same sentences."""
+    found = findings(results)
+    if not found:
+        return "No findings yet: no result files are committed.\n"
+    lines = [f"- **{f.question}** {f.answer} *Rests on: {f.evidence}.*"
+             + (f" Lower-ranked evidence: {'; '.join(a.rstrip('.') for a in f.also)}." if f.also else "") for f in found]
+    lines.append(f"- Precedence of evidence: {'; '.join(PRECEDENCE)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _status(missing: str) -> str:
+    """What a row without results lacks, without the step of a run in progress (which changes
+    every checkpoint and lives in an uncommitted resume file)."""
+    return ("model present, not scored yet" if missing == "not scored yet"
+            else "not trained yet, or still training in `scripts/comparison.py`'s queues")
+
+
+def comparison(results: Path) -> str:
+    """The comparison with the methods of the paper's Tables 3-4 at A.3 as its result files stand:
+    the measured rows on the report half, the verdict when Dem-HEC's own run is in, and which rows
+    are still missing."""
+    records = comparison_records("a3", results)
+    table = comparison_table(records, "report", 0, "a3", results)
+    measured = table[table.missing == ""]
+    lines = []
+    if len(measured):
+        n = next(int(got[a]["report"]["metrics"]["n"]) for got in records.values() for a in got)
+
+        def cell(row, m: str) -> str:
+            v, d = row.get(m, float("nan")), row.get(f"d_{m}", float("nan"))
+            return "--" if v != v else f"{v:.2f}" + ("" if d != d else f" ({d:+.2f})")
+
+        def vs(row, m: str) -> str:
+            v, se = row.get(f"vs_demhec_{m}", float("nan")), row.get(f"se_{m}", float("nan"))
+            return "--" if v != v else f"{v:+.2f} ± {se:.2f}"
+
+        rows = [r for _, r in measured.iterrows()]
+        df = pd.DataFrame({"model": [r["label"] for r in rows],
+                           "clean": [cell(r, "clean") for r in rows],
+                           "noise S5 mean": [cell(r, "noise_s5") for r in rows],
+                           "all-15 S5 mean": [cell(r, "all15_s5") for r in rows],
+                           "Dem-HEC minus it, noise S5": [vs(r, "noise_s5") for r in rows]})
+        lines += [f"Report half ({n} images), seed 0, accuracy % (change from the base in points where the base is "
+                  "scored); the fifteen corruptions at S1-S5, test-time adaptation on the paper's seven at S1/S3/S5; "
+                  "± is the paired standard error over the half's images:", "", markdown_table(df), ""]
+    else:
+        lines += ["No row of the comparison is scored yet.", ""]
+    if ("demhec", 0) in records:
+        verdict = comparison_verdict(records, table)
+        lines += [f"- {ln.removeprefix('- ')}" for ln in describe_comparison(table, verdict).splitlines()[1:]
+                  if not ln.startswith("Not measured yet")]
+    else:
+        lines.append("- No verdict yet: Dem-HEC's own run at A.3 is not scored, so no method is compared with it.")
+    missing = table[table.missing != ""]
+    for status in dict.fromkeys(_status(m) for m in ("not scored yet", "not trained yet")):
+        who = [r.label for r in missing.itertuples() if _status(r.missing) == status]
+        if who:
+            lines.append(f"- {status[0].upper()}{status[1:]} ({len(who)} of {len(table)} rows): {', '.join(who)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _tracked_notebooks(pattern: str) -> list[Path]:
+    """The notebooks matching ``pattern`` on disk that git tracks or would track: not a scratch
+    copy that git ignores (the ``out.ipynb`` of the README's papermill command)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--",
+                                 f":(glob){pattern}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(ROOT.glob(pattern))
+    return sorted(p for p in (ROOT / name for name in listed) if p.is_file())
+
+
+def _title(path: Path) -> str:
+    for cell in json.loads(path.read_text())["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and text.startswith("#"):
+            return text.splitlines()[0].lstrip("#").strip().replace("|", "/")
+    return ""
+
+
+def notebooks(results: Path, page: Path) -> str:
+    """Every notebook, its title, and its executed pages, linked from ``page``."""
+    rows = []
+    for nb in _tracked_notebooks("notebooks/*.ipynb"):
+        executed = _tracked_notebooks(f"notebooks/executed/*/{nb.name}")
+        links = ", ".join(f"[{p.parent.name}]({Path(os.path.relpath(p, page.parent)).as_posix()})" for p in executed)
+        rows.append({"notebook": f"`{nb.stem}`", "what it shows": _title(nb), "executed pages": links or "--"})
+    if not rows:
+        return "No notebooks are committed.\n"
+    return markdown_table(pd.DataFrame(rows)) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
-                                            "cpu-stage-times": cpu_stage_times}
+                                            "cpu-stage-times": cpu_stage_times, "findings": findings_block,
+                                            "comparison": comparison}
+# Blocks whose text depends on the page they sit on (relative links).
+PAGE_BLOCKS: dict[str, Callable[[Path, Path], str]] = {"notebooks": notebooks}
 
 
-def render(text: str, results: Path) -> str:
+def render(text: str, results: Path, page: Path | None = None) -> str:
+    page = page or ROOT / "README.md"
+
     def body(m: re.Match) -> str:
         name = m["name"]
+        if name in PAGE_BLOCKS:
+            return m[1] + PAGE_BLOCKS[name](results, page) + m[4]
         if name not in BLOCKS:
-            raise SystemExit(f"README block {name!r} has no renderer; known: {', '.join(BLOCKS)}")
+            raise SystemExit(f"{page.name}: block {name!r} has no renderer; known: {', '.join([*BLOCKS, *PAGE_BLOCKS])}")
         return m[1] + BLOCKS[name](results) + m[4]
 
     return BLOCK.sub(body, text)
 
 
+def pages() -> list[Path]:
+    """The pages whose blocks are rendered: README.md and every docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--readme", type=Path, action="append", default=None, metavar="PAGE",
+                   help="a page to render (repeatable; default: README.md and docs/*.md)")
     p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--check", action="store_true", help="fail when a block is stale instead of rewriting it")
     args = p.parse_args(argv)
-    old = args.readme.read_text()
-    new = render(old, args.results)
-    if new == old:
-        return 0
-    if args.check:
-        print(f"{args.readme.name}'s generated blocks differ from the results; run scripts/render_readme.py")
+    stale = []
+    for page in args.readme or pages():
+        old = page.read_text()
+        new = render(old, args.results, page.resolve())
+        if new == old:
+            continue
+        stale.append(page)
+        if not args.check:
+            page.write_text(new)
+            print(f"rewrote the generated blocks of {page.name}")
+    if stale and args.check:
+        print(f"generated blocks differ from the results in {', '.join(p.name for p in stale)}; "
+              "run scripts/render_readme.py")
         return 1
-    args.readme.write_text(new)
-    print(f"rewrote the generated blocks of {args.readme.name}")
     return 0
 
 

@@ -171,14 +171,16 @@ def test_cli_help_runs():
         assert cmd in out.stdout
 
 
-def _readme_blocks(lang: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+def _readme_blocks(lang: str, pages: tuple[str, ...] | None = None) -> list[str]:
+    """The ``lang`` code blocks of README.md and docs/*.md (or of ``pages``)."""
+    paths = [ROOT / p for p in pages] if pages else [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [b for path in paths for b in re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)]
 
 
 @pytest.mark.slow
 def test_readme_library_example_runs(tmp_path):
-    (code,) = _readme_blocks("python")
+    """The Python example of the library's page (docs/library.md) runs as printed."""
+    (code,) = _readme_blocks("python", ("docs/library.md",))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -186,10 +188,12 @@ def test_readme_library_example_runs(tmp_path):
 
 
 def test_readme_commands_are_known():
-    """Every shell command the README shows is one that a test or CI runs."""
-    known = (". .venv/bin/activate", "make demo", "make test", ".venv/bin/papermill notebooks/03_table1.ipynb",
-             "demhec train", "demhec finetune", "demhec evaluate", "demhec entropy",
-             ".venv/bin/python scripts/cpu_reproduction.py", ".venv/bin/python scripts/run_notebooks.py --profile cpu",
+    """Every shell command the README and docs/ show is one that a test or CI runs."""
+    known = (". .venv/bin/activate", "make demo", "make test", "papermill notebooks/03_table1.ipynb",
+             ".venv/bin/papermill notebooks/03_table1.ipynb", "demhec train", "demhec finetune", "demhec evaluate",
+             "demhec entropy", ".venv/bin/python scripts/cpu_reproduction.py",
+             ".venv/bin/python scripts/comparison.py",  # tests/test_comparison.py
+             ".venv/bin/python scripts/run_notebooks.py --profile cpu",
              "torchrun ")  # torchrun: tests/test_distributed.py
     for block in _readme_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():

@@ -1,7 +1,12 @@
-"""The README's generated result blocks are what the committed results give (scripts/render_readme.py)."""
+"""The README and docs/ say what the committed results give: the README is short, every generated
+block is what scripts/render_readme.py renders now, no result number is typed outside those
+blocks, the findings shown are the site's and the library's, and every relative link resolves."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +17,37 @@ from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "render_readme.py"
+README = ROOT / "README.md"
+MAX_README_LINES = 250
+
+
+def pages() -> list[Path]:
+    """README.md and every page of docs/: the pages whose blocks are rendered and checked."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def tracked_notebooks() -> list[Path]:
+    """The notebooks on disk that git tracks or would track (not an ignored scratch copy)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--",
+                             ":(glob)notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return sorted(p for p in (ROOT / name for name in listed) if p.is_file())
 
 
 def _script():
     return load_script("render_readme")
 
 
-def test_the_committed_readme_blocks_are_current():
+def test_the_readme_is_read_in_five_minutes():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_the_committed_blocks_are_current():
+    """Every generated block of README.md and docs/*.md is what the renderer gives now (the
+    renderer's --check: render == committed, so a second render changes no byte)."""
+    blocks = [m["name"] for page in pages() for m in load_script("render_readme").BLOCK.finditer(page.read_text())]
+    assert {"findings", "comparison", "gpu", "cpu-controls", "cpu-recommended", "cpu-stage-times",
+            "notebooks"} <= set(blocks), blocks
     run = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -75,7 +104,8 @@ def shell_commands_outside_the_venv(readme: str) -> list[str]:
 
 
 def test_the_readme_commands_run_as_typed_on_a_fresh_clone():
-    assert shell_commands_outside_the_venv((ROOT / "README.md").read_text()) == []
+    for page in pages():
+        assert shell_commands_outside_the_venv(page.read_text()) == [], page.name
     block = "```bash\n{}\n```\n"
     assert shell_commands_outside_the_venv(block.format("papermill 03_table1.ipynb out.ipynb")) == [
         "papermill 03_table1.ipynb out.ipynb"]
@@ -84,3 +114,126 @@ def test_the_readme_commands_run_as_typed_on_a_fresh_clone():
     assert shell_commands_outside_the_venv(block.format(".venv/bin/python -m pytest")) == []
     assert shell_commands_outside_the_venv(block.format(f"{ACTIVATE}\n# one\ntorchrun -m demhec train")) == []
     assert shell_commands_outside_the_venv(block.format("demhec entropy") + block.format(ACTIVATE)) == ["demhec entropy"]
+
+
+# --- no result number typed outside the generated blocks --------------------------------------
+
+# What is not prose: generated blocks, HTML comments, fenced and inline code, link targets.
+_NOT_PROSE = [re.compile(r"<!-- BEGIN generated:(?P<name>[\w-]+) -->\n.*?<!-- END generated:(?P=name) -->", re.S),
+              re.compile(r"<!--.*?-->", re.S), re.compile(r"```.*?```", re.S), re.compile(r"`[^`\n]*`"),
+              re.compile(r"\]\([^)\s]*\)")]
+# A number about results: a percentage (86.6%, 95 %), a signed change or an error (+17.35, -2.54,
+# ± 0.70), or a decimal that reads like an accuracy or a ratio (86.6, 85.34, 6.19). Hyperparameters
+# below 1 (lr 0.05, alpha 0.5), one-decimal settings (1.5, 1.2 GB) and section numbers (3.3.1, 8.2)
+# do not match.
+RESULT_NUMBER = re.compile(r"\d+(?:\.\d+)?\s?%"
+                           r"|[+\-\u2212\u00b1]\s?\d+\.\d+"
+                           r"|(?<![\w.])\d{2,}\.\d+(?!\.?\d)(?!\w)"
+                           r"|(?<![\w.])[1-9]\.\d{2,}(?!\.?\d)(?!\w)")
+# Numbers that are not results of this project, each by the words around it.
+ALLOWED = [re.compile(p) for p in (
+    r"Python >= 3\.\d+",  # a version
+    r"95\s?%\s+(?:confidence\s+)?interval",  # a confidence level
+    r"zoo model has 92\.6%",  # the published accuracy of the zoo's ResNet-20 (chenyaofo/pytorch-cifar-models)
+)]
+
+
+def typed_result_numbers(text: str) -> list[str]:
+    """The result numbers typed into ``text`` (Markdown) outside its generated blocks and code."""
+    for pattern in [*_NOT_PROSE, *ALLOWED]:
+        text = pattern.sub(" ", text)
+    return [m.group(0) for m in RESULT_NUMBER.finditer(text)]
+
+
+def notebook_markdown(path: Path) -> str:
+    return "\n\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                         if c["cell_type"] == "markdown")
+
+
+def test_no_result_number_is_typed_outside_the_generated_blocks():
+    typed = {page.relative_to(ROOT).as_posix(): typed_result_numbers(page.read_text()) for page in pages()}
+    typed |= {nb.relative_to(ROOT).as_posix(): typed_result_numbers(notebook_markdown(nb)) for nb in tracked_notebooks()}
+    assert {k: v for k, v in typed.items() if v} == {}
+
+
+def test_the_typed_number_scan_catches_a_typed_result():
+    block = "<!-- BEGIN generated:findings -->\nclean -3.28 ± 0.70, 86.60\n<!-- END generated:findings -->\n"
+    made_up = "Dem-HEC reaches 86.6 clean and gains +17.35 noise points (clean -2.54 ± 0.41), 92.6%, ratio 6.19."
+    assert typed_result_numbers(made_up) == ["86.6", "+17.35", "-2.54", "± 0.41", "92.6%", "6.19"]
+    assert typed_result_numbers(block + made_up) == typed_result_numbers(made_up)
+    allowed = (block + "Python >= 3.10, torch 2.11.0, eq. 8-9, section 3.3.1, A.3, 45,000/5,000 images, lr 0.05, "
+               "alpha 0.5, scales (1.5, 2, 3), 1.2 GB, 1e-3, 8/255, its 95% interval, `clean 86.60`, "
+               "[a table](../results/cpu/tables/x.md), ```\nacc = 85.34\n```, 2026-11-30.")
+    assert typed_result_numbers(allowed) == []
+
+
+# --- one verdict: the README's findings are the library's and the site's ------------------------
+
+
+def _block(text: str, name: str) -> str:
+    m = re.search(rf"<!-- BEGIN generated:{name} -->\n(.*?)<!-- END generated:{name} -->", text, re.S)
+    assert m, f"no generated:{name} block"
+    return m[1]
+
+
+def test_the_readme_findings_are_the_sites_and_the_librarys():
+    from demhec.experiments.findings import findings
+
+    found = findings(ROOT / "results")
+    shown = re.findall(r"^- \*\*(.+?)\*\* (.+?) \*Rests on: (.+?)\.\*", _block(README.read_text(), "findings"), re.M)
+    assert found and shown == [(f.question, f.answer, f.evidence) for f in found]
+    front = load_script("build_site").front_page({}, ROOT / "results")
+    where = [front.find(html.escape(f.answer, quote=False)) for f in found]
+    assert all(i >= 0 for i in where) and where == sorted(where), "the site's findings differ from the README's"
+
+
+def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_path):
+    mod = load_script("render_readme")
+    assert mod.findings_block(tmp_path) == "No findings yet: no result files are committed.\n"
+    text = mod.comparison(tmp_path)
+    assert "No row of the comparison is scored yet" in text and "No verdict yet" in text
+    assert "Not trained yet, or still training" in text and "Dem-HEC (eq. 12)" in text
+
+
+def test_a_page_block_links_relative_to_its_page():
+    mod = load_script("render_readme")
+    from_docs = mod.notebooks(ROOT / "results", ROOT / "docs" / "notebooks.md")
+    from_root = mod.notebooks(ROOT / "results", README)
+    assert "](../notebooks/executed/" in from_docs and "](notebooks/executed/" in from_root
+
+
+# --- links -----------------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    heads = re.findall(r"^#+\s+(.+?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.replace("`", "").lower()).replace(" ", "-") for h in heads}
+
+
+def broken_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    bad = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
+            bad.append(target)
+    return bad
+
+
+def test_every_relative_link_resolves():
+    assert {p.name: b for p in pages() if (b := broken_links(p))} == {}
+
+
+def test_a_broken_link_is_caught(tmp_path):
+    (tmp_path / "a.md").write_text("# Title here\n\n## Some `code` section\n")
+    page = tmp_path / "b.md"
+    page.write_text("[ok](a.md) [ok](a.md#some-code-section) [web](https://example.org/x) [gone](c.md) "
+                    "[no anchor](a.md#nothing)\n")
+    assert broken_links(page) == ["c.md", "a.md#nothing"]
