@@ -41,6 +41,7 @@ from demhec.experiments.comparison import (
     write_manifest,
 )
 from demhec.experiments.inputs import build_eval_cache
+from demhec.experiments.layout import model_path
 from demhec.experiments.profiles import Experiment
 from demhec.experiments.stage_times import record_stage_time
 
@@ -124,7 +125,10 @@ def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
     print(f"== {run.name} ({run.label}), seed {exp.seed}", flush=True)
     # A base without committed weights (push-pull) is trained from scratch.
     if "train" in stages and (run.fine_tuned or not exp.base_weights_path):
-        timed(exp, f"{run.name} model (A.3)", lambda: train_run_model(run, exp))
+        # A resumed run's wall time covers only what was left; its stage name says so.
+        resumed = model_path(exp, run).with_suffix(".ckpt").exists() and not model_path(exp, run).exists()
+        stage = f"{run.name} model (A.3{', the rest after a resume checkpoint' if resumed else ''})"
+        timed(exp, stage, lambda: train_run_model(run, exp))
     if "score" in stages:
         timed(exp, f"{run.name} scoring (15 corruptions, S1-S5, both halves)", lambda: score_run(run, exp))
     if "adapt" in stages:

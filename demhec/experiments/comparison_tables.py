@@ -186,7 +186,8 @@ def _walls(profile: str, results_dir: str | Path) -> dict[str, float]:
     out = {}
     for run in COMPARISON:
         exp = comparison_experiment(run, profile=profile, results_dir=str(results_dir))
-        for t in stage_times(exp, f"{run.name} model"):
+        # A run finished after a resume checkpoint timed only its rest: no training wall time.
+        for t in stage_times(exp, f"{run.name} model (A.3)"):
             out[run.name] = t["wall_s"]
     return out
 
