@@ -9,7 +9,7 @@ bound for T_he ascent steps is (2*T_he + 7) / 3 plain steps (see docs/distribute
     python benchmarks/step_cost.py --the 1 2 5 --freeze auto --out results/cpu/bench/step_cost_the.json
 
 ``--out`` writes the ratios as a result JSON (config, versions, git commit; no absolute times),
-the file notebook 09 reads for the price of each T_he. ``--the 0`` times the
+the file notebooks 11 and 12 read for the price of each T_he. ``--the 0`` times the
 random-noise control's step (the full loss with x' uniform in the eps-ball, ``samples="uniform"``):
 no ascent passes, so its bound is the T_he = 0 value of the formula, 7/3.
 """

@@ -1,5 +1,5 @@
 """Robustness reports: several evaluated models (with or without test-time adaptation) side by
-side, as notebook 09's test-time adaptation section and notebook 10 ("your own model") show them.
+side, as notebook 13 (test-time adaptation) and notebook 14 ("your own model") show them.
 
 Each input is a robustness result (the JSON record of
 :func:`demhec.experiments.pipeline.robustness_result` or any record whose ``metrics.table`` is an
@@ -100,7 +100,7 @@ def per_corruption_table(records: Mapping[str, Mapping], severities: Sequence[in
 
 def your_model_setup(*, profile: str, backbone: str, data_root: str, weights: str,
                      **kw: Any) -> NotebookContext:
-    """Notebook 10's parameters validated into an experiment: in the ``smoke`` and ``demo``
+    """Notebook 14's parameters validated into an experiment: in the ``smoke`` and ``demo``
     profiles the embedded digits set (``data_root`` unused), otherwise the ImageFolder at
     ``data_root`` (class sub-folders, or ``train/`` and ``val/``); ``weights`` (a state dict in
     the backbone's layout) replaces the profile's trained base model. ``kw`` goes to

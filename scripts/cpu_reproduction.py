@@ -1,4 +1,4 @@
-"""Run every experiment of the CPU reproduction (notebook 09) and print each stage's wall time.
+"""Run every experiment of the CPU reproduction (notebooks 09-13) and print each stage's wall time.
 
 Each stage is cached (checkpoints and one JSON per result under ``results/<profile>/``), so an
 interrupted run resumes where it stopped; ``--recompute`` redoes everything.
@@ -15,7 +15,7 @@ interrupted run resumes where it stopped; ``--recompute`` redoes everything.
 where its checkpoint is missing) on both halves of the evaluation split, the selection protocol:
 configurations are chosen on the "selection" half and reported on the "report" half.
 ``--gpu-halves`` does the same for the committed state dicts of scripts/gpu_reproduction.py's
-phase A (the "gpu" profile), without training anything. ``--figures34`` computes notebook 09's
+phase A (the "gpu" profile), without training anything. ``--figures34`` computes notebook 12's
 Figures 3-4 on the report half: the base model, the paper's config and the configuration chosen on
 the selection half among the runs with halves results (fine-tuned where its checkpoint is missing).
 ``--recommend`` records that choice once (``halves/choice_cifar-c.json``), trains it and its three
@@ -25,7 +25,7 @@ random_noise,gaussian_aug}.pt``. ``--strongest K`` repeats, on ``--seeds``, the 
 ``experiments.runs.DISCRIMINATING`` that give back the most clean accuracy on the selection half at seed 0.
 
 Every stage that did work records its wall time (``experiments.stage_times.record_stage_time``: one JSON under
-``<cell>/stage_times/``, with the thread count and the load average), which notebook 09 and the
+``<cell>/stage_times/``, with the thread count and the load average), which notebook 12 and the
 README show.
 """
 
@@ -69,7 +69,7 @@ MAIN_RUNS = ("demhec", "plain")
 
 
 def whole_split_severities(run: str) -> tuple[int, ...] | None:
-    """The severities notebook 09 reads ``run`` at on the whole split: S5 for an ablation; the
+    """The severities notebooks 09-11 read ``run`` at on the whole split: S5 for an ablation; the
     paper's (None) for the main runs, the late-freezing pair and the controls."""
     return (5,) if run in ABLATIONS and run not in (*MAIN_RUNS, *LATE_RUNS) else None
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu-halves", action="store_true",
                    help="score the committed GPU phase-A checkpoints on both halves (no training); only this stage runs")
     p.add_argument("--figures34", action="store_true",
-                   help="compute notebook 09's Figures 3-4 on the report half (base, paper config, the "
+                   help="compute notebook 12's Figures 3-4 on the report half (base, paper config, the "
                         "selection half's choice); only this stage runs")
     p.add_argument("--recommend", action="store_true",
                    help="choose the configuration on the selection half (recorded once), "
@@ -185,7 +185,7 @@ def kept(exp: Experiment, run: str) -> str:
 def halves_stage(names: list[str], seeds: list[int], exp, stage, base: bool = True) -> None:
     """The selection protocol: the base model and each run of ``names``, per seed, on both halves; then, for
     the GPU script's phase-A runs among them, seed 0 (when among ``seeds``) on the whole split as
-    well, which notebook 09 sets beside the GPU results."""
+    well, which notebook 10 sets beside the GPU results."""
     for name in names:
         if name not in RUNS:
             raise SystemExit(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
@@ -236,7 +236,7 @@ def recommend_stage(seeds: list[int], exp, stage) -> None:
 
 
 def figures34_stage(first: Experiment, stage) -> None:
-    """Notebook 09's Figures 3-4 (section 8.3) on the report half, for the runs it shows."""
+    """Notebook 12's Figures 3-4 (its section 3) on the report half, for the runs it shows."""
     choice = chosen_run(first, list(RUNS))
     runs = ["before", "demhec", *([choice["run"]] if choice and choice["run"] != "demhec" else [])]
     print(f"[figures34] runs: {runs}" + (f" ({choice['run']} chosen on the selection half)" if choice else ""), flush=True)

@@ -6,7 +6,7 @@ becomes ``<new>.<ext>``, ``<new>`` being :data:`NEW_NAMES`'s name for ``<rest>``
 itself; every extension of a name moves together (``.csv``/``.md``/``.tex``, ``.png``/``.pdf``).
 A file is moved only where its new name is free or already holds the same bytes (then the old
 copy is removed), so nothing is overwritten and a second run does nothing. Text files that name an
-old file (``README.md``) get the new name, where that file exists. The code writes the new names (notebook 09), so the
+old file (``README.md``) get the new name, where that file exists. The code writes the new names (notebooks 09-13), so the
 notebooks and the README's blocks regenerate them as they are::
 
     .venv/bin/python scripts/rename_results.py            # results/, figures/ and README.md here

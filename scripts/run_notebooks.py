@@ -21,13 +21,16 @@ from pathlib import Path
 import papermill as pm
 
 ROOT = Path(__file__).resolve().parents[1]
+# The CPU reproduction's pages (09-13) render the committed results of the cpu profile (smoke: tests).
+CPU_STUDY = ("09_cpu_short_budget.ipynb", "10_cpu_paper_schedule.ipynb", "11_cpu_ablations.ipynb",
+             "12_cpu_controls_selection.ipynb", "13_cpu_test_time_adaptation.ipynb")
 # Notebooks tied to some profiles; every other notebook runs in all of them.
-NOTEBOOK_PROFILES = {"09_cpu_reproduction.ipynb": ("cpu", "smoke"),
+NOTEBOOK_PROFILES = {**{name: ("cpu", "smoke") for name in CPU_STUDY},
                      # your own model on your ImageFolder in cpu/paper: run it by hand with data_root
-                     "10_your_model.ipynb": ("smoke", "demo")}
+                     "14_your_model.ipynb": ("smoke", "demo")}
 # The cpu profile runs the notebooks its committed results (results/cpu/) render: Figure 2 on the
-# real images, Table 1's ResNet-20 column, Figure 5, Table 4 and the CPU reproduction.
-PROFILE_NOTEBOOKS = {"cpu": ("01", "03", "05", "07", "09")}
+# real images, Table 1's ResNet-20 column, Figure 5, Table 4 and the CPU reproduction's pages.
+PROFILE_NOTEBOOKS = {"cpu": ("01", "03", "05", "07", *(name[:2] for name in CPU_STUDY))}
 EXECUTED = ROOT / "notebooks" / "executed"
 # Notebook outputs must not name this machine's folders.
 _LOCAL_PATHS = tuple(dict.fromkeys(str(p) for p in (ROOT, ROOT.parent, Path.home(), Path(sys.prefix))

@@ -307,35 +307,38 @@ CPU_RESULTS = ROOT / "results" / "cpu"
 
 @pytest.mark.slow
 def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
-    """Notebook 09 in the cpu profile re-creates the committed tables from the committed JSONs
-    alone (no data, no training), and the committed checkpoints load into the zoo ResNet-20."""
+    """The CPU reproduction's pages (notebooks 09-13) in the cpu profile re-create the committed
+    tables and figures from the committed JSONs alone (no data, no training), and the committed
+    checkpoints load into the zoo ResNet-20."""
     import shutil
 
     import demhec
 
     if not (CPU_RESULTS / "cifar10_jpeg").is_dir():
         pytest.skip("no committed CPU reproduction results")
-    for part in ("cifar10_jpeg", "bench"):
-        if (CPU_RESULTS / part).is_dir():
-            shutil.copytree(CPU_RESULTS / part, tmp_path / "results" / "cpu" / part)
-    out = tmp_path / "out.ipynb"
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "09_cpu_reproduction.ipynb"),
-           str(out), "-p", "profile", "cpu", "-p", "results_dir", str(tmp_path / "results"),
-           "-p", "figures_dir", str(tmp_path / "fig")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("cpu/cifar10_jpeg", "cpu/bench", "gpu"):
+        if (ROOT / "results" / part).is_dir():
+            shutil.copytree(ROOT / "results" / part, tmp_path / "results" / part)
+    runner = load_script("run_notebooks")
+    assert runner.main(["--profile", "cpu", "--only", *(name[:2] for name in runner.CPU_STUDY),
+                        "--out", str(tmp_path / "pages"), "--results-dir", str(tmp_path / "results"),
+                        "--figures-dir", str(tmp_path / "fig")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pages").glob("*.ipynb")) == sorted(runner.CPU_STUDY)
     made = tmp_path / "results" / "cpu" / "tables"
-    # Every table notebook 09 makes is committed, byte for byte (the other cpu notebooks, 01-07,
+    # Every table the pages make is committed, byte for byte (the other cpu notebooks, 01-07,
     # commit theirs beside them).
     made_csvs = sorted(made.glob("*.csv"))
     assert len(made_csvs) >= 15
     for table in made_csvs:
         assert table.read_text() == (CPU_RESULTS / "tables" / table.name).read_text(), table.name
-    # six figures (with the test-time adaptation one), and section 8.3's Figures 3-4 and 8.4's
-    # trade-off on both halves once their results are committed
+    # six figures (with the test-time adaptation one), and page 12's Figures 3-4 and its trade-off
+    # on both halves once their results are committed; each the committed figure, byte for byte
     fig34 = any((CPU_RESULTS / "cifar10_jpeg").rglob("entropy_*_report.json"))
     halves = any((CPU_RESULTS / "cifar10_jpeg").rglob("halves/after_cifar-c_selection.json"))
-    assert len(list((tmp_path / "fig" / "cpu").glob("*.png"))) == 6 + fig34 + halves
+    made_figures = sorted((tmp_path / "fig" / "cpu").glob("*.png"))
+    assert len(made_figures) == 6 + fig34 + halves
+    for figure in made_figures:
+        assert figure.read_bytes() == (ROOT / "figures" / "cpu" / figure.name).read_bytes(), figure.name
     # the exported state dicts (the recommended config and its controls) once committed
     exported = [f"resnet20_{n}.pt" for n in ex.runs.EXPORTED] if (CPU_RESULTS / "checkpoints" / "resnet20_recommended.json").exists() else []
     for name in ("resnet20_base.pt", "resnet20_demhec.pt", *exported):
@@ -555,7 +558,7 @@ def test_check_summary_and_families_catch_rows_that_are_not_their_results():
 
 def test_fingerprint_script_rebuilds_the_committed_fingerprints(tmp_path):
     """scripts/fingerprint_results.py on the committed results with their fingerprints removed
-    gives them back exactly (the committed ones are what the pipeline asks for: the notebook-09
+    gives them back exactly (the committed ones are what the pipeline asks for: the CPU pages'
     test above loads them without training)."""
     import shutil
 

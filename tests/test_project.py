@@ -107,9 +107,9 @@ def test_notebook_recounts_a_key_number_from_its_raw_outcomes(nb):
     outcomes (correct-image counts, per-image outcomes or entropies: demhec.experiments.checks's
     recount, recount_gap), so that the page fails when a number does not follow from them."""
     code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
-    # A page section (ex.pages.*_page) recounts inside the library and lists what in Page.checked
-    # (tests/test_comparison.py checks that it does).
-    assert re.search(r"\bex\.(checks\.(check_recounted|recount|recount_gap)|pages\.\w+_page)\(", code), nb.name
+    # A page section (ex.pages.*_page, ex.cpu_pages.*_page, ...) recounts inside the library and lists
+    # what in Page.checked (tests/test_comparison.py and tests/test_cpu_pages.py check that it does).
+    assert re.search(r"\bex\.(checks\.(check_recounted|recount|recount_gap)|\w*pages\.\w+_page)\(", code), nb.name
 
 
 def test_ci_runs_the_readme_test_command():
@@ -208,11 +208,21 @@ EXECUTED = _pages("executed/*/*.ipynb")
 
 
 def test_executed_notebooks_are_committed_for_demo_and_cpu():
+    """Every notebook has its executed page in each profile of demo and cpu that runs it
+    (scripts/run_notebooks.py: the CPU reproduction's pages in cpu only), and no executed page is
+    left of a notebook that is gone."""
+    from tests.conftest import load_script
+
+    runner = load_script("run_notebooks")
     names = {(p.parent.name, p.name) for p in EXECUTED}
     for nb in NOTEBOOKS:
-        if nb.name != "09_cpu_reproduction.ipynb":
-            assert ("demo", nb.name) in names, nb.name
-    assert ("cpu", "09_cpu_reproduction.ipynb") in names and ("cpu", "03_table1.ipynb") in names
+        for profile in ("demo", "cpu"):
+            runs = profile in runner.NOTEBOOK_PROFILES.get(nb.name, (profile,))
+            if profile == "cpu":
+                runs = runs and nb.name.startswith(runner.PROFILE_NOTEBOOKS["cpu"])
+            assert ((profile, nb.name) in names) == runs, (profile, nb.name)
+    assert {name for _, name in names} <= {nb.name for nb in NOTEBOOKS}
+    assert ("cpu", "12_cpu_controls_selection.ipynb") in names and ("cpu", "03_table1.ipynb") in names
 
 
 @pytest.mark.parametrize("nb", EXECUTED, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -1,4 +1,4 @@
-"""demhec.report: robustness summaries of several results side by side (notebooks 09 and 10)."""
+"""demhec.report: robustness summaries of several results side by side (notebooks 13 and 14)."""
 
 from __future__ import annotations
 

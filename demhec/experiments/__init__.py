@@ -14,7 +14,10 @@ then ``ex.pipeline.robustness_result(...)``, ``ex.tables.wide_table(...)``):
   it shows; :mod:`.prose`: findings in words;
 * :mod:`.selection`: the selection protocol and its records; :mod:`.verdict`: its verdicts;
 * :mod:`.gpu`: the GPU run's records; :mod:`.stage_times`: scripts' wall times;
-* :mod:`.notebook`: a notebook's first cell; :mod:`.pages`: page sections a notebook shows;
+* :mod:`.notebook`: a notebook's first cell; :mod:`.pages`: page sections a notebook shows, and
+  those of the CPU reproduction's pages: :mod:`.cpu_pages` (the short budget, the paper's schedule,
+  test-time adaptation, the closing findings), :mod:`.ablation_pages`, :mod:`.selection_pages`;
+  :mod:`.paper_pages`: the pages of Figure 2, Figures 3-4 and Table 2;
 * :mod:`.comparison`, :mod:`.comparison_tables`: the comparison with the methods of Tables 3-4 at
   A.3 (its runs and queue; its tables and verdict);
 * :mod:`.findings`: the project's conclusions from all committed evidence.
@@ -23,9 +26,11 @@ then ``ex.pipeline.robustness_result(...)``, ``ex.tables.wide_table(...)``):
 from __future__ import annotations
 
 from . import (
+    ablation_pages,
     checks,
     comparison,
     comparison_tables,
+    cpu_pages,
     findings,
     gpu,
     halves,
@@ -34,11 +39,13 @@ from . import (
     model_cache,
     notebook,
     pages,
+    paper_pages,
     pipeline,
     profiles,
     prose,
     runs,
     selection,
+    selection_pages,
     stage_times,
     study,
     tables,
@@ -51,9 +58,11 @@ from .runs import Run
 __all__ = [
     "Experiment",
     "Run",
+    "ablation_pages",
     "checks",
     "comparison",
     "comparison_tables",
+    "cpu_pages",
     "findings",
     "gpu",
     "halves",
@@ -62,11 +71,13 @@ __all__ = [
     "model_cache",
     "notebook",
     "pages",
+    "paper_pages",
     "pipeline",
     "profiles",
     "prose",
     "runs",
     "selection",
+    "selection_pages",
     "stage_times",
     "start_notebook",
     "study",

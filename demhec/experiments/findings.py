@@ -1,8 +1,8 @@
 """The project's conclusions, built from all committed evidence, each saying what it rests on.
 
 A finding answers one question (does Dem-HEC help, does it beat the plain fine-tune, Gaussian-noise
-augmentation, test-time adaptation, the paper's compared methods) from the best evidence the
-results folder holds, by a stated precedence:
+augmentation, test-time adaptation, the paper's compared methods, and which configuration to set)
+from the best evidence the results folder holds, by a stated precedence:
 
 1. the paper's schedule (A.3: 20 epochs) over a short budget (the CPU reproduction's 150 steps);
 2. more fine-tuning seeds over fewer;
@@ -12,7 +12,9 @@ results folder holds, by a stated precedence:
 
 The sentence of a finding gives the numbers of its best evidence; lower-ranked evidence on the same
 question is listed beside it (``also``), so a reader sees where budgets disagree instead of two
-pages saying different things. The README's summary, the notebooks' closing sentences and the
+pages saying different things: the configuration the selection rule picks at 150 steps is listed
+beside the one it picks at the paper's schedule, not offered as a second recommendation. The
+README's summary, the notebooks' closing sentences (:func:`.cpu_pages.findings_page`) and the
 site's front page are rendered from :func:`findings`.
 """
 
@@ -141,6 +143,7 @@ class Finding:
     evidence: str  # the label of the evidence the answer rests on, and its rank
     files: list[str]
     also: list[str] = field(default_factory=list)  # lower-ranked evidence on the same question
+    key: str = ""  # which question: "<run> vs <ref>", "what to set" or "compared methods"
 
 
 def _against(ev: Evidence, run: str, ref: str, metrics: Sequence[str]) -> str:
@@ -174,7 +177,7 @@ def _question(sources: list[Evidence], question: str, run: str, ref: str, what: 
     best, rest = usable[0], usable[1:]
     files = [f for f in best.files if f"/{run}" in f or f"_{run}" in f or "before" in f] or best.files
     return Finding(question, what(_against(best, run, ref, metrics)), _rank_text(best, run, ref), files,
-                   [f"{_rank_text(e, run, ref)}: {_against(e, run, ref, metrics)}" for e in rest])
+                   [f"{_rank_text(e, run, ref)}: {_against(e, run, ref, metrics)}" for e in rest], key=f"{run} vs {ref}")
 
 
 QUESTIONS: list[tuple[str, str, str, Callable[[str], str]]] = [
@@ -193,10 +196,57 @@ QUESTIONS: list[tuple[str, str, str, Callable[[str], str]]] = [
 ]
 
 
+WHAT_TO_SET = "Which configuration should a user set (the selection rule, chosen on the selection half)?"
+
+
+def _choices(results: Path) -> list[tuple[tuple, str, str, list[str]]]:
+    """Each body of evidence on which the selection rule (:data:`.selection.CHOICE_RULE`, applied
+    on the selection half) chose a configuration: (rank as :meth:`Evidence.rank`, its label, the
+    choice and its report-half numbers in words, the files read). The GPU run at A.3 chooses
+    among the configurations it fine-tuned; the CPU study's choice at 150 steps is its recorded
+    one (:func:`.selection.record_choice`), reported over its seeds."""
+    from .gpu import GPU_A_RUNS
+    from .profiles import Experiment
+    from .runs import CONTROL_RUNS, control_of, get
+    from .selection import choice_path, half_summary, recommended_halves, select_run
+    from .study import existing_halves
+    from .verdict import describe_targets, recommendation_verdict, recommended_summary
+
+    out = []
+    gpu = Experiment(profile="gpu", dataset="cifar10", backbone="resnet20", results_dir=str(results), allow_train=False)
+    base, got = existing_halves(gpu, GPU_A_RUNS)
+    if base is not None and ("demhec", 0) in got:
+        choice = select_run(half_summary(base, got, "selection"))
+        row = half_summary(base, got, "report").set_index("run").loc[choice["run"]]
+        text = (f"{get(choice['run']).label}, picked on the selection half ({choice['rule']}) among "
+                f"{', '.join(choice['candidates'])}; on the report half, against its base: "
+                f"{describe_targets(row.d_clean, row.d_noise_s5)} (paired standard errors {row.se_clean:.2f} "
+                f"and {row.se_noise_s5:.2f}).")
+        out.append(((True, 1, True), "GPU, A.3 (7,020 steps, bf16), from the CPU base; 1 seed, report", text,
+                    [(gpu.cell_dir / "halves").as_posix()]))
+    cpu = Experiment(profile="cpu", dataset="cifar10", backbone="resnet20", results_dir=str(results), allow_train=False)
+    recorded, base, runs = recommended_halves(cpu, (0, 1, 2))
+    if recorded is not None and base is not None and (recorded["metrics"]["run"], 0) in runs:
+        run = recorded["metrics"]["run"]
+        verdict = recommendation_verdict(recommended_summary(base, runs, run, "report"), run,
+                                         [control_of(c, run) for c in CONTROL_RUNS])
+        n = len(verdict["seeds"])
+        text = (f"{get(run).label}, the recorded choice at that budget ({recorded['metrics']['rule']}, among "
+                f"{', '.join(recorded['metrics']['candidates'])}); on the report half, mean of {n} seed{'s' * (n > 1)}, "
+                f"against its base: {describe_targets(verdict['d_clean'], verdict['d_noise_s5'])}.")
+        out.append(((False, n, True), f"CPU, 150 steps; {n} seed{'s' * (n > 1)}, report", text,
+                    [choice_path(cpu).as_posix()]))
+    return sorted(out, key=lambda c: c[0], reverse=True)
+
+
 def findings(results: str | Path = "results") -> list[Finding]:
     """Each question's answer from its best evidence (see the module's precedence)."""
     sources = evidence_sources(results)
     out = [f for q, run, ref, what in QUESTIONS if (f := _question(sources, q, run, ref, what)) is not None]
+    choices = _choices(Path(results))
+    if choices:
+        (_, label, text, files), *rest = choices
+        out.append(Finding(WHAT_TO_SET, text, label, files, [f"{lab}: {t}" for _, lab, t, _ in rest], key="what to set"))
     from .comparison_tables import comparison_records, comparison_table, comparison_verdict
 
     records = comparison_records("a3", results)
@@ -212,7 +262,7 @@ def findings(results: str | Path = "results") -> list[Finding]:
             f"Better than {len(wins)} ({', '.join(wins) or 'none'}), worse than {len(losses)} "
             f"({', '.join(losses) or 'none'}), of {len(compared)} measured"
             + (f"; not measured yet: {', '.join(missing)}." if missing else "."),
-            "CPU, A.3 (7,020 steps), the comparison; 1 seed, report", ["results/cpu/a3/"]))
+            "CPU, A.3 (7,020 steps), the comparison; 1 seed, report", ["results/cpu/a3/"], key="compared methods"))
     return out
 
 

@@ -5,6 +5,11 @@ sentences, tables and figures), so a notebook cell only calls it and shows the r
   show the comparison at A.3 on real images (:mod:`.comparison`: every method fine-tuned from the
   CPU base, scored on the report half) beside the paper's rows; in the other profiles, Table 3's
   from-scratch baselines and Table 4's before/after of the profile's own models.
+* :func:`start_your_model`, :func:`your_model_page`, :func:`your_model_entropy_page`,
+  :func:`your_model_robustness_page`: the your-own-model page (notebook 14).
+
+The CPU reproduction's pages (notebooks 09-13) are :mod:`.cpu_pages`, :mod:`.ablation_pages` and
+:mod:`.selection_pages`.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ from .pipeline import robustness_result
 from .prose import describe_families, describe_summary
 from .tables import before_after_table, family_table, result_table, summary_vs_paper
 
-__all__ = ["Page", "comparison_page", "comparison_status", "ranked_comparison", "table3_page", "table3_plan",
-           "table4_page", "table4_plan"]
+__all__ = ["Page", "comparison_page", "comparison_status", "ranked_comparison", "start_your_model", "table3_page",
+           "table3_plan", "table4_page", "table4_plan", "your_model_entropy_page", "your_model_page",
+           "your_model_robustness_page"]
 
 # Our run names -> the paper's Table 3 method keys (results/paper/table3.csv).
 PAPER_TABLE3 = {"plain": "pad_crop", "trivialaugment": "trivialaugment", "ba": "batch_augment",
@@ -257,3 +263,118 @@ def table4_plan(ctx: Any) -> str:
     if ctx.exp.profile == "cpu":
         return comparison_status(ctx.exp.results_dir)
     return ctx.plan(["before", "after"])
+
+
+# Notebook 14 (your own model): its parameters, besides the standard ones, and its evaluations.
+YOUR_MODEL_PARAMETERS = ("profile", "backbone", "data_root", "weights", "suite", "corruptions", "severities", "seed",
+                         "device", "results_dir", "figures_dir", "allow_train", "recompute", "download")
+YOUR_MODEL_RUNS = {"base": ("before", None), "base + BN": ("before", "bn"), "base + TENT": ("before", "tent"),
+                   "Dem-HEC": ("after", None), "Dem-HEC + BN": ("after", "bn"), "Dem-HEC + TENT": ("after", "tent")}
+
+
+def start_your_model(params: dict[str, Any]) -> Any:
+    """The first cell of the your-own-model page: display settings, its parameters validated
+    (:func:`demhec.report.your_model_setup`; the entropy profile's ``entropy_corruption`` and
+    ``entropy_severity`` against the suite) and a line saying what runs."""
+    from ..corruptions import check_corruption, check_severity
+    from ..report import your_model_setup
+    from .notebook import display_settings
+
+    display_settings()
+    ctx = your_model_setup(**{k: params[k] for k in YOUR_MODEL_PARAMETERS})
+    check_corruption(params["entropy_corruption"], ctx.suite)
+    check_severity(params["entropy_severity"])
+    print(ctx.note(), "| severities:", list(ctx.severities))
+    return ctx
+
+
+def your_model_page(ctx: Any) -> Page:
+    """The model as the library sees it: its size, normalisation, classifier head (whose input is
+    the embedding g(x) of the contrastive loss), natural stages, and what Dem-HEC freezes; the
+    base model trained with the profile's recipe where ``weights`` gives none (``allow_train``)."""
+    from .inputs import eval_data
+    from .model_cache import base_model
+
+    test = eval_data(ctx.exp)
+    model = base_model(ctx.exp, len(test.classes))
+    return Page("\n".join([
+        f"{model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(test)} evaluation images, "
+        f"{len(test.classes)} classes",
+        f"normalisation: mean {[round(v, 4) for v in model.mean.tolist()]} std {[round(v, 4) for v in model.std.tolist()]}",
+        f"head: {model.head_name} ({model.feature_dim} -> {model.num_classes})",
+        f"stages: {', '.join(model.stages)}",
+        f"Dem-HEC freeze={ctx.exp.demhec_config.freeze!r}: the stem and first stage ({model.stages[0]}, "
+        f"{model.stages[1]}) stay fixed"]))
+
+
+def your_model_entropy_page(ctx: Any, corruption: str, severity: int) -> Page:
+    """Layer-wise entropy (eq. 4) of clean against ``corruption`` at ``severity`` images, before
+    and after Dem-HEC: one figure per phase and each stage's corrupted-minus-clean gap, checked
+    against the result files (the last stage's gap after Dem-HEC recounted image by image)."""
+    from .. import plots
+    from .checks import check_entropy_shown, recount_gap
+    from .pipeline import entropy_result
+    from .prose import describe_entropy
+    from .tables import entropy_summary
+
+    e = ctx.exp
+    where = f"{plots.pretty_name(e.effective_backbone)} on {plots.pretty_name(e.effective_dataset)}, {ctx.suite} suite"
+    records = {phase: entropy_result(e, phase, corruption, severity, ctx.suite) for phase in ("before", "after")}
+    items: list[tuple[str, Any, str]] = []
+    for phase, rec in records.items():
+        fig = plots.entropy_figure(rec["metrics"]["clean"], rec["metrics"]["corrupted"],
+                                   title=f"{where}, {plots.pretty_name(corruption)} S{severity}: {phase} Dem-HEC")
+        items.append((f"yourmodel_entropy_{phase}_{e.effective_dataset}_{e.model_key}", fig,
+                      f"{phase.capitalize()} Dem-HEC: one violin per stage, shallow to deep, the entropy of each image's "
+                      "activations at that stage, clean (left half) against corrupted (right half)."))
+    entropy = pd.concat([entropy_summary(rec).assign(phase=phase) for phase, rec in records.items()], ignore_index=True)
+    check_entropy_shown(entropy, records)  # the shown means are the files'
+    last = entropy[entropy.phase == "after"].iloc[-1]
+    what = f"the gap after Dem-HEC at {last.layer or 'the logits'}"
+    check_number(last.gap, recount_gap(records["after"], last.layer), what)
+    save_table(entropy, f"yourmodel_entropy_{e.effective_dataset}_{e.model_key}", ctx.tables_dir)
+    items.append(("gaps", entropy.pivot(index="layer", columns="phase", values="gap").loc[list(entropy.layer.unique())],
+                  "`gap` is the mean entropy of corrupted minus clean images at each stage (nats); a larger gap means "
+                  "the corruption moves that stage's activations further from the clean ones. Compare the two columns "
+                  "stage by stage; the sentence above reads them."))
+    return Page(describe_entropy(entropy), items, checked=[what])
+
+
+def your_model_robustness_page(ctx: Any) -> Page:
+    """The base and Dem-HEC models, each as it is, with BatchNorm statistics adaptation and with
+    TENT, on the same corrupted sets: accuracy, mCE and calibration at the highest severity,
+    accuracy per corruption, and the curves; every clean accuracy recounted from its file."""
+    from .. import plots
+    from ..report import per_corruption_table, robustness_summary
+
+    e, top = ctx.exp, max(ctx.severities)
+    records = {label: robustness_result(e, phase, ctx.suite, ctx.corruptions, ctx.severities, adapt=adapt)
+               for label, (phase, adapt) in YOUR_MODEL_RUNS.items()}
+    summary = robustness_summary(records, reference="base", severity=top)
+    for row in summary.itertuples():  # each clean accuracy shown, recounted from its file's correct-image counts
+        check_number(row.clean, recount(records[row.label]), f"the clean accuracy of {row.label}")
+    save_table(summary, f"yourmodel_summary_{e.effective_dataset}_{e.model_key}", ctx.tables_dir)
+    per = per_corruption_table(records)
+    save_table(per.reset_index(names="corruption"), f"yourmodel_per_corruption_{e.effective_dataset}_{e.model_key}",
+               ctx.tables_dir)
+    long = pd.concat([result_table(rec).assign(method=label) for label, rec in records.items()], ignore_index=True)
+    s = summary.set_index("label")
+    noise = f"noise_s{top}"
+    text = (f"Dem-HEC against the base: clean {s.loc['Dem-HEC', 'd_clean']:+.2f}, noise S{top} mean "
+            f"{s.loc['Dem-HEC', 'd_' + noise]:+.2f}, all corruptions at S{top} {s.loc['Dem-HEC', f'd_all_s{top}']:+.2f} "
+            f"points. Highest noise S{top} mean: {s[noise].idxmax()} ({s[noise].max():.2f}%); lowest mCE: "
+            f"{s.mce.idxmin()} ({s.mce.min():.2f}).")
+    return Page(text, checked=["the clean accuracy of every row"], items=[
+        ("summary", summary.set_index("label"),
+         f"Accuracies in %, `d_*` their change from the base model in points; `noise_s{top}` is the mean over Gaussian, "
+         f"shot and impulse noise at S{top}, `all_s{top}` over every corruption there, `all_cells` over every corruption "
+         "and severity. `mce` is the mean corruption error with the base model as the reference (the base scores 100; "
+         "lower is better), `ece_*` the expected calibration error in % (15 bins; lower is better), `relative_cost` the "
+         "evaluation's wall time over a plain one."),
+        ("per_corruption", per,
+         "Accuracy (%) per corruption, averaged over the severities evaluated, for each model and adaptation; the first "
+         "row is the clean set (adapted too, where a column adapts)."),
+        (f"yourmodel_robustness_{e.effective_dataset}_{e.model_key}", plots.robustness_figure(long, by="method"),
+         "Accuracy against severity, one panel per corruption, one line per model and adaptation; each line starts at "
+         "its clean accuracy. Lines above the base model's are gains; in the smoke and demo profiles the model and data "
+         "are small stand-ins, so the lines check the pipeline, not the method.")])

@@ -87,7 +87,7 @@ PROFILES: dict[str, Profile] = {
         TrainConfig(epochs=1, batch_size=32, lr=0.05),
         DemHECConfig(epochs=1, batch_size=16, max_steps=2, warmup_epochs=0, steps=2),
         pretrained=False, eval_batch_size=64, entropy_images=16,
-        # notebook 10's default backbone, by the smallest timm ResNet (timm's own test model)
+        # notebook 14's default backbone, by the smallest timm ResNet (timm's own test model)
         substitutes={**_CPU_STAND_INS, "timm:resnet10t": "timm:test_resnet"}),
     "demo": Profile(
         "demo", "the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
@@ -188,7 +188,7 @@ class Experiment:
     download: bool = False
     channels_last: bool = True  # faster convolutions on CPU and GPU; same numbers
     base_epochs: int | None = None  # replaces the profile's base epochs (time-budgeted runs)
-    weights: str = ""  # a state dict to use as the base model (notebook 10); "" = the profile's
+    weights: str = ""  # a state dict to use as the base model (notebook 14); "" = the profile's
 
     def __post_init__(self) -> None:
         get_profile(self.profile)

@@ -193,10 +193,12 @@ def config_changes(exp: Experiment, run: str) -> list[str]:
 _CONTROL_NAMES = {"plain": "plain fine-tune", "random_noise": "random-noise", "gaussian_aug": "Gaussian-augmentation"}
 
 
-def describe_recommendation(exp: Experiment, verdict: dict, step_cost: float) -> list[str]:
+def describe_recommendation(exp: Experiment, verdict: dict, step_cost: float,
+                             name: str = "the recommended run") -> list[str]:
     """The plain-language conclusion of the selection protocol, built from :func:`.verdict.recommendation_verdict`'s
-    numbers: what to set, what it costs and gains, how it compares with its controls, and whether
-    the targets hold; no claim that the numbers do not carry."""
+    numbers: what to set, what it costs and gains, how it compares with its controls (``name``:
+    how the lines call the run), and whether the targets hold; no claim that the numbers do not
+    carry."""
     run, n = verdict["run"], len(verdict["seeds"])
 
     def sd(v: float, k: int = n) -> str:
@@ -215,7 +217,7 @@ def describe_recommendation(exp: Experiment, verdict: dict, step_cost: float) ->
             lines.append(f"Against its {_CONTROL_NAMES[c.split('@')[0]]} control: not run yet.")
             continue
         lines.append(f"Against its {_CONTROL_NAMES[c.split('@')[0]]} control (same freezing, learning rate and budget), "
-                     f"the recommended run is {v['advantage']:+.2f} points on noise S5{sd(v['sd'], len(v['seeds']))} and "
+                     f"{name} is {v['advantage']:+.2f} points on noise S5{sd(v['sd'], len(v['seeds']))} and "
                      f"{v['clean_advantage']:+.2f} on clean ({'at least' if v['met'] else 'less than'} 3 points ahead on noise).")
     targets = [("clean within 4 points of the base", verdict["clean_met"]),
                ("noise S5 at least 10 points above the base", verdict["noise_met"]),
@@ -227,11 +229,12 @@ def describe_recommendation(exp: Experiment, verdict: dict, step_cost: float) ->
     return lines
 
 
-def describe_suites(verdicts: dict[str, dict]) -> list[str]:
+def describe_suites(verdicts: dict[str, dict], name: str = "the recommended run") -> list[str]:
     """One line per suite after the first of ``verdicts`` (suite -> :func:`.verdict.recommendation_verdict`
     of the same run, the first suite being the acceptance's): how the recommended run's noise gain
     and its advantage over each control read there, beside the first suite's, with each suite's
-    base accuracy on the noises at S5 (the suites' severities differ in strength)."""
+    base accuracy on the noises at S5 (the suites' severities differ in strength); ``name``: how the
+    lines call the run."""
     (first, ref), *others = verdicts.items()
     lines = []
     for suite, v in others:
@@ -241,7 +244,7 @@ def describe_suites(verdicts: dict[str, dict]) -> list[str]:
         versus = ", ".join(f"{_CONTROL_NAMES[c.split('@')[0]]} {a['advantage']:+.2f} (that control gains "
                            f"{v['d_noise_s5'] - a['advantage']:+.2f})" for c, a in done.items())
         lines.append(f"In the `{suite}` suite (the base gets {v['base_noise_s5']:.2f}% on the three noises at S5 "
-                     f"there, {ref['base_noise_s5']:.2f}% in `{first}`), the recommended run changes noise S5 by "
+                     f"there, {ref['base_noise_s5']:.2f}% in `{first}`), {name} changes noise S5 by "
                      f"{v['d_noise_s5']:+.2f} points{sd} (against {ref['d_noise_s5']:+.2f} in `{first}`) and clean by "
                      f"{v['d_clean']:+.2f}; its advantage on noise S5 over each control: {versus or 'no control scored'}; "
                      f"targets there: noise {'met' if v['noise_met'] else 'not met'}, controls "

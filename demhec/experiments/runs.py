@@ -210,7 +210,7 @@ DISCRIMINATING = ("eps1", "eps2", "alpha_0_1", "alpha_0_25", "no_infonce", "info
 # The late-freezing config and its control are compared over the main runs' seeds too.
 LATE_RUNS = ("late_frozen_tuned", "plain_late_frozen_tuned")
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
-# Figures 3-4 on real images (notebook 09): the paper's corruption (pixelate) and the noise the
+# Figures 3-4 on real images (notebook 12): the paper's corruption (pixelate) and the noise the
 # method gains most on, both at S5.
 FIGURE34_CORRUPTIONS = ("gaussian_noise", "pixelate")
 # The names under which the recommended configuration's seed-0 models are committed, loadable with

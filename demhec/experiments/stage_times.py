@@ -1,5 +1,5 @@
 """Wall times of a script's stages, one JSON per stage beside the experiment's results: what
-notebook 09 and the README show as measured (a property of the machine, not of the method)."""
+notebook 12 and the README show as measured (a property of the machine, not of the method)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def record_stage_time(exp: Experiment, stage: str, seconds: float) -> dict[str, 
     shapes it: the torch thread count, the machine's cores and its load average when the stage
     ended (other jobs on the cores stretch wall time). Stages faster than
     :data:`MIN_RECORDED_S` did no work and are not recorded. Wall time is a property of the
-    machine, not of the method: notebook 09 and the README show these as measured, beside the
+    machine, not of the method: notebook 12 and the README show these as measured, beside the
     step-cost ratios of ``benchmarks/step_cost.py`` that do compare methods."""
     if seconds < MIN_RECORDED_S:
         return None

@@ -14,6 +14,21 @@ from .runs import get
 from .selection import CHOICE_RULE, halves_summary
 
 
+def targets_met(d_clean: float, d_noise_s5: float, rule: dict[str, float] = CHOICE_RULE) -> tuple[bool, bool]:
+    """Whether a change from the base model meets ``rule``'s targets: (clean within
+    ``max_clean_cost`` points, noise S5 mean at least ``min_noise_gain`` points up)."""
+    return bool(d_clean >= -rule["max_clean_cost"]), bool(d_noise_s5 >= rule["min_noise_gain"])
+
+
+def describe_targets(d_clean: float, d_noise_s5: float, rule: dict[str, float] = CHOICE_RULE) -> str:
+    """A change from the base model against ``rule``'s targets, in words: "clean -2.54 points
+    (target: within 4 of the base: met), noise S5 mean +17.35 points (target: at least +10: met)"."""
+    clean_ok, noise_ok = targets_met(d_clean, d_noise_s5, rule)
+    return (f"clean {d_clean:+.2f} points (target: within {rule['max_clean_cost']:g} of the base: "
+            f"{'met' if clean_ok else 'not met'}), noise S5 mean {d_noise_s5:+.2f} points (target: at least "
+            f"+{rule['min_noise_gain']:g}: {'met' if noise_ok else 'not met'})")
+
+
 def controls_verdict(summary: pd.DataFrame, run: str = "demhec",
                      controls: Sequence[str] = ("random_noise", "gaussian_aug", "plain"), z: float = 1.96) -> list[str]:
     """Plain-language lines from a :func:`.selection.halves_summary` (one half, ``reference`` = ``run``): the
