@@ -706,3 +706,13 @@ def test_the_package_exposes_few_names_and_every_page_names_one_it_has():
             if target is None or (second and isinstance(target, type(ex)) and not hasattr(target, second)):
                 missing.append(f"{path.name}: ex.{first}{'.' + second if second else ''}")
     assert not missing, missing
+
+
+def test_clean_accuracy_reads_only_results_beside_other_json(tmp_path):
+    from demhec.experiments.tables import collect_clean_accuracy
+
+    (tmp_path / "checkpoints" / "a3").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "a3" / "manifest.json").write_text('{"models": {}}')
+    assert collect_clean_accuracy(tmp_path).empty
+    rows = collect_clean_accuracy("results/cpu")  # the committed profile, beside its manifest
+    assert set(rows.phase) == {"before", "after"}

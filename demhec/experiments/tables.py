@@ -61,6 +61,8 @@ def collect_clean_accuracy(results_root: str | os.PathLike) -> pd.DataFrame:
     results folder (Figure 5 inputs), one row per (dataset, backbone, phase)."""
     rows = []
     for path in sorted(Path(results_root).glob("*/*/*.json")):
+        if not path.stem.startswith(("before_", "after_")):
+            continue  # not a result of the profile's base or Dem-HEC model (e.g. checkpoints/a3/manifest.json)
         rec = read_result(path)
         kind = rec["kind"]
         if not kind.startswith("robustness/"):
