@@ -305,7 +305,9 @@ def test_cpu_reproduction_script_runs_every_stage_and_resumes(tmp_path, capsys):
 CPU_RESULTS = ROOT / "results" / "cpu"
 
 
-@pytest.mark.slow
+# A minute on 2 cores: tests/test_cpu_pages.py checks the pages' tables against the committed ones
+# in CI; this one (every page, every figure byte for byte) runs with `make unit-all`.
+@pytest.mark.expensive
 def test_committed_cpu_reproduction_renders_from_its_jsons(tmp_path):
     """The CPU reproduction's pages (notebooks 09-13) in the cpu profile re-create the committed
     tables and figures from the committed JSONs alone (no data, no training), and the committed

@@ -105,6 +105,7 @@ def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):
               pretrained=str(tmp_path / "gpu_smoke" / "strong_base" / "checkpoints" / "resnet20_base.pt"))
 
 
+@pytest.mark.expensive  # a second smoke run (a minute on 2 cores): `make unit-all`
 def test_a_second_call_loads_what_the_first_trained(smoke_run):
     """The plan spans device calls: a finished model is loaded from its state dict, not retrained."""
     tmp, out, results, _ = smoke_run
