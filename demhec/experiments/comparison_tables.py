@@ -187,8 +187,10 @@ def _walls(profile: str, results_dir: str | Path) -> dict[str, float]:
     for run in COMPARISON:
         exp = comparison_experiment(run, profile=profile, results_dir=str(results_dir))
         # A run finished after a resume checkpoint timed only its rest: no training wall time.
-        for t in stage_times(exp, f"{run.name} model (A.3)"):
-            out[run.name] = t["wall_s"]
+        # The exact stage: "demhec model (A.3)" is also a substring of "pushpull_demhec model (A.3)".
+        for t in stage_times(exp):
+            if t["stage"] == f"{run.name} model (A.3)":
+                out[run.name] = t["wall_s"]
     return out
 
 
