@@ -296,6 +296,22 @@ def test_the_demo_base_model_is_committed_for_the_quickstart():
     get_model("resnet20", num_classes=10, pretrained=str(path))
 
 
+def test_the_committed_demo_results_were_computed_from_the_committed_demo_base():
+    """A fingerprint records the base's recipe, not its weights, so a result made from another
+    base of the same recipe would look current: the committed base must score on the digits
+    test split the clean accuracy its committed results record (one image of float slack)."""
+    from demhec.data import load_arrays
+    from demhec.models import get_model
+
+    model = get_model("resnet20", num_classes=10,
+                      pretrained=str(ROOT / "results" / "demo" / "checkpoints" / "resnet20_base.pt")).eval()
+    test = load_arrays("digits", "test")
+    x = torch.from_numpy(test.images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        accuracy = 100 * (model(x).argmax(1) == torch.from_numpy(test.labels)).double().mean().item()
+    recorded = json.loads((ROOT / "results" / "demo" / "digits" / "resnet20" / "before_cifar-c.json").read_text())
+    assert abs(accuracy - recorded["metrics"]["clean_accuracy"]) <= 100 / len(test.labels) + 1e-9
+
 def test_the_notebooks_seed_the_random_start_of_their_high_entropy_samples():
     """torch seeds its global generator afresh in every process, so an unseeded random start
     gives the quickstart another high-entropy line on every run, even on the committed model."""
