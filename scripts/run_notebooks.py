@@ -29,8 +29,8 @@ NOTEBOOK_PROFILES = {**{name: ("cpu", "smoke") for name in CPU_STUDY},
                      # your own model on your ImageFolder in cpu/paper: run it by hand with data_root
                      "14_your_model.ipynb": ("smoke", "demo")}
 # The cpu profile runs the notebooks its committed results (results/cpu/) render: Figure 2 on the
-# real images, Table 1's ResNet-20 column, Figure 5, Table 4 and the CPU reproduction's pages.
-PROFILE_NOTEBOOKS = {"cpu": ("01", "03", "05", "07", *(name[:2] for name in CPU_STUDY))}
+# real images, Table 1's ResNet-20 column, Figure 5, the comparison (Tables 3 and 4) and the CPU reproduction's pages.
+PROFILE_NOTEBOOKS = {"cpu": ("01", "03", "05", "06", "07", *(name[:2] for name in CPU_STUDY))}
 EXECUTED = ROOT / "notebooks" / "executed"
 # Notebook outputs must not name this machine's folders.
 _LOCAL_PATHS = tuple(dict.fromkeys(str(p) for p in (ROOT, ROOT.parent, Path.home(), Path(sys.prefix))
