@@ -260,3 +260,29 @@ def test_nbval_plugin_fails_a_figure_cell_that_shows_no_image():
     with pytest.raises(AssertionError, match="shows no image/png"):
         run([{"output_type": "stream", "name": "stdout", "text": "saved"}])
     assert "-p tests.nbval_figures" in (ROOT / "Makefile").read_text()
+
+
+# The product speaks of itself: an issue number in a tracked file (code, tests, docs, ignore rules,
+# result and figure names) tells a reader about how it was built, not what it is.
+ISSUE_NUMBER = re.compile(r"\bissues?[ _#-]{0,2}\d+(?!\d)", re.IGNORECASE)
+
+
+def _tracked_text_files() -> list[Path]:
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    return [ROOT / n for n in names if n and Path(n).suffix not in {".pt", ".ckpt", ".png", ".pdf", ".npy", ".gz"}]
+
+
+def test_no_tracked_file_names_an_issue_number():
+    found = [str(p.relative_to(ROOT)) for p in _tracked_text_files() if ISSUE_NUMBER.search(str(p.relative_to(ROOT)))]
+    for p in _tracked_text_files():
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            found += [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for m in ISSUE_NUMBER.finditer(text)]
+    assert not found, found
+
+
+@pytest.mark.parametrize("text, hit", [("issue" " 16's config", True), ("issue" "16_table", True), ("Issue" " #3", True),
+                                       ("an issue the files were named after", False), ("tissue 3", False)])
+def test_the_issue_number_scan_can_fail(text, hit):
+    assert bool(ISSUE_NUMBER.search(text)) == hit
