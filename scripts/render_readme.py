@@ -249,10 +249,12 @@ def comparison(results: Path) -> str:
     else:
         lines.append("- No verdict yet: Dem-HEC's own run at A.3 is not scored, so no method is compared with it.")
     missing = table[table.missing != ""]
+    # A scored model has a row per adaptation, a missing one a single row: count models, not rows.
+    n_models = int((table.adapt == "none").sum())
     for status in dict.fromkeys(_status(m) for m in ("not scored yet", "not trained yet")):
         who = [r.label for r in missing.itertuples() if _status(r.missing) == status]
         if who:
-            lines.append(f"- {status[0].upper()}{status[1:]} ({len(who)} of {len(table)} rows): {', '.join(who)}.")
+            lines.append(f"- {status[0].upper()}{status[1:]} ({len(who)} of {n_models} models): {', '.join(who)}.")
     return "\n".join(lines) + "\n"
 
 
