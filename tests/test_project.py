@@ -267,21 +267,22 @@ def test_nbval_plugin_fails_a_figure_cell_that_shows_no_image():
 ISSUE_NUMBER = re.compile(r"\bissues?[ _#-]{0,2}\d+(?!\d)", re.IGNORECASE)
 
 
-def _tracked_text_files() -> list[Path]:
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split("\0")
-    return [ROOT / n for n in names if n and Path(n).suffix not in {".pt", ".ckpt", ".png", ".pdf", ".npy", ".gz"}]
+BINARY_SUFFIXES = {".pt", ".ckpt", ".png", ".pdf", ".npy", ".gz"}
 
 
 def test_no_tracked_file_names_an_issue_number():
-    found = [str(p.relative_to(ROOT)) for p in _tracked_text_files() if ISSUE_NUMBER.search(str(p.relative_to(ROOT)))]
-    for p in _tracked_text_files():
-        if p.is_file():
-            text = p.read_text(errors="replace")
-            found += [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for m in ISSUE_NUMBER.finditer(text)]
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    found = []
+    for name in filter(None, names):
+        path = ROOT / name
+        found += [f"{name} (path)"] if ISSUE_NUMBER.search(name) else []
+        if path.suffix not in BINARY_SUFFIXES and path.is_file():
+            found += [f"{name}: {m.group(0)!r}" for m in ISSUE_NUMBER.finditer(path.read_text(errors="replace"))]
     assert not found, found
 
 
+# The examples are split in two so that this file does not match its own scan.
 @pytest.mark.parametrize("text, hit", [("issue" " 16's config", True), ("issue" "16_table", True), ("Issue" " #3", True),
                                        ("an issue the files were named after", False), ("tissue" " 3", False)])
 def test_the_issue_number_scan_can_fail(text, hit):
