@@ -32,11 +32,13 @@ unit: $(STAMP)
 unit-all: $(STAMP)  ## every unit test, the expensive ones too (minutes more)
 	$(PY) -m pytest -q -p tests.skips_fail_in_ci tests
 
+# One torch thread per kernel: two threads on a busy 2-core machine ran the notebooks up to 8 times
+# slower than idle (see tests/conftest.py and benchmarks/thread_load.py).
 notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for the smoke profile
 	rm -rf $(BUILD)/nbval $(BUILD)/smoke
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --allow-train --out $(BUILD)/nbval \
 		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
-	$(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures -p tests.skips_fail_in_ci --nbval-lax $(BUILD)/nbval
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures -p tests.skips_fail_in_ci --nbval-lax $(BUILD)/nbval
 
 test: lint unit notebooks-smoke
 

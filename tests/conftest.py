@@ -6,10 +6,18 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
-from torch import nn
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread, here and in every process a test starts: on a 2-core machine that is busy with
+# something else, two threads wait at each op's barrier for the core they share, and the tests
+# ran about three times slower than with one; on an idle machine the two take the same time
+# (benchmarks/thread_load.py measures the mechanism on a training step).
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
