@@ -63,7 +63,8 @@ far as is known, ``numba``, which that package imports for glass blur alone: wit
 stand-in module is put on the path whose ``njit`` functions refuse to run (glass blur is not
 among the seven corruptions evaluated); ``run.json`` records which. ``--smoke`` runs the whole
 plan on a CPU in about a minute (profiles ``gpu_smoke``/``gpu_strong_smoke``: a few hundred
-images, three steps a run); ``tests/test_gpu_reproduction.py`` runs it.
+images, three steps a run); ``tests/test_gpu_reproduction.py`` runs it. ``--phases c`` (say) runs
+only phase C and what it needs: a later call skips the benchmark and the phases already committed.
 """
 
 from __future__ import annotations
@@ -317,7 +318,30 @@ def comparison_jobs(smoke: bool) -> list[Job]:
     return jobs
 
 
-def plan(smoke: bool = False) -> list[Job]:
+PHASES = ("bench", "a", "b", "c")
+
+
+def plan(smoke: bool = False, phases: tuple[str, ...] = PHASES) -> list[Job]:
+    """The jobs of ``phases`` and those they need (``data``, ``cache``, ``c_pushpull_base``); a
+    later call runs only the phases that earlier calls have not measured."""
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise ValueError(f"unknown phase(s) {unknown}; valid: {', '.join(PHASES)}")
+    jobs = {j.name: j for j in _all_jobs(smoke)}
+    wanted = {n for n in jobs if n.split("_", 1)[0] in phases}
+    todo = list(wanted)
+    while todo:  # what the wanted jobs need, transitively
+        for n in jobs[todo.pop()].needs:
+            if n not in wanted:
+                wanted.add(n)
+                todo.append(n)
+    kept = [j for n, j in jobs.items() if n in wanted]
+    for j in kept:  # an ordering constraint on a job left out holds trivially
+        j.after = tuple(n for n in j.after if n in wanted)
+    return kept
+
+
+def _all_jobs(smoke: bool) -> list[Job]:
     from demhec.experiments.gpu import GPU_A_RUNS, GPU_B_RUNS
 
     gpu_start = ("bench",)  # the benchmark has the GPU to itself
@@ -343,7 +367,7 @@ class Runner:
         self.args = args
         self.t0 = time.time()
         self.deadline = self.t0 + args.budget
-        self.jobs = {j.name: j for j in plan(args.smoke)}
+        self.jobs = {j.name: j for j in plan(args.smoke, args.phases)}
         self.env_info = env_info
         self.gpu_root = Path(args.results_dir) / ("gpu_smoke" if args.smoke else "gpu")
         self.status = self.gpu_root / "status"
@@ -410,7 +434,7 @@ class Runner:
             if all(j.state not in ("pending", "running") for j in self.jobs.values()):
                 break
             time.sleep(0.2)
-        if self.args.compile and self.deadline - time.time() > self.args.compile_time:
+        if self.args.compile and "bench" in self.args.phases and self.deadline - time.time() > self.args.compile_time:
             job = self.jobs.setdefault("bench_compile", Job("bench_compile"))
             self.start(job)
             while job.proc.poll() is None and time.time() < self.deadline:
@@ -453,7 +477,7 @@ class Runner:
                   for c in sorted(self.gpu_root.glob("*/checkpoints/*.ckpt"))}
         return write_result(
             self.gpu_root / "run.json", kind="gpu_run", profile=self.gpu_root.name,
-            config={"budget_s": self.args.budget,
+            config={"budget_s": self.args.budget, "phases": list(self.args.phases),
                     "parallel": self.args.parallel, "device": self.args.device,
                     "a_runs": list(GPU_A_RUNS), "b_runs": list(GPU_B_RUNS),
                     "environment": self.env_info},
@@ -589,6 +613,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="measure the torch.compile step cost at the end if time is left (default: not in smoke)")
     p.add_argument("--compile-time", type=float, default=150.0, help="seconds bench_compile needs")
     p.add_argument("--smoke", action="store_true", help="the whole plan on a CPU in about a minute")
+    p.add_argument("--phases", type=lambda s: tuple(x for x in s.split(",") if x), default=PHASES,
+                   help=f"comma-separated subset of {','.join(PHASES)} (default: all): skip what earlier calls measured")
     p.add_argument("--unpack", type=Path, default=None, help="extract returned archives into --results-dir")
     # a child process's own arguments
     p.add_argument("--job", help=argparse.SUPPRESS)

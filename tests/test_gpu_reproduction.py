@@ -220,3 +220,20 @@ def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     assert p_rows.loc["demhec", "d_all_s5"] == pytest.approx(paper[paper.phase == "after"].accuracy.mean()
                                                              - paper[paper.phase == "before"].accuracy.mean())
     assert ex.gpu.gpu_records(tmp_path, smoke=True) == {}
+
+
+def test_phases_keep_only_their_jobs_and_what_they_need(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    full = {j.name for j in script.plan()}
+    only_c = {j.name: j for j in script.plan(phases=("c",))}
+    assert "data" in only_c and not {"bench", "cache", "a_before", "b_base"} & set(only_c)
+    assert {n for n in full if n.startswith("c_")} == {n for n in only_c if n.startswith("c_")}
+    assert any(n.endswith("_s2") for n in only_c)
+    for job in only_c.values():  # every job it waits for is in the plan, so none waits forever
+        assert set(job.needs) | set(job.after) <= set(only_c), job.name
+    assert {j.name for j in script.plan(phases=script.PHASES)} == full
+    with pytest.raises(ValueError, match="valid: bench, a, b, c"):
+        script.plan(phases=("c", "d"))
