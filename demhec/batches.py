@@ -102,7 +102,9 @@ class TensorBatches:
             raise DemHECError(
                 f"images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}"
             )
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        # A tensor (e.g. another loader's, already on the GPU) is kept as one: numpy cannot read CUDA memory.
+        labels = (labels.to(torch.long) if isinstance(labels, torch.Tensor)
+                  else torch.as_tensor(np.asarray(labels), dtype=torch.long))
         if labels.shape != (len(images),):
             raise DemHECError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         self.batch_size = check_range("batch_size", batch_size, 1, integer=True)

@@ -28,8 +28,9 @@ its limit still returns all it finished:
 Results land in ``<results-dir>/gpu/`` (``cpu_base/`` and ``strong_base/``, the layout of
 ``results/cpu/``, plus ``run.json``: device, per-job wall times, how each model was made (trained
 here, resumed at step N, or loaded from an earlier call) and the steps this call ran, the
-benchmark lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights.tar``
-(state dicts) and ``gpu_resume_{a,b,c}.tar`` (resume checkpoints of unfinished runs).
+benchmark lines) and in ``--out`` as ``gpu_results.tar.gz`` (JSONs and logs), ``gpu_weights*.tar``
+(the state dicts this call made) and ``gpu_resume*.tar`` (resume checkpoints of unfinished runs),
+each archive under the device tool's 16 MiB a file (:func:`volumes`).
 
 **The plan spans calls.** A call seldom finishes everything (the first loan's did not: four
 Dem-HEC runs sharing the GPU reached step 6,669 of 7,020 by the limit). ``--unpack`` brings back
@@ -71,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import importlib.util
 import io
 import json
@@ -321,14 +323,20 @@ def comparison_jobs(smoke: bool) -> list[Job]:
 PHASES = ("bench", "a", "b", "c")
 
 
-def plan(smoke: bool = False, phases: tuple[str, ...] = PHASES) -> list[Job]:
-    """The jobs of ``phases`` and those they need (``data``, ``cache``, ``c_pushpull_base``); a
-    later call runs only the phases that earlier calls have not measured."""
+def plan(smoke: bool = False, phases: tuple[str, ...] = PHASES, only: tuple[str, ...] = ()) -> list[Job]:
+    """The jobs of ``phases`` (those matching one of the shell patterns ``only``, if given) and
+    those they need (``data``, ``cache``, ``c_pushpull_base``): a later call runs only what
+    earlier calls have not measured."""
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise ValueError(f"unknown phase(s) {unknown}; valid: {', '.join(PHASES)}")
     jobs = {j.name: j for j in _all_jobs(smoke)}
-    wanted = {n for n in jobs if n.split("_", 1)[0] in phases}
+    wanted = {n for n in jobs if n.split("_", 1)[0] in phases
+              and (not only or any(fnmatch.fnmatchcase(n, pat) for pat in only))}
+    if only and not wanted:
+        raise ValueError(f"no job of phases {', '.join(phases)} matches {', '.join(only)}; jobs: {', '.join(jobs)}")
+    if any(n.startswith(("a_", "b_")) for n in wanted):
+        wanted.add("cache")  # their evaluations wait for the corrupted sets (not a need: training starts first)
     todo = list(wanted)
     while todo:  # what the wanted jobs need, transitively
         for n in jobs[todo.pop()].needs:
@@ -367,7 +375,7 @@ class Runner:
         self.args = args
         self.t0 = time.time()
         self.deadline = self.t0 + args.budget
-        self.jobs = {j.name: j for j in plan(args.smoke, args.phases)}
+        self.jobs = {j.name: j for j in plan(args.smoke, args.phases, args.only)}
         self.env_info = env_info
         self.gpu_root = Path(args.results_dir) / ("gpu_smoke" if args.smoke else "gpu")
         self.status = self.gpu_root / "status"
@@ -477,7 +485,7 @@ class Runner:
                   for c in sorted(self.gpu_root.glob("*/checkpoints/*.ckpt"))}
         return write_result(
             self.gpu_root / "run.json", kind="gpu_run", profile=self.gpu_root.name,
-            config={"budget_s": self.args.budget, "phases": list(self.args.phases),
+            config={"budget_s": self.args.budget, "phases": list(self.args.phases), "only": list(self.args.only),
                     "parallel": self.args.parallel, "device": self.args.device,
                     "a_runs": list(GPU_A_RUNS), "b_runs": list(GPU_B_RUNS),
                     "environment": self.env_info},
@@ -496,14 +504,19 @@ class Runner:
             return
         out.mkdir(parents=True, exist_ok=True)
         base = Path(self.args.results_dir)
+        # State dicts an earlier call made are committed back home: only this call's travel.
+        made_here = [p for p in sorted(self.gpu_root.glob("*/checkpoints/*.pt")) if p.stat().st_mtime >= self.t0]
         groups = {"gpu_results.tar.gz": [*self.gpu_root.glob("**/*.json"), *self.logs.glob("*.log")],
-                  "gpu_weights.tar": sorted(self.gpu_root.glob("*/checkpoints/*.pt")),
-                  "gpu_resume_a.tar": sorted(self.gpu_root.glob("cpu_base/checkpoints/*.ckpt")),
-                  "gpu_resume_b.tar": sorted(self.gpu_root.glob("strong_base/checkpoints/*.ckpt")),
-                  "gpu_resume_c.tar": sorted(self.gpu_root.glob("a3/checkpoints/*.ckpt"))}
+                  **volumes("gpu_weights", made_here),
+                  **volumes("gpu_resume", sorted(self.gpu_root.glob("*/checkpoints/*.ckpt")))}
+        if len(groups) > MAX_FILES:
+            self.say(f"warning: {len(groups)} archives, more than the {MAX_FILES} files a device call returns")
+        for stale in out.glob("gpu_*.tar*"):  # e.g. resume checkpoints of runs that have finished since
+            if stale.name not in groups:
+                stale.unlink()
         for name, paths in groups.items():
             paths = [p for p in paths if "status" not in p.parts]
-            if not paths:  # e.g. resume checkpoints of runs that have finished since
+            if not paths:
                 (out / name).unlink(missing_ok=True)
                 continue
             tmp = out / f".{name}.partial"
@@ -517,6 +530,25 @@ class Runner:
                     else:
                         tar.add(p, arcname=str(p.relative_to(base)))
             os.replace(tmp, out / name)
+
+
+VOLUME_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB, at most 8 of them
+MAX_FILES = 8
+
+
+def volumes(stem: str, paths: list[Path], limit: int = VOLUME_BYTES) -> dict[str, list[Path]]:
+    """``paths`` in tar archives of at most ``limit`` bytes each (``<stem>.tar``, ``<stem>.1.tar``,
+    ...), so that none is left behind for its size; a file larger than ``limit`` gets its own."""
+    groups: list[list[Path]] = []
+    size = 0
+    for p in paths:
+        n = p.stat().st_size + 1024  # its tar header and padding
+        if not groups or size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += n
+    return {f"{stem}{'' if i == 0 else f'.{i}'}.tar": g for i, g in enumerate(groups)}
 
 
 def portable_log(text: str) -> str:
@@ -615,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="the whole plan on a CPU in about a minute")
     p.add_argument("--phases", type=lambda s: tuple(x for x in s.split(",") if x), default=PHASES,
                    help=f"comma-separated subset of {','.join(PHASES)} (default: all): skip what earlier calls measured")
+    p.add_argument("--only", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
+                   help="comma-separated shell patterns of job names (e.g. 'c_plain_s2,c_ba_*'): only those")
     p.add_argument("--unpack", type=Path, default=None, help="extract returned archives into --results-dir")
     # a child process's own arguments
     p.add_argument("--job", help=argparse.SUPPRESS)

@@ -40,6 +40,17 @@ def test_every_run_is_a_valid_config_of_a_registered_model(run):
         assert cfg == default
 
 
+@pytest.mark.parametrize("run", [r for r in COMPARISON if r.fine_tuned], ids=lambda r: r.name)
+def test_each_seed_has_its_own_checkpoint_where_training_writes_it(run):
+    from demhec.experiments.comparison import checkpoint_path
+    from demhec.experiments.layout import model_path
+
+    paths = {seed: checkpoint_path(run, comparison_experiment(run, seed=seed)) for seed in (0, 1, 2)}
+    assert len(set(paths.values())) == 3, paths  # a seed never takes another seed's model for its own
+    exp = comparison_experiment(run, seed=1)
+    assert paths[1] == model_path(exp, "demhec" if run.name == "pushpull_demhec" else run.name)
+
+
 def test_the_comparison_names_every_method_once():
     names = [r.name for r in COMPARISON]
     assert len(names) == len(set(names))

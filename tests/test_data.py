@@ -401,6 +401,19 @@ def test_tensor_batches_reproducible_and_resumable():
     assert not torch.equal(next(_batches(batch_size=8, seed=8)[0].epoch(2))[1], first[0][1])
 
 
+def test_tensor_batches_take_labels_that_numpy_cannot_read(monkeypatch):
+    """A loader rebuilt from another's tensors (BA's uncropped copy) on a GPU: CUDA labels have
+    no numpy view, so they must stay tensors."""
+    tb, _ = _batches(batch_size=8)
+
+    def no_numpy(self, *a, **k):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    monkeypatch.setattr(torch.Tensor, "__array__", no_numpy)
+    again = TensorBatches(tb.images, tb.labels, batch_size=8)
+    assert again.labels.dtype == torch.long and torch.equal(again.labels, tb.labels)
+
+
 def test_tensor_batches_covers_data_once():
     tb, images = _batches(batch_size=8)
     xs, ys = zip(*tb.epoch(0))

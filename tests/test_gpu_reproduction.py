@@ -235,5 +235,26 @@ def test_phases_keep_only_their_jobs_and_what_they_need(monkeypatch):
     for job in only_c.values():  # every job it waits for is in the plan, so none waits forever
         assert set(job.needs) | set(job.after) <= set(only_c), job.name
     assert {j.name for j in script.plan(phases=script.PHASES)} == full
+    assert "cache" in {j.name for j in script.plan(phases=("a",))}
     with pytest.raises(ValueError, match="valid: bench, a, b, c"):
         script.plan(phases=("c", "d"))
+
+
+def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    files = []
+    for i, size in enumerate([3000, 3000, 3000, 9000, 500]):
+        files.append(tmp_path / f"r{i}.ckpt")
+        files[-1].write_bytes(b"x" * size)
+    groups = script.volumes("gpu_resume", files, limit=9000)
+    assert list(groups) == ["gpu_resume.tar", "gpu_resume.1.tar", "gpu_resume.2.tar", "gpu_resume.3.tar"]
+    assert [len(g) for g in groups.values()] == [2, 1, 1, 1]  # the 9,000-byte file alone
+    assert sorted(p for g in groups.values() for p in g) == sorted(files)
+    assert script.volumes("gpu_weights", []) == {}
+    with pytest.raises(ValueError, match="matches"):
+        script.plan(phases=("c",), only=("c_nothing_*",))
+    assert {j.name for j in script.plan(phases=("c",), only=("c_plain_s2", "c_ba_s*"))} == {
+        "data", "c_plain_s2", "c_ba_s0", "c_ba_s1", "c_ba_s2"}

@@ -26,6 +26,7 @@ from typing import Any
 from .._common import atomic_write, check_choice
 from ..training import DemHECConfig
 from .halves import EVAL_HALVES
+from .layout import model_path
 from .model_cache import base_model, demhec_model
 from .pipeline import halves_path, halves_result
 from .profiles import REPO_ROOT, Experiment
@@ -128,10 +129,11 @@ def is_scored(run: Run, exp: Experiment, adapt: str | None = None) -> bool:
 
 
 def checkpoint_path(run: Run, exp: Experiment) -> Path:
-    """Where ``run``'s state dict lives (the committed base for the ResNet-20 base)."""
+    """Where ``run``'s state dict lives for ``exp``'s seed (the committed base for the ResNet-20
+    base): where :func:`train_run_model` writes it, ``_seedN`` for a seed other than 0."""
     if not run.fine_tuned:
         return REPO_ROOT / exp.base_weights_path if exp.base_weights_path else exp.checkpoint("base")
-    return exp.checkpoint(run_tag(run))
+    return model_path(exp, run_tag(run))
 
 
 def write_manifest(exp: Experiment) -> Path:
