@@ -50,6 +50,7 @@ gpu-carry: $(STAMP)  ## what scripts/gpu_reproduction.sh needs on the device (de
 	cp ../shared/data/cifar10-jpeg-train.tar.gz .gpu_carry/
 	$(PY) -m pip download --quiet --no-deps -d .gpu_carry imagecorruptions-imaug==1.1.5
 	git rev-parse HEAD > .gpu_carry/COMMIT
+	$(PY) scripts/gpu_reproduction.py --check-travel --carry .gpu_carry
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache

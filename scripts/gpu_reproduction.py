@@ -51,7 +51,8 @@ H200 (``results/gpu/calls/1``): 8.6 ms a plain step and 53 ms a Dem-HEC step alo
 with four Dem-HEC runs and three others sharing the GPU.
 
 On the device tool: ``make gpu-carry`` here (the archive, the ``imagecorruptions-imaug`` wheel and
-the commit into the ignored ``.gpu_carry/``), commit nothing after it, then one call with
+the commit into the ignored ``.gpu_carry/``; it fails when the checkout and the carry together are
+over the 64 MiB a call sends, naming the heaviest folders: ``--check-travel``), commit nothing after it, then one call with
 ``carry: [".gpu_carry"]``, ``timeout_s: 600`` and the command ``bash scripts/gpu_reproduction.sh``
 (``python3 scripts/gpu_reproduction.py --carry .gpu_carry --out "$OUT"``). Back here, from the
 folder the files came back to::
@@ -532,6 +533,43 @@ class Runner:
             os.replace(tmp, out / name)
 
 
+TRAVEL_BYTES = 64 * 2**20  # the device tool's limit on the working tree it sends, carried paths included
+
+
+def travel_bytes(root: Path, carry: Path | None) -> tuple[int, dict[str, int]]:
+    """What a device call sends: git's tracked and untracked-not-ignored files present on disk,
+    plus ``carry``; returns the total and the bytes under each top two folders (the largest
+    first), so that a tree over :data:`TRAVEL_BYTES` says where its weight is."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = [root / n for n in names if n]
+    if carry is not None and (root / carry).is_dir():
+        files += list((root / carry).resolve().rglob("*"))
+    by_folder: dict[str, int] = {}
+    total = 0
+    for f in files:
+        if not f.is_file() or f.is_symlink():
+            continue
+        n = f.stat().st_size
+        total += n
+        parts = f.resolve().relative_to(root.resolve()).parts
+        top = "/".join(parts[:2]) if len(parts) > 2 else (parts[0] if len(parts) > 1 else ".")
+        by_folder[top] = by_folder.get(top, 0) + n
+    return total, dict(sorted(by_folder.items(), key=lambda kv: -kv[1]))
+
+
+def check_travel(root: Path, carry: Path | None, limit: int = TRAVEL_BYTES) -> int:
+    """Fail, naming the heaviest folders, when a device call would be refused for its size."""
+    total, by_folder = travel_bytes(root, carry)
+    if total > limit:
+        heaviest = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in list(by_folder.items())[:6])
+        raise SystemExit(
+            f"a device call would send {total / 2**20:.1f} MiB, over its {limit / 2**20:.0f} MiB (heaviest, MiB: "
+            f"{heaviest}). Move folders the device does not read (notebooks/executed, figures, "
+            "results/cpu/checkpoints/a3) out of the checkout for the call and put them back after it.")
+    return total
+
+
 VOLUME_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB, at most 8 of them
 MAX_FILES = 8
 
@@ -654,7 +692,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--status-dir", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--check-travel", action="store_true",
+                   help="only check that the checkout and --carry fit in what a device call sends")
     args = p.parse_args(argv)
+    if args.check_travel:
+        total = check_travel(ROOT, args.carry)
+        print(f"a device call sends {total / 2**20:.1f} MiB of {TRAVEL_BYTES / 2**20:.0f}")
+        return None
     if args.unpack:
         return unpack(args.unpack, args.results_dir)
     args.device = args.device or ("cpu" if args.smoke else "cuda")

@@ -258,3 +258,21 @@ def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, monke
         script.plan(phases=("c",), only=("c_nothing_*",))
     assert {j.name for j in script.plan(phases=("c",), only=("c_plain_s2", "c_ba_s*"))} == {
         "data", "c_plain_s2", "c_ba_s0", "c_ba_s1", "c_ba_s2"}
+
+
+def test_the_travel_check_counts_what_a_device_call_sends(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored/\n.carry/\n")
+    for rel, size in {"results/gpu/a.pt": 5000, "code.py": 100, "ignored/big.bin": 10**6, ".carry/data.tar.gz": 3000}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * size)
+    total, by_folder = script.travel_bytes(tmp_path, Path(".carry"))
+    assert total == 5000 + 100 + 3000 + len("ignored/\n.carry/\n")  # the ignored file stays home
+    assert list(by_folder)[:2] == ["results/gpu", ".carry"]
+    assert script.check_travel(tmp_path, None, limit=10**4) == total - 3000
+    with pytest.raises(SystemExit, match="results/gpu"):
+        script.check_travel(tmp_path, Path(".carry"), limit=6000)
