@@ -64,7 +64,11 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The commit of the checkout this library runs from, with ``-dirty`` for local edits."""
+    """The commit of the checkout this library runs from, with ``-dirty`` for local edits; a
+    launcher that knows better names it in ``DEMHEC_GIT_COMMIT`` (a GPU machine's copy of the work
+    tree can carry a ``.git`` of an older commit than the files it runs)."""
+    if os.environ.get("DEMHEC_GIT_COMMIT"):
+        return os.environ["DEMHEC_GIT_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()
@@ -72,8 +76,7 @@ def git_commit() -> str:
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
         return sha + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        # A copy of the work tree without .git (a GPU machine's): the launcher names the commit.
-        return os.environ.get("DEMHEC_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -186,3 +186,14 @@ def test_results_dir_that_is_a_file_fails_early(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DemHECError, match="cannot write results"):
         check_writable(tmp_path / "f" / "results")
+
+
+def test_the_launchers_commit_wins_over_a_stale_dot_git(monkeypatch):
+    """A GPU machine's copy of the work tree may hold a .git of an older commit: the launcher's
+    DEMHEC_GIT_COMMIT (the carried COMMIT) is what the result records."""
+    from demhec.results import git_commit
+
+    monkeypatch.delenv("DEMHEC_GIT_COMMIT", raising=False)
+    here = git_commit()
+    monkeypatch.setenv("DEMHEC_GIT_COMMIT", "0123abc")
+    assert git_commit() == "0123abc" != here
