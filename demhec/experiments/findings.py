@@ -122,7 +122,8 @@ def evidence_sources(results: str | Path = "results") -> list[Evidence]:
     cpu_a3 = Evidence("CPU, A.3 (7,020 steps), the comparison", "A.3", "report", runs, files)
     out.append(cpu_a3)
     gpu = results / "gpu" / "cpu_base" / "cifar10_jpeg" / "resnet20" / "halves"
-    runs, files = _halves_runs(gpu, {"base": "before", "demhec": "after", "plain": "after_plain"}, [0], "_cifar-c")
+    runs, files = _halves_runs(gpu, {"base": "before", "demhec": "after", "plain": "after_plain",
+                                     "gaussian_aug": "after_gaussian_aug"}, [0], "_cifar-c")
     out.append(Evidence("GPU, A.3 (7,020 steps, bf16), from the CPU base", "A.3", "report", runs, files))
     if runs.get("demhec"):
         # Until the CPU's own Dem-HEC run at A.3 lands: the GPU's beside the CPU's other A.3 runs.
