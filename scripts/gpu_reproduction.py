@@ -665,6 +665,11 @@ def unpack(folder: Path, results_dir: Path) -> None:
         print(f"filed this call's run.json and logs under {dest.relative_to(results_dir)}")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated command-line list."""
+    return tuple(x for x in text.split(",") if x)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -683,9 +688,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="measure the torch.compile step cost at the end if time is left (default: not in smoke)")
     p.add_argument("--compile-time", type=float, default=150.0, help="seconds bench_compile needs")
     p.add_argument("--smoke", action="store_true", help="the whole plan on a CPU in about a minute")
-    p.add_argument("--phases", type=lambda s: tuple(x for x in s.split(",") if x), default=PHASES,
+    p.add_argument("--phases", type=_names, default=PHASES,
                    help=f"comma-separated subset of {','.join(PHASES)} (default: all): skip what earlier calls measured")
-    p.add_argument("--only", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
+    p.add_argument("--only", type=_names, default=(),
                    help="comma-separated shell patterns of job names (e.g. 'c_plain_s2,c_ba_*'): only those")
     p.add_argument("--unpack", type=Path, default=None, help="extract returned archives into --results-dir")
     # a child process's own arguments

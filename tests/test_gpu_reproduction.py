@@ -23,6 +23,16 @@ SCRIPT = ROOT / "scripts" / "gpu_reproduction.py"
 PER_CLASS = 30
 
 
+@pytest.fixture
+def script(monkeypatch):
+    """scripts/gpu_reproduction.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu")
@@ -222,11 +232,7 @@ def test_gpu_summary_shows_the_runs_beside_the_paper(smoke_run, tmp_path):
     assert ex.gpu.gpu_records(tmp_path, smoke=True) == {}
 
 
-def test_phases_keep_only_their_jobs_and_what_they_need(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+def test_phases_keep_only_their_jobs_and_what_they_need(script):
     full = {j.name for j in script.plan()}
     only_c = {j.name: j for j in script.plan(phases=("c",))}
     assert "data" in only_c and not {"bench", "cache", "a_before", "b_base"} & set(only_c)
@@ -240,11 +246,7 @@ def test_phases_keep_only_their_jobs_and_what_they_need(monkeypatch):
         script.plan(phases=("c", "d"))
 
 
-def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, script):
     files = []
     for i, size in enumerate([3000, 3000, 3000, 9000, 500]):
         files.append(tmp_path / f"r{i}.ckpt")
@@ -260,11 +262,7 @@ def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, monke
         "data", "c_plain_s2", "c_ba_s0", "c_ba_s1", "c_ba_s2"}
 
 
-def test_the_travel_check_counts_what_a_device_call_sends(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_reproduction", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+def test_the_travel_check_counts_what_a_device_call_sends(tmp_path, script):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / ".gitignore").write_text("ignored/\n.carry/\n")
     for rel, size in {"results/gpu/a.pt": 5000, "code.py": 100, "ignored/big.bin": 10**6, ".carry/data.tar.gz": 3000}.items():
