@@ -26,11 +26,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check demhec tests scripts benchmarks
 
 # -p tests.skips_fail_in_ci: with DEMHEC_FAIL_ON_SKIP=1 (CI) a skipped test fails the run, saying why.
+# Tests run on TEST_WORKERS processes (pytest-xdist), each file on one of them (a module's fixtures
+# and a notebook's cells stay together); each test holds one torch thread, so two workers use the
+# two cores that CI has. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 unit: $(STAMP)
-	$(PY) -m pytest -q -p tests.skips_fail_in_ci -m "not expensive" tests
+	$(PY) -m pytest -q $(XDIST) -p tests.skips_fail_in_ci -m "not expensive" tests
 
 unit-all: $(STAMP)  ## every unit test, the expensive ones too (minutes more)
-	$(PY) -m pytest -q -p tests.skips_fail_in_ci tests
+	$(PY) -m pytest -q $(XDIST) -p tests.skips_fail_in_ci tests
 
 # One torch thread per kernel: two threads on a busy 2-core machine ran the notebooks up to 8 times
 # slower than idle (see tests/conftest.py and benchmarks/thread_load.py).
@@ -38,7 +44,7 @@ notebooks-smoke: $(STAMP)  ## nbval over every notebook, parameters injected for
 	rm -rf $(BUILD)/nbval $(BUILD)/smoke
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --allow-train --out $(BUILD)/nbval \
 		--results-dir $(BUILD)/smoke/results --figures-dir $(BUILD)/smoke/figures
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_figures -p tests.skips_fail_in_ci --nbval-lax $(BUILD)/nbval
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -p no:cacheprovider -p tests.nbval_figures -p tests.skips_fail_in_ci --nbval-lax $(BUILD)/nbval
 
 test: lint unit notebooks-smoke
 

@@ -30,7 +30,7 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 from nbconvert import HTMLExporter  # noqa: E402
 
-from demhec.experiments.findings import findings_table  # noqa: E402
+from demhec.experiments.findings import findings_table, headline  # noqa: E402
 
 PROFILES = {"cpu": "real CIFAR-10 images (the JPEG mirror), on this machine's CPUs",
             "demo": "the embedded digits dataset (offline, minutes)"}
@@ -73,6 +73,8 @@ def front_page(pages: dict[str, list[tuple[str, str]]], results: Path) -> str:
              "Natural Corruptions</em>. Every number on this page is rendered from the committed result files; "
              "each finding names the evidence it rests on.</p>",
              "<h2>Findings</h2>", _table_html(findings_table(results))]
+    if (verdict := headline(results)) is not None:
+        parts[2:2] = ["<h2>Verdict</h2>", f"<p>{html.escape(verdict, quote=False)}</p>"]
     for profile, stems in PAPER_TABLES.items():
         for stem in stems:
             path = results / profile / "tables" / f"{stem}.csv"

@@ -52,7 +52,9 @@ with four Dem-HEC runs and three others sharing the GPU.
 
 On the device tool: ``make gpu-carry`` here (the archive, the ``imagecorruptions-imaug`` wheel and
 the commit into the ignored ``.gpu_carry/``; it fails when the checkout and the carry together are
-over the 64 MiB a call sends, naming the heaviest folders: ``--check-travel``), commit nothing after it, then one call with
+over the 64 MiB a call sends, naming the heaviest folders: ``--check-travel``; ``--aside`` then moves
+what the device does not read into the ignored ``.gpu_aside/``, ``--put-back`` returns it after
+the call), commit nothing after it, then one call with
 ``carry: [".gpu_carry"]``, ``timeout_s: 600`` and the command ``bash scripts/gpu_reproduction.sh``
 (``python3 scripts/gpu_reproduction.py --carry .gpu_carry --out "$OUT"``). Back here, from the
 folder the files came back to::
@@ -565,9 +567,55 @@ def check_travel(root: Path, carry: Path | None, limit: int = TRAVEL_BYTES) -> i
         heaviest = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in list(by_folder.items())[:6])
         raise SystemExit(
             f"a device call would send {total / 2**20:.1f} MiB, over its {limit / 2**20:.0f} MiB (heaviest, MiB: "
-            f"{heaviest}). Move folders the device does not read (notebooks/executed, figures, "
-            "results/cpu/checkpoints/a3) out of the checkout for the call and put them back after it.")
+            f"{heaviest}). `scripts/gpu_reproduction.py --aside` moves what the device does not read "
+            f"into {ASIDE_DIR}/ for the call; `--put-back` returns it.")
     return total
+
+
+# What a device call does not read: the executed pages, the figures, the demo's results and the CPU
+# reproduction's (but its base, which phase A fine-tunes).
+ASIDE = ("notebooks/executed", "figures", "results/demo", "results/cpu")
+ASIDE_KEEP = ("results/cpu/checkpoints/resnet20_base.pt", "results/cpu/checkpoints/resnet20_base.fingerprint.json")
+ASIDE_DIR = ".gpu_aside"  # ignored by git, so nothing in it travels
+
+
+def set_aside(root: Path) -> list[str]:
+    """Move :data:`ASIDE` into ``root/.gpu_aside/`` (copying :data:`ASIDE_KEEP` back), so that a
+    device call sends what it reads and no more; :func:`put_back` undoes it. Refuses to move over an
+    earlier set-aside copy, which would be lost."""
+    aside = root / ASIDE_DIR
+    if aside.exists() and any(aside.iterdir()):
+        raise SystemExit(f"{aside} is not empty: run --put-back first")
+    moved = []
+    for rel in ASIDE:
+        if (root / rel).exists():
+            (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(root / rel, aside / rel)
+            moved.append(rel)
+    for rel in ASIDE_KEEP:
+        if (aside / rel).exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(aside / rel, root / rel)
+    return moved
+
+
+def put_back(root: Path) -> list[str]:
+    """Return what :func:`set_aside` moved, replacing the copies of :data:`ASIDE_KEEP` it left."""
+    aside = root / ASIDE_DIR
+    back = []
+    for rel in ASIDE:
+        if (aside / rel).exists():
+            if (root / rel).exists():
+                extra = [f for f in (root / rel).rglob("*")
+                         if f.is_file() and str(f.relative_to(root)) not in ASIDE_KEEP]
+                if extra:
+                    raise SystemExit(f"{root / rel} has files that {ASIDE_DIR}/ would overwrite: "
+                                     f"{', '.join(str(f.relative_to(root)) for f in extra[:5])}")
+                shutil.rmtree(root / rel)
+            shutil.move(aside / rel, root / rel)
+            back.append(rel)
+    shutil.rmtree(aside, ignore_errors=True)
+    return back
 
 
 VOLUME_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB, at most 8 of them
@@ -699,7 +747,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     p.add_argument("--check-travel", action="store_true",
                    help="only check that the checkout and --carry fit in what a device call sends")
+    p.add_argument("--aside", action="store_true",
+                   help=f"move what a device call does not read into {ASIDE_DIR}/ (before the call)")
+    p.add_argument("--put-back", action="store_true", help="return what --aside moved (after the call)")
     args = p.parse_args(argv)
+    if args.aside or args.put_back:
+        moved = set_aside(ROOT) if args.aside else put_back(ROOT)
+        total, _ = travel_bytes(ROOT, args.carry)
+        print(f"{'set aside' if args.aside else 'put back'}: {', '.join(moved) or 'nothing'}; "
+              f"a device call now sends {total / 2**20:.1f} MiB of {TRAVEL_BYTES / 2**20:.0f}")
+        return None
     if args.check_travel:
         total = check_travel(ROOT, args.carry)
         print(f"a device call sends {total / 2**20:.1f} MiB of {TRAVEL_BYTES / 2**20:.0f}")

@@ -33,7 +33,7 @@ from demhec.experiments.comparison_tables import (  # noqa: E402
     comparison_verdict,
     describe_comparison,
 )
-from demhec.experiments.findings import PRECEDENCE, findings  # noqa: E402
+from demhec.experiments.findings import PRECEDENCE, findings, headline  # noqa: E402
 from demhec.results import markdown_table, read_result  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)", re.S)
@@ -199,7 +199,8 @@ def findings_block(results: Path) -> str:
     found = findings(results)
     if not found:
         return "No findings yet: no result files are committed.\n"
-    lines = [f"- **{f.question}** {f.answer} *Rests on: {f.evidence}.*"
+    verdict = headline(results)
+    lines = ([f"**Verdict.** {verdict}", ""] if verdict else []) + [f"- **{f.question}** {f.answer} *Rests on: {f.evidence}.*"
              + (f" Lower-ranked evidence: {'; '.join(a.rstrip('.') for a in f.also)}." if f.also else "") for f in found]
     lines.append(f"- Precedence of evidence: {'; '.join(PRECEDENCE)}.")
     return "\n".join(lines) + "\n"

@@ -274,3 +274,35 @@ def test_the_travel_check_counts_what_a_device_call_sends(tmp_path, script):
     assert script.check_travel(tmp_path, None, limit=10**4) == total - 3000
     with pytest.raises(SystemExit, match="results/gpu"):
         script.check_travel(tmp_path, Path(".carry"), limit=6000)
+
+
+def test_set_aside_sends_only_what_the_device_reads_and_put_back_restores_it(tmp_path, script):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text(f"/{script.ASIDE_DIR}/\n")
+    files = {"demhec/code.py": b"c" * 100, "results/gpu/a.pt": b"g" * 500,
+             "results/cpu/checkpoints/resnet20_base.pt": b"b" * 700,
+             "results/cpu/checkpoints/a3/resnet20_ba.pt": b"a" * 9000, "results/cpu/x.json": b"{}",
+             "notebooks/executed/01.ipynb": b"n" * 4000, "figures/cpu/f.png": b"f" * 3000,
+             "results/demo/t.json": b"d" * 2000}
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    before, _ = script.travel_bytes(tmp_path, None)
+
+    assert set(script.set_aside(tmp_path)) == {"notebooks/executed", "figures", "results/demo", "results/cpu"}
+    after, by_folder = script.travel_bytes(tmp_path, None)
+    assert after == 100 + 500 + 700 + len(f"/{script.ASIDE_DIR}/\n")  # tracked files set aside do not count
+    assert (tmp_path / "results/cpu/checkpoints/resnet20_base.pt").read_bytes() == files[
+        "results/cpu/checkpoints/resnet20_base.pt"]  # phase A fine-tunes it
+    with pytest.raises(SystemExit, match="put-back"):
+        script.set_aside(tmp_path)  # a second one would bury the first
+
+    (tmp_path / "results/cpu/new.json").write_text("{}")
+    with pytest.raises(SystemExit, match="new.json"):
+        script.put_back(tmp_path)  # written while set aside: not silently lost
+    (tmp_path / "results/cpu/new.json").unlink()
+    script.put_back(tmp_path)
+    assert script.travel_bytes(tmp_path, None)[0] == before
+    assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
+    assert not (tmp_path / script.ASIDE_DIR).exists()

@@ -187,6 +187,17 @@ def test_the_readme_findings_are_the_sites_and_the_librarys():
     assert all(i >= 0 for i in where) and where == sorted(where), "the site's findings differ from the README's"
 
 
+def test_one_verdict_on_the_readme_the_site_and_the_table3_page():
+    from demhec.experiments.findings import headline
+
+    verdict = headline(ROOT / "results")
+    assert verdict and f"**Verdict.** {verdict}" in _block(README.read_text(), "findings")
+    assert html.escape(verdict, quote=False) in load_script("build_site").front_page({}, ROOT / "results")
+    page = json.loads((ROOT / "notebooks/executed/cpu/06_table3_baselines.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in page["cells"] for o in c.get("outputs", []))
+    assert verdict.split(" (Rests on:")[0] in printed, "the executed Table 3 page prints another verdict"
+
+
 def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_path):
     mod = load_script("render_readme")
     assert mod.findings_block(tmp_path) == "No findings yet: no result files are committed.\n"

@@ -37,7 +37,7 @@ from .comparison import (
 from .halves import EVAL_HALVES, unpack_outcomes
 from .stage_times import stage_times
 
-__all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_records", "comparison_table",
+__all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_headline", "comparison_records", "comparison_table",
            "comparison_verdict", "describe_comparison", "run_metrics", "table3_rows", "table4_rows",
            "with_wall_times"]
 
@@ -298,6 +298,43 @@ def describe_comparison(table: pd.DataFrame, verdict: pd.DataFrame) -> str:
     if len(missing):
         lines.append("Not measured yet: " + "; ".join(f"{r.label} ({r.missing})" for r in missing.itertuples()) + ".")
     return "\n".join(lines)
+
+
+def comparison_headline(table: pd.DataFrame, verdict: pd.DataFrame) -> str:
+    """The comparison's one verdict, in two or three sentences: what Dem-HEC does to its base, and
+    whether any measured alternative beats it on a robustness metric (noise S5 mean, all-15 S5
+    mean) by 1.96 paired standard errors without Dem-HEC beating it on clean accuracy. That rule
+    answers the reader's question (should I use Dem-HEC instead?); the README, the site's front
+    page and the Table 3 page all print this text."""
+    half = table["split"].iloc[0]
+    own = table[(table.run == "demhec") & (table.adapt == "none") & (table.missing == "")]
+    if own.empty or "d_clean" not in table.columns:
+        return f"Dem-HEC is not scored yet on the {half} half: no verdict."
+    d = own.iloc[0]
+    lines = [f"On the {half} half, Dem-HEC changes its base's noise S5 mean by {d.d_noise_s5:+.2f} points and its "
+             f"clean accuracy by {d.d_clean:+.2f}."]
+    compared = verdict[verdict.kind == "compared"]
+    at = {(r.against, r.metric): r for r in compared.itertuples()}
+    better_clean = {a for (a, m), r in at.items() if m == "clean" and r.outcome == "Dem-HEC better"}
+    beaten = []
+    for m in ("noise_s5", "all15_s5"):
+        for (a, mm), r in at.items():
+            if mm == m and r.outcome == "Dem-HEC worse" and a not in better_clean:
+                c = at[(a, "clean")]
+                beaten.append(f"{a} on the {COMPARISON_METRICS[m]} (Dem-HEC minus it: {r.demhec_minus:+.2f} ± {r.se:.2f}; "
+                              f"clean {c.demhec_minus:+.2f} ± {c.se:.2f})")
+    measured = compared.against.nunique()
+    if beaten:
+        lines.append(f"Of the {measured} alternatives measured, some do more for robustness without costing more clean "
+                     f"accuracy than Dem-HEC does: {'; '.join(beaten)}. On this evidence Dem-HEC is not the method to pick.")
+    else:
+        lines.append(f"None of the {measured} alternatives measured beats it on the noise S5 mean or the all-15 S5 mean "
+                     "without Dem-HEC beating it on clean accuracy.")
+    missing = table[(table.missing != "") & (table.adapt == "none")]
+    if len(missing):
+        lines.append(f"{len(missing)} compared model{'s are' if len(missing) > 1 else ' is'} not measured yet "
+                     f"({', '.join(missing.label)}): the verdict can change with them.")
+    return " ".join(lines)
 
 
 def comparison_figure_input(table: pd.DataFrame, metric: str = "noise_s5") -> pd.DataFrame:

@@ -32,7 +32,7 @@ import pandas as pd
 from ..evaluation import paired_difference
 from .halves import unpack_outcomes
 
-__all__ = ["Evidence", "Finding", "PRECEDENCE", "evidence_sources", "findings", "findings_table"]
+__all__ = ["Evidence", "Finding", "PRECEDENCE", "evidence_sources", "findings", "findings_table", "headline"]
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 PRECEDENCE = ("the paper's schedule (A.3) over a 150-step budget", "more seeds over fewer",
@@ -210,6 +210,7 @@ QUESTIONS: list[tuple[str, str, str, Callable[[str], str]]] = [
 ]
 
 
+COMPARISON_EVIDENCE = "CPU, A.3 (7,020 steps), the comparison; 1 seed, report"
 WHAT_TO_SET = "Which configuration should a user set (the selection rule, chosen on the selection half)?"
 
 
@@ -261,12 +262,9 @@ def findings(results: str | Path = "results") -> list[Finding]:
     if choices:
         (_, label, text, files), *rest = choices
         out.append(Finding(WHAT_TO_SET, text, label, files, [f"{lab}: {t}" for _, lab, t, _ in rest], key="what to set"))
-    from .comparison_tables import comparison_records, comparison_table, comparison_verdict
-
-    records = comparison_records("a3", results)
-    if ("demhec", 0) in records:
-        table = comparison_table(records, "report", 0, "a3", results)
-        verdict = comparison_verdict(records, table)
+    compared = _comparison(results)
+    if compared is not None:
+        table, verdict = compared
         compared = verdict[(verdict.kind == "compared") & (verdict.metric == "noise_s5")]
         wins = compared[compared.outcome == "Dem-HEC better"].against.tolist()
         losses = compared[compared.outcome == "Dem-HEC worse"].against.tolist()
@@ -276,8 +274,32 @@ def findings(results: str | Path = "results") -> list[Finding]:
             f"Better than {len(wins)} ({', '.join(wins) or 'none'}), worse than {len(losses)} "
             f"({', '.join(losses) or 'none'}), of {len(compared)} measured"
             + (f"; not measured yet: {', '.join(missing)}." if missing else "."),
-            "CPU, A.3 (7,020 steps), the comparison; 1 seed, report", ["results/cpu/a3/"], key="compared methods"))
+            COMPARISON_EVIDENCE, ["results/cpu/a3/"], key="compared methods"))
     return out
+
+
+def _comparison(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The comparison at A.3 on the report half (seed 0): its table and its verdict, or None
+    before Dem-HEC's row is scored."""
+    from .comparison_tables import comparison_records, comparison_table, comparison_verdict
+
+    records = comparison_records("a3", results)
+    if ("demhec", 0) not in records:
+        return None
+    table = comparison_table(records, "report", 0, "a3", results)
+    return table, comparison_verdict(records, table)
+
+
+def headline(results: str | Path = "results") -> str | None:
+    """The project's one verdict (:func:`.comparison_tables.comparison_headline` on the comparison
+    at the paper's schedule), which the README, the site's front page and the Table 3 page print;
+    None before the comparison has Dem-HEC's row."""
+    from .comparison_tables import comparison_headline
+
+    compared = _comparison(results)
+    if compared is None:
+        return None
+    return comparison_headline(*compared) + f" (Rests on: {COMPARISON_EVIDENCE}.)"
 
 
 def findings_table(results: str | Path = "results") -> pd.DataFrame:

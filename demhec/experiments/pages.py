@@ -33,6 +33,7 @@ from .comparison import PROFILE
 from .comparison_tables import (
     COMPARISON_METRICS,
     comparison_figure_input,
+    comparison_headline,
     comparison_records,
     comparison_table,
     comparison_verdict,
@@ -171,7 +172,8 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
                       f"Each measured model's change from the base in clean accuracy (x) and in the {name} (y), in "
                       "points, on the report half; the marker's shape is how the model was made (fine-tuned from the "
                       "base, trained from scratch, or adapted at test time). Up and to the right is better on both."))
-    return Page(text=describe_comparison(table, verdict), items=items, checked=checked)
+    text = f"Verdict: {comparison_headline(table, verdict)}\n\n{describe_comparison(table, verdict)}"
+    return Page(text=text, items=items, checked=checked)
 
 
 SETTING = ("CIFAR-10 JPEG mirror, 2,500 held-out images; every model fine-tuned from the CPU base at A.3's "
