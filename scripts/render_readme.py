@@ -200,9 +200,27 @@ def findings_block(results: Path) -> str:
     if not found:
         return "No findings yet: no result files are committed.\n"
     verdict = headline(results)
-    lines = ([f"**Verdict.** {verdict}", ""] if verdict else []) + [f"- **{f.question}** {f.answer} *Rests on: {f.evidence}.*"
-             + (f" Lower-ranked evidence: {'; '.join(a.rstrip('.') for a in f.also)}." if f.also else "") for f in found]
-    lines.append(f"- Precedence of evidence: {'; '.join(PRECEDENCE)}.")
+    lines = ([f"**Verdict.** {verdict}", ""] if verdict else []) + [
+        f"- **{f.question}** {f.answer} *Rests on: {f.evidence}.*" for f in found]
+    lines.append(f"- Precedence of evidence: {'; '.join(PRECEDENCE)}. What lower-ranked evidence says on each "
+                 f"question: [{EVIDENCE_PAGE}]({EVIDENCE_PAGE}#evidence-on-each-question).")
+    return "\n".join(lines) + "\n"
+
+
+EVIDENCE_PAGE = "docs/cpu_reproduction.md"
+
+
+def evidence_block(results: Path) -> str:
+    """Each finding's question with every body of evidence on it, the best first: what
+    :func:`findings_block` keeps off the README."""
+    found = findings(results)
+    if not found:
+        return "No findings yet: no result files are committed.\n"
+    lines = []
+    for f in found:
+        lines.append(f"- **{f.question}**")
+        lines.append(f"  - *{f.evidence}* (the README's answer): {f.answer}")
+        lines += [f"  - {a.rstrip('.')}." for a in f.also]
     return "\n".join(lines) + "\n"
 
 
@@ -291,7 +309,7 @@ def notebooks(results: Path, page: Path) -> str:
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
-                                            "cpu-stage-times": cpu_stage_times, "findings": findings_block,
+                                            "cpu-stage-times": cpu_stage_times, "findings": findings_block, "evidence": evidence_block,
                                             "comparison": comparison}
 # Blocks whose text depends on the page they sit on (relative links).
 PAGE_BLOCKS: dict[str, Callable[[Path, Path], str]] = {"notebooks": notebooks}

@@ -46,7 +46,7 @@ def test_the_committed_blocks_are_current():
     """Every generated block of README.md and docs/*.md is what the renderer gives now (the
     renderer's --check: render == committed, so a second render changes no byte)."""
     blocks = [m["name"] for page in pages() for m in load_script("render_readme").BLOCK.finditer(page.read_text())]
-    assert {"findings", "comparison", "gpu", "cpu-controls", "cpu-recommended", "cpu-stage-times",
+    assert {"findings", "evidence", "comparison", "gpu", "cpu-controls", "cpu-recommended", "cpu-stage-times",
             "notebooks"} <= set(blocks), blocks
     run = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -182,6 +182,9 @@ def test_the_readme_findings_are_the_sites_and_the_librarys():
     found = findings(ROOT / "results")
     shown = re.findall(r"^- \*\*(.+?)\*\* (.+?) \*Rests on: (.+?)\.\*", _block(README.read_text(), "findings"), re.M)
     assert found and shown == [(f.question, f.answer, f.evidence) for f in found]
+    evidence = _block((ROOT / "docs/cpu_reproduction.md").read_text(), "evidence")
+    assert all(f.answer in evidence and all(a.rstrip(".") in evidence for a in f.also) for f in found), \
+        "the README leaves lower-ranked evidence to docs/cpu_reproduction.md, which must hold all of it"
     front = load_script("build_site").front_page({}, ROOT / "results")
     where = [front.find(html.escape(f.answer, quote=False)) for f in found]
     assert all(i >= 0 for i in where) and where == sorted(where), "the site's findings differ from the README's"
