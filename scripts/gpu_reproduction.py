@@ -303,16 +303,15 @@ class Job:
     info: dict = field(default_factory=dict)
 
 
-COMPARISON_SEEDS = (0, 1, 2)
 SMOKE_COMPARISON = ("plain", "ba")  # the smoke plan's phase C: two cheap runs at seed 0
 
 
 def comparison_jobs(smoke: bool) -> list[Job]:
     """Phase C: every run of the comparison (experiments.comparison) at each seed, seed by seed,
     trained here; the push-pull base (one per backbone, whatever the seed) before its Dem-HEC."""
-    from demhec.experiments.comparison import COMPARISON
+    from demhec.experiments.comparison import COMPARISON, GPU_SEEDS
 
-    seeds, names = ((0,), SMOKE_COMPARISON) if smoke else (COMPARISON_SEEDS, [r.name for r in COMPARISON])
+    seeds, names = ((0,), SMOKE_COMPARISON) if smoke else (GPU_SEEDS, [r.name for r in COMPARISON])
     runs = [r for r in COMPARISON if r.name in names]
     jobs = [Job(f"c_{r.name}", needs=("data",), after=("bench",)) for r in runs
             if not r.fine_tuned and r.backbone != "resnet20"]

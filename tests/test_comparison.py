@@ -175,6 +175,15 @@ def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
     assert "not yet" not in comparison_page(ctx, "table4", profile="a3_smoke").tables["table4"].loc["BA", "missing"]
     table = ct.comparison_table(ct.comparison_records("a3_smoke", results), profile="a3_smoke", results_dir=results)
     assert set(table[table.missing == ""].label) >= {"BA", "BA + TENT", "ResNet-20 base (no fine-tune) + BN adaptation"}
+    # The GPU's seeds of the same table (trained there, scored here): a line until one is scored,
+    # then a table of means and spreads over the seeds.
+    assert "no model of it is scored yet" in t3.text and "comparison_gpu_seeds" not in t3.tables
+    gpu = [*cmd[:3], "gpu_a3_smoke", "--runs", "base,plain", "--seeds", "0,1", "--stages", "train,score", *cmd[6:]]
+    proc = subprocess.run(gpu, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeds = comparison_page(ctx, "table3", profile="a3_smoke").tables["comparison_gpu_seeds"].set_index("label")
+    assert seeds.loc["Pad-Crop (plain fine-tune)", "seeds"] == 2 and seeds.loc["ResNet-20 base (no fine-tune)", "seeds"] == 1
+    assert np.isfinite(seeds.loc["Pad-Crop (plain fine-tune)", "clean_sd"])
     # A shown number that does not follow from the file's outcomes stops the page.
     path = halves / "before_cifar-c_all_report.json"
     rec = json.loads(path.read_text())
@@ -240,3 +249,23 @@ def test_the_headline_names_an_alternative_that_beats_dem_hec_without_costing_cl
     assert "None of" in comparison_headline(*_headline_inputs("tie", "worse"))
     pending = comparison_headline(*_headline_inputs("tie", "tie", missing="not trained yet"))
     assert "1 compared model is not measured yet (BA)" in pending
+
+
+def test_the_seed_summary_averages_each_model_over_the_seeds_that_measured_it():
+    from demhec.experiments.comparison_tables import seed_summary
+
+    def table(gauss_noise: float, ba_missing: str) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"label": "Dem-HEC", "kind": "fine-tuned", "missing": "", "clean": 82.0, "noise_s5": 70.0},
+            {"label": "Gauss", "kind": "fine-tuned", "missing": "", "clean": 86.0, "noise_s5": gauss_noise,
+             "vs_demhec_noise_s5": 70.0 - gauss_noise},
+            {"label": "BA", "kind": "fine-tuned", "missing": ba_missing, "clean": 87.0 if not ba_missing else None,
+             "noise_s5": 55.0 if not ba_missing else None}])
+
+    got = seed_summary([table(74.0, ""), table(78.0, "not scored yet"), table(76.0, "not trained yet")]).set_index("label")
+    assert list(got.index) == ["Gauss", "Dem-HEC", "BA"]  # ranked by the noise S5 mean
+    assert got.loc["Gauss", "seeds"] == 3 and got.loc["Gauss", "noise_s5"] == pytest.approx(76.0)
+    assert got.loc["Gauss", "noise_s5_sd"] == pytest.approx(2.0) and got.loc["Gauss", "vs_demhec_noise_s5"] == pytest.approx(-6.0)
+    assert got.loc["BA", "seeds"] == 1 and np.isnan(got.loc["BA", "noise_s5_sd"])  # missing seeds do not count
+    assert got.loc["Dem-HEC", "clean_sd"] == 0.0
+    assert seed_summary([]).empty and seed_summary([table(74.0, "")[:0]]).empty

@@ -32,7 +32,7 @@ from .pipeline import halves_path, halves_result
 from .profiles import REPO_ROOT, Experiment
 from .runs import Run, gaussian_aug_sigma
 
-__all__ = ["ADAPTATIONS", "COMPARISON", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
+__all__ = ["ADAPTATIONS", "COMPARISON", "GPU_SEEDS", "GPU_TWIN", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
            "comparison_run", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
            "write_manifest"]
 
@@ -70,6 +70,12 @@ RUNS = {r.name: r for r in COMPARISON}
 def comparison_run(name: str) -> Run:
     """The run called ``name``; a typo fails listing the valid names."""
     return RUNS[check_choice("comparison run", name, RUNS)]
+
+
+# The same comparison trained on a GPU at three seeds (scripts/gpu_reproduction.py, scored here),
+# beside each profile of it.
+GPU_TWIN = {PROFILE: "gpu_a3", "a3_smoke": "gpu_a3_smoke"}
+GPU_SEEDS = (0, 1, 2)
 
 
 def comparison_experiment(run: Run, profile: str = PROFILE, **kw: Any) -> Experiment:

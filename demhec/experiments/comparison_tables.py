@@ -38,8 +38,8 @@ from .halves import EVAL_HALVES, unpack_outcomes
 from .stage_times import stage_times
 
 __all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_headline", "comparison_records", "comparison_table",
-           "comparison_verdict", "describe_comparison", "run_metrics", "table3_rows", "table4_rows",
-           "with_wall_times"]
+           "comparison_verdict", "describe_comparison", "run_metrics", "seed_summary", "seed_table", "table3_rows",
+           "table4_rows", "with_wall_times"]
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 Z = 1.96  # a difference counts when it exceeds 1.96 paired standard errors
@@ -180,6 +180,40 @@ def comparison_table(records: dict[tuple[str, int], dict[str, dict[str, dict]]],
     df = pd.DataFrame(rows)
     df["split"] = half
     return df
+
+
+SEED_METRICS = ("clean", "noise_s5", "all15_s5")
+
+
+def seed_summary(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per model, over the seeds of ``tables`` (one :func:`comparison_table` per seed) where it is
+    measured: the mean and the standard deviation over seeds (``*_sd``; NaN with one seed) of each
+    judged metric and of Dem-HEC minus the model (``vs_demhec_*``, paired per seed on the same
+    images), and ``seeds``, how many; ranked by the noise S5 mean. The spread over seeds is what a
+    reader can expect from re-running a method, which one seed's paired standard error is not."""
+    frames = [t[t.missing == ""] for t in tables if "missing" in t]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["label", "kind", "seeds"])
+    df = pd.concat(frames, ignore_index=True)
+    cols = [c for m in SEED_METRICS for c in (m, f"vs_demhec_{m}") if c in df]
+    groups = df.groupby(["label", "kind"], sort=False)[cols]
+    out = groups.mean().join(groups.std(ddof=1).add_suffix("_sd")).join(groups.size().rename("seeds"))
+    out = out[[c for m in cols for c in (m, f"{m}_sd")] + ["seeds"]]
+    return out.sort_values("noise_s5", ascending=False).reset_index()
+
+
+def seed_table(profile: str, seeds: Sequence[int], results_dir: str | Path = "results",
+               half: str = "report") -> pd.DataFrame:
+    """:func:`seed_summary` of the comparison in ``profile`` (e.g. ``gpu_a3``, trained at three
+    seeds by ``scripts/gpu_reproduction.py``) over ``seeds``, from the files that are scored; a
+    model trained once (the base) counts as one seed."""
+    records = comparison_records(profile, results_dir, seeds)
+    if not records:
+        return seed_summary([])
+    # A model trained once (the base, the push-pull base) sits in every seed's table as seed 0: count it once.
+    tables = [comparison_table(records, half, s, profile, results_dir) for s in seeds]
+    return seed_summary([t[t.seed == s] for t, s in zip(tables, seeds)])
 
 
 def _walls(profile: str, results_dir: str | Path) -> dict[str, float]:

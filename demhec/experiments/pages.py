@@ -29,7 +29,7 @@ from .checks import (
     check_summary,
     recount,
 )
-from .comparison import PROFILE
+from .comparison import GPU_SEEDS, GPU_TWIN, PROFILE
 from .comparison_tables import (
     COMPARISON_METRICS,
     comparison_figure_input,
@@ -38,6 +38,7 @@ from .comparison_tables import (
     comparison_table,
     comparison_verdict,
     describe_comparison,
+    seed_table,
     table3_rows,
     table4_rows,
     with_wall_times,
@@ -173,6 +174,20 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
                       "points, on the report half; the marker's shape is how the model was made (fine-tuned from the "
                       "base, trained from scratch, or adapted at test time). Up and to the right is better on both."))
     text = f"Verdict: {comparison_headline(table, verdict)}\n\n{describe_comparison(table, verdict)}"
+    if shape == "table3":
+        gpu_profile = GPU_TWIN.get(profile)
+        seeds = seed_table(gpu_profile, GPU_SEEDS, results_dir) if gpu_profile else None
+        if seeds is not None and len(seeds):
+            n = int(seeds.seeds.max())
+            items.append(("comparison_gpu_seeds", seeds,
+                          f"The same comparison trained on a GPU (bf16) at up to {n} seeds (profile `{gpu_profile}`, "
+                          "scored here on the same report half): each column the mean over the seeds in `seeds`, "
+                          "`*_sd` its standard deviation over them (what re-running a method may move it by), "
+                          "`vs_demhec_*` Dem-HEC minus the row, paired per seed."))
+        elif gpu_profile:
+            text += (f"\nThe GPU's {len(GPU_SEEDS)}-seed run of this table (profile `{gpu_profile}`): no model of it is "
+                     f"scored yet (`scripts/comparison.py --profile {gpu_profile} --seeds "
+                     f"{','.join(map(str, GPU_SEEDS))} --stages score,adapt`).")
     return Page(text=text, items=items, checked=checked)
 
 
