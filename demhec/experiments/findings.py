@@ -262,9 +262,9 @@ def findings(results: str | Path = "results") -> list[Finding]:
     if choices:
         (_, label, text, files), *rest = choices
         out.append(Finding(WHAT_TO_SET, text, label, files, [f"{lab}: {t}" for _, lab, t, _ in rest], key="what to set"))
-    compared = _comparison(results)
-    if compared is not None:
-        table, verdict = compared
+    got = _comparison(results)
+    if got is not None:
+        table, verdict = got
         compared = verdict[(verdict.kind == "compared") & (verdict.metric == "noise_s5")]
         wins = compared[compared.outcome == "Dem-HEC better"].against.tolist()
         losses = compared[compared.outcome == "Dem-HEC worse"].against.tolist()
@@ -296,10 +296,10 @@ def headline(results: str | Path = "results") -> str | None:
     None before the comparison has Dem-HEC's row."""
     from .comparison_tables import comparison_headline
 
-    compared = _comparison(results)
-    if compared is None:
+    got = _comparison(results)
+    if got is None:
         return None
-    return comparison_headline(*compared) + f" (Rests on: {COMPARISON_EVIDENCE}.)"
+    return comparison_headline(*got) + f" (Rests on: {COMPARISON_EVIDENCE}.)"
 
 
 def findings_table(results: str | Path = "results") -> pd.DataFrame:
