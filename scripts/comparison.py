@@ -4,7 +4,7 @@ full schedule, scored on both halves, with test-time adaptation on top (``demhec
     python scripts/comparison.py                           # every run, every stage
     python scripts/comparison.py --runs demhec,augmix      # some runs
     python scripts/comparison.py --stages score,adapt      # only what needs no training
-    python scripts/comparison.py --build-cache             # the corrupted evaluation sets first
+    python scripts/comparison.py --build-cache             # the corrupted evaluation sets first (and their digests)
 
 Each run's stages: ``train`` (resumable from ``results/cpu/checkpoints/a3/*.ckpt``: a stopped run
 continues at its last epoch end), ``score`` (clean and the 15 corruptions at S1-S5 on both halves)
@@ -40,7 +40,7 @@ from demhec.experiments.comparison import (
     train_run_model,
     write_manifest,
 )
-from demhec.experiments.inputs import build_eval_cache
+from demhec.experiments.inputs import record_corrupted_sets
 from demhec.experiments.layout import model_path
 from demhec.experiments.profiles import Experiment
 from demhec.experiments.stage_times import record_stage_time
@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--profile", default=PROFILE,
-                   help=f"{PROFILE} (default), gpu_a3 (the GPU script's models, scored here) or {PROFILE}_smoke (its test)")
+                   help=f"{PROFILE} (default), gpu_a3 (the GPU script's models, to score them here) or {PROFILE}_smoke (its test)")
     p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds")
     p.add_argument("--data-root", default="data", help="the CIFAR-10 JPEG archive or its folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one per queue beside other work)")
-    p.add_argument("--build-cache", action="store_true", help="generate the corrupted evaluation sets first")
+    p.add_argument("--build-cache", action="store_true",
+                   help="generate the corrupted evaluation sets first and record their digests")
     p.add_argument("--wait", action="store_true", help="wait for a run another queue holds instead of skipping it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
         exp = comparison_experiment(COMPARISON[0], **common)
         timed(exp, "corrupted evaluation sets (15 corruptions, S1-S5)",
-              lambda: build_eval_cache(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5]))
+              lambda: record_corrupted_sets(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5]))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for seed in seeds:
         for run in runs:

@@ -21,9 +21,13 @@ its limit still returns all it finished:
   schedule and are evaluated.
 * Phase C, then: the comparison with the methods of the paper's Tables 3-4
   (``demhec.experiments.comparison``, profile ``gpu_a3``) at seeds 0, 1 and 2, seed by seed:
-  ``c_<run>_s<seed>`` trains one run (``c_pushpull_base`` the push-pull base first). Its models are
-  scored back home on the CPU (``scripts/comparison.py --profile gpu_a3 --seeds 0,1,2 --stages
-  score,adapt``), since the fifteen corruptions include glass blur, whose numba the device lacks.
+  ``c_<run>_s<seed>`` trains one run (``c_pushpull_base`` the push-pull base first).
+* Phase S scores them: ``s_cache`` builds the fifteen corruptions at S1-S5 on CPU workers and
+  records their digests (:func:`demhec.experiments.inputs.record_corrupted_sets`, beside the CPU
+  reproduction's, so that a page says whether both scored the same images); ``s_<run>[_s<seed>]``
+  then scores each model present (this call's or a committed one), exactly as
+  ``scripts/comparison.py --profile gpu_a3 --stages score,adapt`` does on a CPU: clean and the
+  fifteen corruptions at S1-S5 on both halves, then BN adaptation and TENT.
 
 Results land in ``<results-dir>/gpu/`` (``cpu_base/`` and ``strong_base/``, the layout of
 ``results/cpu/``, plus ``run.json``: device, per-job wall times, how each model was made (trained
@@ -61,11 +65,11 @@ folder the files came back to::
 
     .venv/bin/python scripts/gpu_reproduction.py --unpack FILES_AT   # into results/gpu/
 
-The device has torch (2.11), torchvision, timm, numpy, pandas, scipy, scikit-image and OpenCV
-but neither ``imagecorruptions`` (installed here from the carried wheel, ``--no-deps``) nor, as
-far as is known, ``numba``, which that package imports for glass blur alone: without it a
-stand-in module is put on the path whose ``njit`` functions refuse to run (glass blur is not
-among the seven corruptions evaluated); ``run.json`` records which. ``--smoke`` runs the whole
+The device has torch (2.11), torchvision, timm, numpy, pandas, scipy, scikit-image, OpenCV and
+numba (calls 4-6 recorded it), but not ``imagecorruptions`` (installed here from the carried
+wheel, ``--no-deps``). On a machine without numba, which that package imports for glass blur
+alone, a stand-in module is put on the path whose ``njit`` functions refuse to run (phase S then
+fails at glass blur; the other phases do not use it); ``run.json`` records which. ``--smoke`` runs the whole
 plan on a CPU in about a minute (profiles ``gpu_smoke``/``gpu_strong_smoke``: a few hundred
 images, three steps a run); ``tests/test_gpu_reproduction.py`` runs it. ``--phases c`` (say) runs
 only phase C and what it needs: a later call skips the benchmark and the phases already committed.
@@ -157,7 +161,7 @@ def tune_torch(device: str, threads: int) -> None:
 def experiment(args: argparse.Namespace, phase: str):
     from demhec.experiments import Experiment
 
-    profile = {"a": "gpu", "b": "gpu_strong", "c": "gpu_a3"}[phase] + ("_smoke" if args.smoke else "")
+    profile = {"a": "gpu", "b": "gpu_strong", "c": "gpu_a3", "s": "gpu_a3"}[phase] + ("_smoke" if args.smoke else "")
     return Experiment(profile=profile, dataset="cifar10", backbone="resnet20", seed=0,
                       results_dir=str(args.results_dir), data_root=str(args.data_root),
                       device=args.device)
@@ -205,7 +209,12 @@ def run_bench(args: argparse.Namespace, compile_: bool) -> dict:
 
 def run_job(args: argparse.Namespace) -> dict:
     """One job of the plan, in this process; returns what run.json records of it."""
-    from demhec.experiments.inputs import build_eval_cache, eval_data, train_data
+    from demhec.experiments.inputs import (
+        build_eval_cache,
+        eval_data,
+        record_corrupted_sets,
+        train_data,
+    )
     from demhec.experiments.layout import model_path
     from demhec.experiments.model_cache import base_model
     from demhec.experiments.pipeline import robustness_result
@@ -222,9 +231,17 @@ def run_job(args: argparse.Namespace) -> dict:
     if name == "cache":
         build_eval_cache(experiment(args, "a"), workers=args.cache_workers)
         return {}
+    if name == "s_cache":
+        from demhec.corruptions import CORRUPTIONS
+
+        rec = record_corrupted_sets(experiment(args, "s"), "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5],
+                                    workers=args.cache_workers)
+        return {"cells": rec["metrics"]["cells"]}
     phase, run = name.split("_", 1)
     if phase == "c":
         return comparison_job(args, run)
+    if phase == "s":
+        return scoring_job(args, run)
     exp = experiment(args, phase)
     if run == "before":
         wait_for(status, "cache", deadline)
@@ -244,28 +261,45 @@ def run_job(args: argparse.Namespace) -> dict:
     return {**info, "clean_accuracy": rec["metrics"]["clean_accuracy"]}
 
 
-def comparison_job(args: argparse.Namespace, name: str) -> dict:
-    """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed); its scoring
-    runs on the CPU back home (``scripts/comparison.py --profile gpu_a3``): the fifteen corruptions
-    include glass blur, whose numba the device lacks."""
-    from demhec.experiments.comparison import (
-        checkpoint_path,
-        comparison_experiment,
-        comparison_run,
-        run_config,
-        train_run_model,
-    )
-    from demhec.experiments.inputs import train_data
+def _comparison_setting(args: argparse.Namespace, name: str):
+    """The run and experiment of a phase C or S job's name (``<run>_s<seed>``, or a base's ``<run>``)."""
+    from demhec.experiments.comparison import comparison_experiment, comparison_run
 
     run_name, _, seed = name.rpartition("_s") if re.search(r"_s\d+$", name) else (name, "", "0")
     run = comparison_run(run_name)
-    exp = comparison_experiment(run, profile=experiment(args, "c").profile, seed=int(seed),
-                                results_dir=str(args.results_dir), data_root=str(args.data_root), device=args.device)
+    return run, comparison_experiment(run, profile=experiment(args, "c").profile, seed=int(seed),
+                                      results_dir=str(args.results_dir), data_root=str(args.data_root),
+                                      device=args.device)
+
+
+def comparison_job(args: argparse.Namespace, name: str) -> dict:
+    """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed)."""
+    from demhec.experiments.comparison import checkpoint_path, run_config, train_run_model
+    from demhec.experiments.inputs import train_data
+
+    run, exp = _comparison_setting(args, name)
     cfg = run_config(exp, run) or exp.base_config
     steps = cfg.epochs * (len(train_data(exp)) // cfg.batch_size)
     if getattr(cfg, "max_steps", None):
         steps = min(steps, cfg.max_steps)
     return trained(checkpoint_path(run, exp), lambda: train_run_model(run, exp), steps)
+
+
+def scoring_job(args: argparse.Namespace, name: str) -> dict:
+    """Score one model of the comparison as ``scripts/comparison.py --stages score,adapt`` does:
+    clean and the fifteen corruptions at S1-S5 on both halves, then BN adaptation and TENT on the
+    paper's seven at S1/S3/S5. A model with no state dict (not trained yet) is left alone."""
+    from demhec.experiments.comparison import ADAPTATIONS, checkpoint_path, score_run
+
+    run, exp = _comparison_setting(args, name)
+    if not checkpoint_path(run, exp).is_file():
+        return {"scored": "no state dict: not trained yet"}
+    t0 = time.perf_counter()
+    halves = score_run(run, exp)
+    for adapt in ADAPTATIONS:
+        score_run(run, exp, adapt)
+    return {"scored": "here", "score_s": round(time.perf_counter() - t0, 1),
+            "clean_accuracy": {h: r["metrics"]["clean_accuracy"] for h, r in halves.items()}}
 
 
 def trained(path: Path, make, steps: int) -> dict:
@@ -322,7 +356,21 @@ def comparison_jobs(smoke: bool) -> list[Job]:
     return jobs
 
 
-PHASES = ("bench", "a", "b", "c")
+def scoring_jobs(smoke: bool) -> list[Job]:
+    """Phase S: the corrupted sets of the comparison's scoring (``s_cache``), then one job per
+    model of phase C (a base once), each after its training job when that is in the plan."""
+    from demhec.experiments.comparison import COMPARISON, GPU_SEEDS
+
+    seeds, names = ((0,), ("base", *SMOKE_COMPARISON)) if smoke else (GPU_SEEDS, [r.name for r in COMPARISON])
+    jobs = [Job("s_cache", needs=("data",), after=("cache",), gpu=False)]  # one builder per cell at a time
+    for seed in seeds:
+        for r in (r for r in COMPARISON if r.name in names and (r.fine_tuned or seed == seeds[0])):
+            model = f"{r.name}_s{seed}" if r.fine_tuned else r.name
+            jobs.append(Job(f"s_{model}", needs=("s_cache",), after=(f"c_{model}",)))
+    return jobs
+
+
+PHASES = ("bench", "a", "b", "c", "s")
 
 
 def plan(smoke: bool = False, phases: tuple[str, ...] = PHASES, only: tuple[str, ...] = ()) -> list[Job]:
@@ -360,7 +408,7 @@ def _all_jobs(smoke: bool) -> list[Job]:
     jobs += [Job(f"a_{run}", needs=("data",), after=gpu_start) for run in GPU_A_RUNS]
     jobs += [Job("b_base", needs=("data",), after=gpu_start)]
     jobs += [Job(f"b_{run}", needs=("b_base",)) for run in GPU_B_RUNS]
-    return jobs + comparison_jobs(smoke)
+    return jobs + comparison_jobs(smoke) + scoring_jobs(smoke)
 
 
 def _resume_step(path: Path) -> int | None:

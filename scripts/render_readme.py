@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def gpu(results: Path) -> str:
         run = json.loads(path.read_text())
         jobs, m = run["metrics"]["jobs"], run["metrics"]
         bench = jobs.get("bench", {})
-        made = sorted({j["trained"] for j in jobs.values() if "trained" in j})
+        made = Counter("trained here" if j["trained"] == "here" else
+                       "resumed from an earlier call's checkpoint" if j["trained"].startswith("here, resumed") else
+                       "loaded from an earlier call" for j in jobs.values() if "trained" in j)
+        scored = sum(j.get("scored") == "here" for j in jobs.values())
         done = sum(j["state"] == "done" for j in jobs.values())
         text = (f"- Call {path.parent.name} (`{path.parent.relative_to(results.parent)}`): {m['device_name']}, "
                 f"torch {run['versions']['torch']}, commit {run['git_commit'][:7]}; {done} of {len(jobs)} jobs done "
@@ -80,7 +84,9 @@ def gpu(results: Path) -> str:
             text += (f"; a plain step {min(bench['plain_step_ms']):.1f} ms and a Dem-HEC step (T_he 5) "
                      f"{min(bench['demhec_step_ms']):.1f} ms alone on the GPU (ratio {bench['ratio_the5']:.2f})")
         if made:
-            text += f"; models: {', '.join(made)}"
+            text += "; models: " + ", ".join(f"{n} {how}" for how, n in sorted(made.items()))
+        if scored:
+            text += f"; {scored} model{'s' if scored > 1 else ''} scored on the 15 corruptions at S1-S5"
         lines.append(text + ".")
     return "\n".join(lines) + "\n"
 

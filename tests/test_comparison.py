@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import demhec
 from demhec.baselines import METHODS, Method, Step, get_method, register_method
 from demhec.batches import TensorBatches, random_crop_flip
+from demhec.corruptions import CORRUPTIONS
 from demhec.experiments.comparison import COMPARISON, comparison_experiment, run_config
 from demhec.models import list_models
 
@@ -175,15 +176,33 @@ def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
     assert "not yet" not in comparison_page(ctx, "table4", profile="a3_smoke").tables["table4"].loc["BA", "missing"]
     table = ct.comparison_table(ct.comparison_records("a3_smoke", results), profile="a3_smoke", results_dir=results)
     assert set(table[table.missing == ""].label) >= {"BA", "BA + TENT", "ResNet-20 base (no fine-tune) + BN adaptation"}
-    # The GPU's seeds of the same table (trained there, scored here): a line until one is scored,
+    # The GPU's seeds of the same table (trained there, scored anywhere): a line until one is scored,
     # then a table of means and spreads over the seeds.
     assert "no model of it is scored yet" in t3.text and "comparison_gpu_seeds" not in t3.tables
-    gpu = [*cmd[:3], "gpu_a3_smoke", "--runs", "base,plain", "--seeds", "0,1", "--stages", "train,score", *cmd[6:]]
+    gpu = [*cmd[:3], "gpu_a3_smoke", "--runs", "base,plain", "--seeds", "0,1", "--stages", "train,score",
+           "--build-cache", *cmd[6:]]
     proc = subprocess.run(gpu, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seeds = comparison_page(ctx, "table3", profile="a3_smoke").tables["comparison_gpu_seeds"].set_index("label")
+    page = comparison_page(ctx, "table3", profile="a3_smoke")
+    seeds = page.tables["comparison_gpu_seeds"].set_index("label")
     assert seeds.loc["Pad-Crop (plain fine-tune)", "seeds"] == 2 and seeds.loc["ResNet-20 base (no fine-tune)", "seeds"] == 1
     assert np.isfinite(seeds.loc["Pad-Crop (plain fine-tune)", "clean_sd"])
+    # Whether the twin was scored on the same corrupted images: unknown until both recorded their
+    # sets' digests; then the digests agree set by set, and a set made differently is named.
+    caption = next(c for name, _, c in page.items if name == "comparison_gpu_seeds")
+    assert "not known: no digests of `a3_smoke`'s" in caption
+    from demhec.experiments.comparison import comparison_experiment, comparison_run
+    from demhec.experiments.inputs import record_corrupted_sets
+
+    record_corrupted_sets(comparison_experiment(comparison_run("base"), profile="a3_smoke", results_dir=str(results),
+                                                data_root=str(archive)), "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5])
+    assert "digests of all 75 corrupted sets agree" in ct.corrupted_sets_note("a3_smoke", "gpu_a3_smoke", results)
+    twin = results / "gpu_smoke" / "a3" / "cifar10_jpeg" / "corrupted_sets_cifar-c.json"
+    rec = json.loads(twin.read_text())
+    rec["metrics"]["sha256"]["glass_blur/3"] = "0" * 64
+    twin.write_text(json.dumps(rec))
+    assert "differ from `a3_smoke`'s in 1 of 75 sets (glass_blur/3" in ct.corrupted_sets_note(
+        "a3_smoke", "gpu_a3_smoke", results)
     # A shown number that does not follow from the file's outcomes stops the page.
     path = halves / "before_cifar-c_all_report.json"
     rec = json.loads(path.read_text())

@@ -51,7 +51,7 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     jobs = run["metrics"]["jobs"]
     # Phase C, the comparison, in the smoke plan: two cheap runs at seed 0.
     expected = {"bench", "data", "cache", "a_before", *(f"a_{r}" for r in ex.gpu.GPU_A_RUNS), "b_base", "b_demhec",
-                "b_plain", "c_plain_s0", "c_ba_s0"}
+                "b_plain", "c_plain_s0", "c_ba_s0", "s_cache", "s_base", "s_plain_s0", "s_ba_s0"}
     assert {"demhec", "plain", "no_infonce", "late_frozen_tuned", "random_noise", "gaussian_aug"} <= set(ex.gpu.GPU_A_RUNS)
     assert set(jobs) == expected
     assert {n: j["state"] for n, j in jobs.items()} == dict.fromkeys(expected, "done"), stdout
@@ -60,7 +60,7 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     # The benchmark's own printed ratios were parsed.
     assert jobs["bench"]["ratio_the1"] > 0 and jobs["bench"]["demhec_epoch_s"] > 0
     # Every model was trained in this call, and the step counts are the recipes'.
-    for name in expected - {"bench", "data", "cache", "a_before"}:
+    for name in {n for n in expected - {"bench", "data", "cache", "a_before"} if not n.startswith("s_")}:
         assert jobs[name]["trained"] == "here" and jobs[name]["steps_run"] == jobs[name]["steps"] > 0, name
     assert jobs["a_plain"]["steps"] == ex.profiles.PROFILES["gpu_smoke"].demhec.max_steps
     a = results / "gpu_smoke" / "cpu_base" / "cifar10_jpeg" / "resnet20"
@@ -84,6 +84,27 @@ def test_smoke_runs_every_job_and_writes_the_results(smoke_run):
     assert "done b_plain" in stdout
     c = results / "gpu_smoke" / "a3" / "checkpoints"
     assert {p.name for p in c.glob("*.pt")} == {"resnet20_plain.pt", "resnet20_ba.pt"}
+    # Phase S scored each model as scripts/comparison.py does, after its training, on sets whose digests it recorded.
+    from demhec.experiments.comparison import (
+        comparison_experiment,
+        comparison_run,
+        is_scored,
+        score_run,
+    )
+
+    for job, run_name in (("s_base", "base"), ("s_plain_s0", "plain"), ("s_ba_s0", "ba")):
+        run = comparison_run(run_name)
+        exp = comparison_experiment(run, profile="gpu_a3_smoke", results_dir=str(results), allow_train=False)
+        assert all(is_scored(run, exp, adapt) for adapt in (None, "bn", "tent")), job
+        halves = score_run(run, exp)  # read back, nothing computed
+        assert jobs[job]["clean_accuracy"] == {h: r["metrics"]["clean_accuracy"] for h, r in halves.items()}
+        assert len(pd.DataFrame(halves["report"]["metrics"]["table"])) == 1 + 15 * 5
+        if run.fine_tuned:
+            c_job = jobs[f"c_{run_name}_s0"]
+            assert jobs[job]["started_s"] >= c_job["started_s"] + c_job["wall_s"] - 0.2  # both rounded to 0.1 s
+    sets = json.loads((results / "gpu_smoke" / "a3" / "cifar10_jpeg" / "corrupted_sets_cifar-c.json").read_text())
+    assert jobs["s_cache"]["cells"] == sets["metrics"]["cells"] == 15 * 5
+    assert sets["data"]["made_with"]["numpy"]
 
 
 def test_smoke_archives_hold_what_was_written_and_unpack(smoke_run, tmp_path):
@@ -242,7 +263,12 @@ def test_phases_keep_only_their_jobs_and_what_they_need(script):
         assert set(job.needs) | set(job.after) <= set(only_c), job.name
     assert {j.name for j in script.plan(phases=script.PHASES)} == full
     assert "cache" in {j.name for j in script.plan(phases=("a",))}
-    with pytest.raises(ValueError, match="valid: bench, a, b, c"):
+    only_s = {j.name: j for j in script.plan(phases=("s",))}
+    assert {"data", "s_cache", "s_base", "s_pushpull_base", "s_demhec_s2"} <= set(only_s)
+    assert not any(n.startswith("c_") for n in only_s) and all(not j.after for n, j in only_s.items() if n != "s_cache")
+    both = {j.name: j for j in script.plan(phases=("c", "s"))}
+    assert both["s_ba_s1"].after == ("c_ba_s1",) and both["s_base"].after == ()
+    with pytest.raises(ValueError, match="valid: bench, a, b, c, s"):
         script.plan(phases=("c", "d"))
 
 
@@ -260,6 +286,7 @@ def test_archives_are_split_under_the_size_a_device_call_returns(tmp_path, scrip
         script.plan(phases=("c",), only=("c_nothing_*",))
     assert {j.name for j in script.plan(phases=("c",), only=("c_plain_s2", "c_ba_s*"))} == {
         "data", "c_plain_s2", "c_ba_s0", "c_ba_s1", "c_ba_s2"}
+    assert {j.name for j in script.plan(phases=("s",), only=("s_plain_s2",))} == {"data", "s_cache", "s_plain_s2"}
 
 
 def test_the_travel_check_counts_what_a_device_call_sends(tmp_path, script):

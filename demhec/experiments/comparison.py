@@ -72,8 +72,8 @@ def comparison_run(name: str) -> Run:
     return RUNS[check_choice("comparison run", name, RUNS)]
 
 
-# The same comparison trained on a GPU at three seeds (scripts/gpu_reproduction.py, scored here),
-# beside each profile of it.
+# The same comparison trained on a GPU at three seeds (scripts/gpu_reproduction.py), beside each
+# profile of it.
 GPU_TWIN = {PROFILE: "gpu_a3", "a3_smoke": "gpu_a3_smoke"}
 GPU_SEEDS = (0, 1, 2)
 

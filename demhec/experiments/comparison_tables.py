@@ -35,10 +35,12 @@ from .comparison import (
     score_run,
 )
 from .halves import EVAL_HALVES, unpack_outcomes
+from .inputs import same_corrupted_sets
+from .layout import corrupted_sets_path
 from .stage_times import stage_times
 
 __all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_headline", "comparison_records", "comparison_table",
-           "comparison_verdict", "describe_comparison", "run_metrics", "seed_summary", "seed_table", "table3_rows",
+           "comparison_verdict", "corrupted_sets_note", "describe_comparison", "run_metrics", "seed_summary", "seed_table", "table3_rows",
            "table4_rows", "with_wall_times"]
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
@@ -214,6 +216,26 @@ def seed_table(profile: str, seeds: Sequence[int], results_dir: str | Path = "re
     # A model trained once (the base, the push-pull base) sits in every seed's table as seed 0: count it once.
     tables = [comparison_table(records, half, s, profile, results_dir) for s in seeds]
     return seed_summary([t[t.seed == s] for t, s in zip(tables, seeds)])
+
+
+def corrupted_sets_note(profile: str, twin: str, results_dir: str | Path = "results") -> str:
+    """Whether ``twin``'s models (scored on another machine, e.g. ``gpu_a3`` on the GPU) saw the
+    same corrupted images as ``profile``'s: the digests that :func:`.inputs.record_corrupted_sets`
+    recorded for each, compared set by set (the corruptions' libraries differ between machines)."""
+    paths = {p: corrupted_sets_path(comparison_experiment(COMPARISON[0], profile=p, results_dir=str(results_dir)))
+             for p in (profile, twin)}
+    shown = {p: f"{Path(results_dir).name}/{path.relative_to(results_dir).as_posix()}" for p, path in paths.items()}
+    missing = [p for p in (profile, twin) if not paths[p].is_file()]
+    if missing:
+        return (f"Whether both scored the same corrupted images is not known: no digests of "
+                f"{' or '.join(f'`{p}`' for p in missing)}'s corrupted sets ({', '.join(f'`{shown[p]}`' for p in missing)}).")
+    agree = same_corrupted_sets(*(json.loads(paths[p].read_text()) for p in (profile, twin)))
+    if not agree["differ"]:
+        return (f"`{twin}` and `{profile}` scored the same corrupted images: the digests of all {agree['cells']} "
+                f"corrupted sets agree (`{shown[twin]}`).")
+    return (f"`{twin}`'s corrupted images differ from `{profile}`'s in {len(agree['differ'])} of {agree['cells']} sets "
+            f"({', '.join(agree['differ'])}; the corruption libraries' versions are in `{shown[twin]}`): "
+            "compare those cells across the two tables with care.")
 
 
 def _walls(profile: str, results_dir: str | Path) -> dict[str, float]:

@@ -3,6 +3,7 @@ evaluation sets are made, cached and scored (every result that reads them sees t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,68 @@ def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
                              cache_dir=kw["cache_dir"], key=kw["key"], workers=workers,
                              progress=exp.progress):
         pass
+
+
+def corrupted_set_digests(exp: Experiment, suite: str = "cifar-c",
+                          corruptions: Sequence[str] | None = None,
+                          severities: Sequence[int] | None = None,
+                          workers: int | None = None) -> dict[str, str]:
+    """The sha256 of each of the experiment's corrupted evaluation sets, keyed
+    ``"<corruption>/<severity>"`` (each built into the cache when missing). The corruptions run on
+    numpy, SciPy, scikit-image and OpenCV, whose versions differ between machines: two machines
+    score the same images exactly where their digests agree."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES, corruption_grid
+
+    kw = corrupted_eval_kw(exp)
+    return {f"{c}/{s}": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+            for c, s, x in corruption_grid(eval_data(exp).images, corruptions or PAPER_CORRUPTIONS,
+                                           severities or PAPER_SEVERITIES, suite=suite, seed=kw["seed"],
+                                           cache_dir=kw["cache_dir"], key=kw["key"], workers=workers,
+                                           progress=exp.progress)}
+
+
+def record_corrupted_sets(exp: Experiment, suite: str = "cifar-c",
+                          corruptions: Sequence[str] | None = None,
+                          severities: Sequence[int] | None = None, workers: int | None = None) -> dict:
+    """Build the experiment's corrupted evaluation sets and record their digests
+    (:func:`corrupted_set_digests`) with the library versions that made them, at
+    :func:`.layout.corrupted_sets_path`: results scored on another machine are compared with
+    this machine's on the same images only where the two records agree."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
+    from ..results import write_result
+    from .layout import corrupted_sets_path
+
+    corruptions = list(corruptions or PAPER_CORRUPTIONS)
+    severities = list(severities or PAPER_SEVERITIES)
+    digests = corrupted_set_digests(exp, suite, corruptions, severities, workers)
+    return write_result(corrupted_sets_path(exp, suite), kind="corrupted_sets", profile=exp.profile,
+                        config=scored_on(suite, corruptions=corruptions, severities=severities,
+                                         images=data_request(exp, "test")),
+                        metrics={"sha256": digests, "cells": len(digests)},
+                        data={**provenance(eval_data(exp)), "made_with": _corruption_libraries()},
+                        seed=CORRUPTION_SEED)
+
+
+def _corruption_libraries() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("numpy", "scipy", "scikit-image", "opencv-python", "opencv-python-headless", "numba",
+                 "imagecorruptions-imaug", "Wand"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def same_corrupted_sets(a: dict, b: dict) -> dict[str, Any]:
+    """How two :func:`record_corrupted_sets` records agree: the cells both hold, those whose
+    images are identical, and those that differ."""
+    da, db = a["metrics"]["sha256"], b["metrics"]["sha256"]
+    both = sorted(set(da) & set(db))
+    differ = [k for k in both if da[k] != db[k]]
+    return {"cells": len(both), "identical": len(both) - len(differ), "differ": differ}
 
 
 def scored_on(suite: str, **how: Any) -> dict[str, Any]:

@@ -92,3 +92,9 @@ def selection_record(exp: Experiment, what: str, suite: str = "cifar-c") -> Path
     configuration; "strongest": the discriminating runs repeated over seeds)."""
     check_choice("selection record", what, SELECTION_RECORDS)
     return exp.cell_dir / "halves" / f"{what}_{suite}.json"
+
+
+def corrupted_sets_path(exp: Experiment, suite: str = "cifar-c") -> Path:
+    """Where the digests of ``exp``'s corrupted evaluation sets are recorded
+    (:func:`.inputs.record_corrupted_sets`): one file per dataset, whatever the backbone."""
+    return exp.root / exp.effective_dataset / f"corrupted_sets_{suite}.json"

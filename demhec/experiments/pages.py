@@ -37,6 +37,7 @@ from .comparison_tables import (
     comparison_records,
     comparison_table,
     comparison_verdict,
+    corrupted_sets_note,
     describe_comparison,
     seed_table,
     table3_rows,
@@ -181,13 +182,15 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
             n = int(seeds.seeds.max())
             items.append(("comparison_gpu_seeds", seeds,
                           f"The same comparison trained on a GPU (bf16) at up to {n} seeds (profile `{gpu_profile}`, "
-                          "scored here on the same report half): each column the mean over the seeds in `seeds`, "
+                          "scored on the same report half): each column the mean over the seeds in `seeds`, "
                           "`*_sd` its standard deviation over them (what re-running a method may move it by), "
-                          "`vs_demhec_*` Dem-HEC minus the row, paired per seed."))
+                          "`vs_demhec_*` Dem-HEC minus the row, paired per seed. "
+                          + corrupted_sets_note(profile, gpu_profile, results_dir)))
         elif gpu_profile:
             text += (f"\nThe GPU's {len(GPU_SEEDS)}-seed run of this table (profile `{gpu_profile}`): no model of it is "
-                     f"scored yet (`scripts/comparison.py --profile {gpu_profile} --seeds "
-                     f"{','.join(map(str, GPU_SEEDS))} --stages score,adapt`).")
+                     f"scored yet (on the GPU: `scripts/gpu_reproduction.py --phases s`; here: "
+                     f"`scripts/comparison.py --profile {gpu_profile} --seeds {','.join(map(str, GPU_SEEDS))} "
+                     "--stages score,adapt`).")
     return Page(text=text, items=items, checked=checked)
 
 

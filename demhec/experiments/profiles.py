@@ -145,8 +145,8 @@ PROFILES["a3"] = Profile(
     "cifar10_jpeg", None, None, PROFILES["cpu"].base, DemHECConfig(), pretrained=False,
     eval_batch_size=500, entropy_images=500, home="cpu/a3", base_weights={"resnet20": _CPU_BASE},
     checkpoints="cpu/checkpoints/a3")
-# The same comparison on a GPU at three seeds (scripts/gpu_reproduction.py trains its models; they
-# are scored here, since the device lacks glass blur's numba), and its smoke twin.
+# The same comparison on a GPU at three seeds (scripts/gpu_reproduction.py trains and scores its
+# models; scripts/comparison.py can score them on a CPU), and its smoke twin.
 PROFILES["gpu_a3"] = dataclasses.replace(
     PROFILES["a3"], name="gpu_a3", description=f"{_JPEG_GPU}, the CPU base, A.3's schedule, the "
     "comparison's methods; trained on a GPU", eval_batch_size=1000, home="gpu/a3", checkpoints="gpu/a3/checkpoints")
