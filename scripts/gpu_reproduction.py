@@ -57,7 +57,7 @@ with four Dem-HEC runs and three others sharing the GPU.
 On the device tool: ``make gpu-carry`` here (the archive, the ``imagecorruptions-imaug`` wheel and
 the commit into the ignored ``.gpu_carry/``; it fails when the checkout and the carry together are
 over the 64 MiB a call sends, naming the heaviest folders: ``--check-travel``; ``--aside`` then moves
-what the device does not read into the ignored ``.gpu_aside/``, ``--put-back`` returns it after
+what the device does not read (and the comparison's scored state dicts) into the ignored ``.gpu_aside/``, ``--put-back`` returns it after
 the call), commit nothing after it, then one call with
 ``carry: [".gpu_carry"]``, ``timeout_s: 600`` and the command ``bash scripts/gpu_reproduction.sh``
 (``python3 scripts/gpu_reproduction.py --carry .gpu_carry --out "$OUT"``). Back here, from the
@@ -274,7 +274,13 @@ def _comparison_setting(args: argparse.Namespace, name: str):
 
 def comparison_job(args: argparse.Namespace, name: str) -> dict:
     """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed)."""
-    from demhec.experiments.comparison import checkpoint_path, run_config, train_run_model
+    from demhec.experiments.comparison import (
+        ADAPTATIONS,
+        checkpoint_path,
+        is_scored,
+        run_config,
+        train_run_model,
+    )
     from demhec.experiments.inputs import train_data
 
     run, exp = _comparison_setting(args, name)
@@ -282,7 +288,11 @@ def comparison_job(args: argparse.Namespace, name: str) -> dict:
     steps = cfg.epochs * (len(train_data(exp)) // cfg.batch_size)
     if getattr(cfg, "max_steps", None):
         steps = min(steps, cfg.max_steps)
-    return trained(checkpoint_path(run, exp), lambda: train_run_model(run, exp), steps)
+    path = checkpoint_path(run, exp)
+    if (run.fine_tuned and not path.exists() and not path.with_suffix(".ckpt").exists()
+            and all(is_scored(run, exp, a) for a in (None, *ADAPTATIONS))):  # set aside: scored_state_dicts
+        return {"steps": steps, "trained": "earlier call (scored; its state dict stayed home)"}
+    return trained(path, lambda: train_run_model(run, exp), steps)
 
 
 def scoring_job(args: argparse.Namespace, name: str) -> dict:
@@ -630,15 +640,40 @@ ASIDE_KEEP = ("results/cpu/checkpoints/resnet20_base.pt", "results/cpu/checkpoin
 ASIDE_DIR = ".gpu_aside"  # ignored by git, so nothing in it travels
 
 
+def scored_state_dicts(root: Path) -> list[str]:
+    """The GPU comparison's fine-tuned state dicts (profile ``gpu_a3``) whose scoring is complete
+    (clean, BN adaptation and TENT, both halves), relative to ``root``: phase S reads them no more
+    and phase C does not retrain them (:func:`comparison_job`), so they need not travel. Bases stay:
+    a fine-tune starts from one."""
+    from demhec.experiments.comparison import (
+        ADAPTATIONS,
+        COMPARISON,
+        GPU_SEEDS,
+        GPU_TWIN,
+        checkpoint_path,
+        comparison_experiment,
+        is_scored,
+    )
+
+    out = []
+    for run in (r for r in COMPARISON if r.fine_tuned):
+        for seed in GPU_SEEDS:
+            exp = comparison_experiment(run, profile=GPU_TWIN["a3"], seed=seed, results_dir=str(root / "results"))
+            path = checkpoint_path(run, exp)
+            if path.is_file() and all(is_scored(run, exp, a) for a in (None, *ADAPTATIONS)):
+                out.append(path.relative_to(root).as_posix())
+    return out
+
+
 def set_aside(root: Path) -> list[str]:
-    """Move :data:`ASIDE` into ``root/.gpu_aside/`` (copying :data:`ASIDE_KEEP` back), so that a
-    device call sends what it reads and no more; :func:`put_back` undoes it. Refuses to move over an
-    earlier set-aside copy, which would be lost."""
+    """Move :data:`ASIDE` and :func:`scored_state_dicts` into ``root/.gpu_aside/`` (copying
+    :data:`ASIDE_KEEP` back), so that a device call sends what it reads and no more;
+    :func:`put_back` undoes it. Refuses to move over an earlier set-aside copy, which would be lost."""
     aside = root / ASIDE_DIR
     if aside.exists() and any(aside.iterdir()):
         raise SystemExit(f"{aside} is not empty: run --put-back first")
     moved = []
-    for rel in ASIDE:
+    for rel in (*ASIDE, *scored_state_dicts(root)):
         if (root / rel).exists():
             (aside / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(root / rel, aside / rel)
@@ -654,6 +689,12 @@ def put_back(root: Path) -> list[str]:
     """Return what :func:`set_aside` moved, replacing the copies of :data:`ASIDE_KEEP` it left."""
     aside = root / ASIDE_DIR
     back = []
+    for path in sorted(aside.glob("results/gpu/**/*.pt")):  # state dicts set aside one by one
+        rel = path.relative_to(aside).as_posix()
+        if (root / rel).exists():
+            raise SystemExit(f"{root / rel} was written while {ASIDE_DIR}/ held it: compare the two, keep one")
+        shutil.move(path, root / rel)
+        back.append(rel)
     for rel in ASIDE:
         if (aside / rel).exists():
             if (root / rel).exists():

@@ -72,9 +72,7 @@ def gpu(results: Path) -> str:
         run = json.loads(path.read_text())
         jobs, m = run["metrics"]["jobs"], run["metrics"]
         bench = jobs.get("bench", {})
-        made = Counter("trained here" if j["trained"] == "here" else
-                       "resumed from an earlier call's checkpoint" if j["trained"].startswith("here, resumed") else
-                       "loaded from an earlier call" for j in jobs.values() if "trained" in j)
+        made = Counter(_how_made(j["trained"]) for j in jobs.values() if "trained" in j)
         scored = sum(j.get("scored") == "here" for j in jobs.values())
         done = sum(j["state"] == "done" for j in jobs.values())
         text = (f"- Call {path.parent.name} (`{path.parent.relative_to(results.parent)}`): {m['device_name']}, "
@@ -89,6 +87,17 @@ def gpu(results: Path) -> str:
             text += f"; {scored} model{'s' if scored > 1 else ''} scored on the 15 corruptions at S1-S5"
         lines.append(text + ".")
     return "\n".join(lines) + "\n"
+
+
+def _how_made(trained: str) -> str:
+    """How a GPU call's run.json says a model was made, as a call line counts it."""
+    if trained == "here":
+        return "trained here"
+    if trained.startswith("here, resumed"):
+        return "resumed from an earlier call's checkpoint"
+    if trained.startswith("earlier call (scored"):
+        return "scored by an earlier call (state dict left home)"
+    return "loaded from an earlier call"
 
 
 def _pm(v: float, se: float) -> str:

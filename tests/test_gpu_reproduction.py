@@ -334,3 +334,55 @@ def test_set_aside_sends_only_what_the_device_reads_and_put_back_restores_it(tmp
     assert script.travel_bytes(tmp_path, None)[0] == before
     assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
     assert not (tmp_path / script.ASIDE_DIR).exists()
+
+
+def _score_files(results: Path, run_name: str, seed: int, profile: str = "gpu_a3") -> None:
+    """Empty files where the GPU comparison's scoring of ``run_name`` at ``seed`` would be."""
+    from demhec.experiments.comparison import (
+        ADAPTATIONS,
+        comparison_experiment,
+        comparison_run,
+        run_tag,
+        score_grid,
+    )
+    from demhec.experiments.pipeline import halves_path
+
+    run = comparison_run(run_name)
+    exp = comparison_experiment(run, profile=profile, seed=seed, results_dir=str(results))
+    for adapt in (None, *ADAPTATIONS):
+        for half in ("selection", "report"):
+            path = halves_path(exp, run_tag(run), "cifar-c", half, corruptions=score_grid(adapt)["corruptions"],
+                               adapt=adapt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+
+
+def test_a_scored_gpu_model_stays_home_and_is_not_retrained(tmp_path, script):
+    """A fine-tune of the GPU comparison that is scored every way need not travel: --aside keeps its
+    state dict home (a base or an unscored model travels), and its training job does not redo it."""
+    ckpts = tmp_path / "results" / "gpu" / "a3" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for name in ("resnet20_ba_seed1.pt", "resnet20_plain.pt", "resnet20_pushpull_base.pt"):
+        (ckpts / name).write_bytes(b"w" * 100)
+    _score_files(tmp_path / "results", "ba", 1)
+    _score_files(tmp_path / "results", "plain", 0)
+    halves = tmp_path / "results" / "gpu" / "a3" / "cifar10_jpeg" / "resnet20" / "halves"
+    (halves / "plain_tent_cifar-c_report.json").unlink()  # scored, but not with TENT: it travels
+    assert script.scored_state_dicts(tmp_path) == ["results/gpu/a3/checkpoints/resnet20_ba_seed1.pt"]
+    moved = script.set_aside(tmp_path)
+    assert "results/gpu/a3/checkpoints/resnet20_ba_seed1.pt" in moved and not (ckpts / "resnet20_ba_seed1.pt").exists()
+    assert {p.name for p in ckpts.iterdir()} == {"resnet20_plain.pt", "resnet20_pushpull_base.pt"}
+    (ckpts / "resnet20_ba_seed1.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="resnet20_ba_seed1.pt was written"):
+        script.put_back(tmp_path)  # not silently replaced
+    (ckpts / "resnet20_ba_seed1.pt").unlink()
+    assert script.put_back(tmp_path) == ["results/gpu/a3/checkpoints/resnet20_ba_seed1.pt"]
+    assert (ckpts / "resnet20_ba_seed1.pt").read_bytes() == b"w" * 100
+
+    # On the device (here its smoke twin): the training job says so instead of training it again.
+    _score_files(tmp_path / "results", "ba", 1, profile="gpu_a3_smoke")
+    archive = jpeg_archive(tmp_path / "cifar10-jpeg-train.tar.gz", PER_CLASS)
+    args = script.argparse.Namespace(results_dir=tmp_path / "results", data_root=archive, device="cpu", smoke=True)
+    info = script.comparison_job(args, "ba_s1")
+    assert info["trained"] == "earlier call (scored; its state dict stayed home)"
+    assert not list((tmp_path / "results" / "gpu_smoke").glob("a3/checkpoints/*"))
