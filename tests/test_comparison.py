@@ -191,11 +191,18 @@ def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
     # sets' digests; then the digests agree set by set, and a set made differently is named.
     caption = next(c for name, _, c in page.items if name == "comparison_gpu_seeds")
     assert "not known: no digests of `a3_smoke`'s" in caption
-    from demhec.experiments.comparison import comparison_experiment, comparison_run
-    from demhec.experiments.inputs import record_corrupted_sets
+    import hashlib
 
-    record_corrupted_sets(comparison_experiment(comparison_run("base"), profile="a3_smoke", results_dir=str(results),
-                                                data_root=str(archive)), "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5])
+    from demhec.corruptions import corrupt_split
+    from demhec.experiments.comparison import comparison_experiment, comparison_run
+    from demhec.experiments.inputs import corrupted_eval_kw, eval_data, record_corrupted_sets
+
+    exp = comparison_experiment(comparison_run("base"), profile="a3_smoke", results_dir=str(results),
+                                data_root=str(archive))
+    rec = record_corrupted_sets(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5])
+    kw = corrupted_eval_kw(exp)
+    glass = corrupt_split(eval_data(exp).images, "glass_blur", 3, seed=kw["seed"])  # afresh, not from the cache
+    assert rec["metrics"]["sha256"]["glass_blur/3"] == hashlib.sha256(glass.tobytes()).hexdigest()
     assert "digests of all 75 corrupted sets agree" in ct.corrupted_sets_note("a3_smoke", "gpu_a3_smoke", results)
     twin = results / "gpu_smoke" / "a3" / "cifar10_jpeg" / "corrupted_sets_cifar-c.json"
     rec = json.loads(twin.read_text())
