@@ -201,6 +201,29 @@ def test_one_verdict_on_the_readme_the_site_and_the_table3_page():
     assert verdict.split(" (Rests on:")[0] in printed, "the executed Table 3 page prints another verdict"
 
 
+def test_three_gpu_seeds_of_the_comparison_outrank_one_cpu_seed(tmp_path):
+    """The GPU's comparison at three seeds answers before the CPU's at one (more seeds over
+    fewer, same schedule and half); the CPU's answer is kept beside it."""
+    import shutil
+
+    from demhec.experiments.findings import findings
+
+    src = ROOT / "results/cpu/a3/cifar10_jpeg/resnet20/halves"
+    cpu, gpu = (tmp_path / home / "cifar10_jpeg/resnet20/halves" for home in ("cpu/a3", "gpu/a3"))
+    for folder in (cpu, gpu):
+        folder.mkdir(parents=True)
+    for tag in ("before", "demhec", "plain"):
+        shutil.copy(src / f"{tag}_cifar-c_all_report.json", cpu)
+        for seed in (0, 1, 2) if tag != "before" else (0,):
+            shutil.copy(src / f"{tag}_cifar-c_all_report.json",
+                        gpu / f"{tag}_cifar-c_all{'' if seed == 0 else f'_seed{seed}'}_report.json")
+    by_key = {f.key: f for f in findings(tmp_path)}
+    plain = by_key["demhec vs plain"]
+    assert plain.evidence == "GPU, A.3 (7,020 steps, bf16), the comparison; 3 seeds, report"
+    assert "over 3 seeds" in plain.answer and any(a.startswith("CPU, A.3 (7,020 steps), the comparison; 1 seed") for a in plain.also)
+    assert all(f"{tmp_path}/gpu/a3/" in f for f in plain.files)
+
+
 def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_path):
     mod = load_script("render_readme")
     assert mod.findings_block(tmp_path) == "No findings yet: no result files are committed.\n"

@@ -110,17 +110,22 @@ def evidence_sources(results: str | Path = "results") -> list[Evidence]:
     """Every committed body of evidence the findings can rest on."""
     results = Path(results)
     out = []
-    # The comparison at A.3 on the CPU (one seed so far), with test-time adaptation per half.
-    a3 = results / "cpu" / "a3" / "cifar10_jpeg" / "resnet20" / "halves"
+    # The comparison at A.3 on the CPU (one seed so far), and on the GPU at three seeds (trained and
+    # scored there, on corrupted sets it made itself: each body pairs its own runs only), with
+    # test-time adaptation per half.
     names = {"base": "before", "demhec": "demhec", "plain": "plain", "gaussian_aug": "gaussian_aug",
              "random_noise": "random_noise"}
-    runs, files = _halves_runs(a3, names, [0], "_cifar-c_all")
-    for adapt in ("bn", "tent"):
-        more, f = _halves_runs(a3, {f"base+{adapt}": "before", f"demhec+{adapt}": "demhec"}, [0], f"_{adapt}_cifar-c")
-        runs.update(more)
-        files += f
-    cpu_a3 = Evidence("CPU, A.3 (7,020 steps), the comparison", "A.3", "report", runs, files)
-    out.append(cpu_a3)
+    for home, label, seeds in (("cpu/a3", "CPU, A.3 (7,020 steps), the comparison", [0]),
+                               ("gpu/a3", "GPU, A.3 (7,020 steps, bf16), the comparison", [0, 1, 2])):
+        folder = results / home / "cifar10_jpeg" / "resnet20" / "halves"
+        runs, files = _halves_runs(folder, names, seeds, "_cifar-c_all")
+        for adapt in ("bn", "tent"):
+            more, f = _halves_runs(folder, {f"base+{adapt}": "before", f"demhec+{adapt}": "demhec"}, seeds,
+                                   f"_{adapt}_cifar-c")
+            runs.update(more)
+            files += f
+        out.append(Evidence(label, "A.3", "report", runs, files))
+    cpu_a3 = out[0]
     gpu = results / "gpu" / "cpu_base" / "cifar10_jpeg" / "resnet20" / "halves"
     runs, files = _halves_runs(gpu, {"base": "before", "demhec": "after", "plain": "after_plain",
                                      "gaussian_aug": "after_gaussian_aug"}, [0], "_cifar-c")
