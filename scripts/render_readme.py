@@ -28,11 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demhec import experiments as ex  # noqa: E402
+from demhec.experiments.comparison import (  # noqa: E402
+    COMPARISON,
+    GPU_SEEDS,
+    GPU_TWIN,
+    PROFILE,
+    checkpoint_path,
+    comparison_experiment,
+    is_scored,
+)
 from demhec.experiments.comparison_tables import (  # noqa: E402
     comparison_records,
     comparison_table,
     comparison_verdict,
+    corrupted_sets_note,
     describe_comparison,
+    seed_table,
 )
 from demhec.experiments.findings import PRECEDENCE, findings, headline  # noqa: E402
 from demhec.results import markdown_table, read_result  # noqa: E402
@@ -86,6 +97,34 @@ def gpu(results: Path) -> str:
         if scored:
             text += f"; {scored} model{'s' if scored > 1 else ''} scored on the 15 corruptions at S1-S5"
         lines.append(text + ".")
+    return "\n".join(lines) + "\n"
+
+
+def gpu_comparison(results: Path) -> str:
+    """The comparison trained on the GPU at three seeds (phases C and S): per model, the seeds
+    trained and scored, then the seed table (:func:`seed_table`) once any model is scored."""
+    profile = GPU_TWIN[PROFILE]
+    rows = []
+    for run in COMPARISON:
+        seeds = GPU_SEEDS if run.fine_tuned else GPU_SEEDS[:1]
+        exps = [comparison_experiment(run, profile=profile, seed=s, results_dir=str(results)) for s in seeds]
+        trained = sum(checkpoint_path(run, e).is_file() or is_scored(run, e) for e in exps)
+        scored = sum(all(is_scored(run, e, a) for a in (None, "bn", "tent")) for e in exps)
+        rows.append({"model": run.label, "seeds trained": f"{trained} of {len(seeds)}",
+                     "seeds scored": f"{scored} of {len(seeds)}"})
+    lines = [markdown_table(pd.DataFrame(rows)), ""]
+    table = seed_table(profile, GPU_SEEDS, results)
+    if len(table):
+        shown = table.copy()
+        for c in shown.columns:
+            if shown[c].dtype.kind == "f":
+                shown[c] = shown[c].map(lambda v: "--" if v != v else f"{v:.2f}")
+        lines += [f"On the report half, mean over the seeds scored (`*_sd`: spread over them; `vs_demhec_*`: "
+                  f"Dem-HEC minus the row, paired per seed). {corrupted_sets_note(PROFILE, profile, results)}", "",
+                  markdown_table(shown), ""]
+    else:
+        lines.append(f"No model of `{profile}` is scored yet: `scripts/gpu_reproduction.py --phases s` scores them "
+                     "on the device.")
     return "\n".join(lines) + "\n"
 
 
@@ -323,7 +362,7 @@ def notebooks(results: Path, page: Path) -> str:
     return markdown_table(pd.DataFrame(rows)) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
+BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "gpu-comparison": gpu_comparison, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
                                             "cpu-stage-times": cpu_stage_times, "findings": findings_block, "evidence": evidence_block,
                                             "comparison": comparison}
 # Blocks whose text depends on the page they sit on (relative links).

@@ -230,6 +230,9 @@ def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_pat
     text = mod.comparison(tmp_path)
     assert "No row of the comparison is scored yet" in text and "No verdict yet" in text
     assert "Not trained yet, or still training" in text and "Dem-HEC (eq. 12)" in text
+    gpu = mod.gpu_comparison(tmp_path)
+    assert "| Dem-HEC (eq. 12) | 0 of 3 | 0 of 3 |" in gpu and "| AugMax | 0 of 3 | 0 of 3 |" in gpu
+    assert "No model of `gpu_a3` is scored yet" in gpu
 
 
 def test_a_page_block_links_relative_to_its_page():
