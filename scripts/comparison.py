@@ -40,7 +40,7 @@ from demhec.experiments.comparison import (
     train_run_model,
     write_manifest,
 )
-from demhec.experiments.inputs import record_corrupted_sets
+from demhec.experiments.inputs import build_eval_cache, record_corrupted_sets, uncached_sets
 from demhec.experiments.layout import model_path
 from demhec.experiments.profiles import Experiment
 from demhec.experiments.stage_times import record_stage_time
@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         from demhec.corruptions import CORRUPTIONS
 
         exp = comparison_experiment(COMPARISON[0], **common)
-        timed(exp, "corrupted evaluation sets (15 corruptions, S1-S5)",
-              lambda: record_corrupted_sets(exp, "cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5]))
+        grid = ("cifar-c", list(CORRUPTIONS), [1, 2, 3, 4, 5])
+        if uncached_sets(exp, *grid):  # a stage time is a build's, never a cache hit's
+            timed(exp, "corrupted evaluation sets (15 corruptions, S1-S5)", lambda: build_eval_cache(exp, *grid))
+        record_corrupted_sets(exp, *grid)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for seed in seeds:
         for run in runs:

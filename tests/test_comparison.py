@@ -183,6 +183,9 @@ def test_the_queue_trains_scores_adapts_and_lists_its_models(tmp_path):
            "--build-cache", *cmd[6:]]
     proc = subprocess.run(gpu, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The sets were cached by the first queue: --build-cache read them, so it records no build time.
+    assert not list((results / "gpu_smoke" / "a3").rglob("stage_times/corrupted_evaluation_sets*"))
+    assert (results / "gpu_smoke" / "a3" / "cifar10_jpeg" / "corrupted_sets_cifar-c.json").is_file()
     page = comparison_page(ctx, "table3", profile="a3_smoke")
     seeds = page.tables["comparison_gpu_seeds"].set_index("label")
     assert seeds.loc["Pad-Crop (plain fine-tune)", "seeds"] == 2 and seeds.loc["ResNet-20 base (no fine-tune)", "seeds"] == 1

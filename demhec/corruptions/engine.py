@@ -194,8 +194,9 @@ def _fill_parallel(out: np.ndarray, images: np.ndarray, corruption: str, severit
             bar.update(min(chunk, n - s))
 
 
-def _cache_paths(cache_dir: str | os.PathLike, suite: str, key: str, corruption: str,
-                 severity: int) -> tuple[Path, Path]:
+def cache_paths(cache_dir: str | os.PathLike, suite: str, key: str, corruption: str,
+                severity: int) -> tuple[Path, Path]:
+    """Where one corrupted set is cached: the array and its JSON sidecar."""
     folder = Path(cache_dir) / suite / key
     stem = f"{corruption}_s{severity}"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
@@ -292,7 +293,7 @@ def _split_cell(images: np.ndarray, corruption: str, severity: int, suite: str, 
         _fill(out, images, corruption, severity, suite, seed, pool, progress)
         out.flags.writeable = False
         return out
-    path, meta_path = _cache_paths(cache_dir, suite, key, corruption, severity)
+    path, meta_path = cache_paths(cache_dir, suite, key, corruption, severity)
     # The clean images' hash too: a key names a split ("digits-eval"), and a split of other
     # images under the same name (another image limit) must not get the old corrupted images.
     expected = {"format": _CACHE_FORMAT, "suite": suite, "corruption": corruption,

@@ -94,6 +94,19 @@ def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
         pass
 
 
+def uncached_sets(exp: Experiment, suite: str = "cifar-c", corruptions: Sequence[str] | None = None,
+                  severities: Sequence[int] | None = None) -> list[str]:
+    """The experiment's corrupted evaluation sets (``"<corruption>/<severity>"``) with no file in
+    the cache yet: what :func:`build_eval_cache` would generate rather than read (a file that fails
+    its check there is rebuilt too, unlisted here)."""
+    from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
+    from ..corruptions.engine import cache_paths
+
+    kw = corrupted_eval_kw(exp)
+    return [f"{c}/{s}" for c in corruptions or PAPER_CORRUPTIONS for s in severities or PAPER_SEVERITIES
+            if not all(p.exists() for p in cache_paths(kw["cache_dir"], suite, kw["key"], c, s))]
+
+
 def corrupted_set_digests(exp: Experiment, suite: str = "cifar-c",
                           corruptions: Sequence[str] | None = None,
                           severities: Sequence[int] | None = None,
