@@ -275,9 +275,8 @@ def _comparison_setting(args: argparse.Namespace, name: str):
 def comparison_job(args: argparse.Namespace, name: str) -> dict:
     """Train one run of the comparison (``<run>_s<seed>``, or a base without a seed)."""
     from demhec.experiments.comparison import (
-        ADAPTATIONS,
         checkpoint_path,
-        is_scored,
+        is_fully_scored,
         run_config,
         train_run_model,
     )
@@ -290,7 +289,7 @@ def comparison_job(args: argparse.Namespace, name: str) -> dict:
         steps = min(steps, cfg.max_steps)
     path = checkpoint_path(run, exp)
     if (run.fine_tuned and not path.exists() and not path.with_suffix(".ckpt").exists()
-            and all(is_scored(run, exp, a) for a in (None, *ADAPTATIONS))):  # set aside: scored_state_dicts
+            and is_fully_scored(run, exp)):  # set aside: scored_state_dicts
         return {"steps": steps, "trained": "earlier call (scored; its state dict stayed home)"}
     return trained(path, lambda: train_run_model(run, exp), steps)
 
@@ -300,10 +299,15 @@ def scoring_job(args: argparse.Namespace, name: str) -> dict:
     clean and the fifteen corruptions at S1-S5 on both halves, then BN adaptation and TENT on the
     paper's seven at S1/S3/S5. A model scored by an earlier call needs nothing (not even its state
     dict); one with no state dict (not trained yet) is left alone."""
-    from demhec.experiments.comparison import ADAPTATIONS, checkpoint_path, is_scored, score_run
+    from demhec.experiments.comparison import (
+        ADAPTATIONS,
+        checkpoint_path,
+        is_fully_scored,
+        score_run,
+    )
 
     run, exp = _comparison_setting(args, name)
-    if all(is_scored(run, exp, adapt) for adapt in (None, *ADAPTATIONS)):
+    if is_fully_scored(run, exp):
         return {"scored": "earlier call"}
     if not checkpoint_path(run, exp).is_file():
         return {"scored": "no state dict: not trained yet"}
@@ -646,13 +650,12 @@ def scored_state_dicts(root: Path) -> list[str]:
     and phase C does not retrain them (:func:`comparison_job`), so they need not travel. Bases stay:
     a fine-tune starts from one."""
     from demhec.experiments.comparison import (
-        ADAPTATIONS,
         COMPARISON,
         GPU_SEEDS,
         GPU_TWIN,
         checkpoint_path,
         comparison_experiment,
-        is_scored,
+        is_fully_scored,
     )
 
     out = []
@@ -660,7 +663,7 @@ def scored_state_dicts(root: Path) -> list[str]:
         for seed in GPU_SEEDS:
             exp = comparison_experiment(run, profile=GPU_TWIN["a3"], seed=seed, results_dir=str(root / "results"))
             path = checkpoint_path(run, exp)
-            if path.is_file() and all(is_scored(run, exp, a) for a in (None, *ADAPTATIONS)):
+            if path.is_file() and is_fully_scored(run, exp):
                 out.append(path.relative_to(root).as_posix())
     return out
 

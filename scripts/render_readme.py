@@ -35,6 +35,7 @@ from demhec.experiments.comparison import (  # noqa: E402
     PROFILE,
     checkpoint_path,
     comparison_experiment,
+    is_fully_scored,
     is_scored,
 )
 from demhec.experiments.comparison_tables import (  # noqa: E402
@@ -109,7 +110,7 @@ def gpu_comparison(results: Path) -> str:
         seeds = GPU_SEEDS if run.fine_tuned else GPU_SEEDS[:1]
         exps = [comparison_experiment(run, profile=profile, seed=s, results_dir=str(results)) for s in seeds]
         trained = sum(checkpoint_path(run, e).is_file() or is_scored(run, e) for e in exps)
-        scored = sum(all(is_scored(run, e, a) for a in (None, "bn", "tent")) for e in exps)
+        scored = sum(is_fully_scored(run, e) for e in exps)
         rows.append({"model": run.label, "seeds trained": f"{trained} of {len(seeds)}",
                      "seeds scored": f"{scored} of {len(seeds)}"})
     lines = [markdown_table(pd.DataFrame(rows)), ""]

@@ -33,7 +33,7 @@ from .profiles import REPO_ROOT, Experiment
 from .runs import Run, gaussian_aug_sigma
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "GPU_SEEDS", "GPU_TWIN", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
-           "comparison_run", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
+           "comparison_run", "is_fully_scored", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
            "write_manifest"]
 
 PROFILE = "a3"
@@ -132,6 +132,12 @@ def is_scored(run: Run, exp: Experiment, adapt: str | None = None) -> bool:
     when :func:`score_run` reads them)."""
     return all(halves_path(exp, run_tag(run), "cifar-c", h, corruptions=score_grid(adapt)["corruptions"],
                            adapt=adapt).exists() for h in EVAL_HALVES)
+
+
+def is_fully_scored(run: Run, exp: Experiment) -> bool:
+    """Whether ``run`` is scored every way (unadapted and with each of :data:`ADAPTATIONS`): its
+    state dict is needed no more."""
+    return all(is_scored(run, exp, adapt) for adapt in (None, *ADAPTATIONS))
 
 
 def checkpoint_path(run: Run, exp: Experiment) -> Path:
