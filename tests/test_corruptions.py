@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -243,6 +246,67 @@ def test_workers_do_not_change_result(monkeypatch):
     assert serial.keys() == parallel.keys() and len(serial) == 6
     for cell, array in serial.items():
         np.testing.assert_array_equal(parallel[cell], array, err_msg=str(cell))
+
+
+# --------------------------------------------------------------------------------------------
+# The same pixels on every machine
+# --------------------------------------------------------------------------------------------
+
+# Flat 8 x 8 patches: a blur whose kernel sums to one ulp under 1 turns grey level v into v - 1
+# there, so they expose a last-bit difference that smooth images hide.
+PATCHES = np.repeat(np.repeat(np.random.default_rng(5).integers(0, 256, (4, 4, 4, 3), dtype=np.uint8),
+                              8, axis=1), 8, axis=2)
+
+
+def _without_avx512(code: str, tmp_path) -> dict:
+    """Run ``code`` (which writes ``out.npz`` in its working directory) in a Python whose numpy
+    does not use its AVX-512 code: the C library's float64 exp, as on a machine without it."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    off = " ".join(f for f in __cpu_dispatch__ if "AVX512" in f or f == "X86_V4")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": off}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=600)
+    with np.load(tmp_path / "out.npz") as f:
+        return dict(f)
+
+
+# (radius, sigma) of every motion blur and snow setting of both suites
+MOTION_BLURS = sorted({(c[0], c[1]) for c in C.CIFAR_C_PARAMS["motion_blur"]}
+                      | {(c[4], c[5]) for c in C.CIFAR_C_PARAMS["snow"]}
+                      | {(10, 3), (15, 5), (15, 8), (15, 12), (20, 15), (10, 4), (20, 6), (15, 10)})
+ANGLES = (-45.0, -12.3, 30.7, -100.1)
+
+
+def test_motion_blur_is_the_packages_without_avx512(tmp_path):
+    """common.motion_blur equals imagecorruptions' _motion_blur computed with the C library's exp,
+    on this machine whatever numpy dispatches to (the package's own differs on AVX-512 CPUs)."""
+    np.save(tmp_path / "patches.npy", PATCHES[0])
+    reference = _without_avx512(
+        "import numpy as np; from imagecorruptions.corruptions import _motion_blur as mb\n"
+        "x = np.load('patches.npy')\n"
+        f"np.savez('out.npz', **{{f'{{r}}_{{s}}_{{a}}': mb(x, r, s, a) for r, s in {MOTION_BLURS!r} "
+        f"for a in {ANGLES!r}}})", tmp_path)
+    assert len(reference) == len(MOTION_BLURS) * len(ANGLES)
+    for (r, s) in MOTION_BLURS:
+        for a in ANGLES:
+            np.testing.assert_array_equal(common.motion_blur(PATCHES[0], r, s, a), reference[f"{r}_{s}_{a}"],
+                                          err_msg=f"radius {r}, sigma {s}, angle {a}")
+
+
+@pytest.mark.slow
+def test_every_corruption_is_the_same_without_avx512(tmp_path):
+    """Every corruption of both suites at every severity makes the same pixels whether numpy uses
+    its AVX-512 code or not: results scored on two machines are paired over the same images."""
+    images = np.concatenate([PATCHES, IMAGES])
+    np.save(tmp_path / "images.npy", images)
+    elsewhere = _without_avx512(
+        "import numpy as np; from demhec import corruptions as C\n"
+        "x = np.load('images.npy')\n"
+        "np.savez('out.npz', **{f'{s}/{c}/{v}': C.corrupt(x, c, v, suite=s, seed=3) "
+        "for s in C.SUITES for c in C.ALL_CORRUPTIONS for v in C.SEVERITIES})", tmp_path)
+    differ = [f"{s}/{c}/{v}" for s in C.SUITES for c in C.ALL_CORRUPTIONS for v in C.SEVERITIES
+              if not np.array_equal(C.corrupt(images, c, v, suite=s, seed=3), elsewhere[f"{s}/{c}/{v}"])]
+    assert len(elsewhere) == 2 * len(C.ALL_CORRUPTIONS) * 5 and not differ, differ
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import skimage as sk
 from imagecorruptions.corruptions import (
-    _motion_blur,
     _shuffle_pixels_njit_glass_blur,
     disk,
     plasma_fractal,
@@ -23,7 +22,7 @@ from scipy.ndimage import map_coordinates
 from scipy.ndimage import zoom as scizoom
 from skimage.filters import gaussian
 
-from .common import CIFAR_C_SIZE, child_seed, seeded_global_numpy
+from .common import CIFAR_C_SIZE, child_seed, motion_blur, seeded_global_numpy
 
 # --------------------------------------------------------------------------------------------
 # CIFAR-10-C constants. Source of every row: github.com/hendrycks/robustness,
@@ -86,7 +85,8 @@ CIFAR_C_FROST_SCALE = 0.2
 # CIFAR-10-C corruptions: make_cifar_c.py with its constants. x is uint8 H x W x 3; each returns
 # floats in [0, 255] (truncated to uint8 by the caller, as the generator's np.uint8(...) does).
 # ImageMagick's motion blur (used by motion_blur and snow) is replaced by imagecorruptions' numpy
-# re-implementation, _motion_blur; all other helpers are the generator's own.
+# re-implementation (.common.motion_blur, made machine-independent); all other helpers are the
+# generator's own.
 # --------------------------------------------------------------------------------------------
 
 
@@ -153,7 +153,7 @@ def _c_defocus_blur(x: np.ndarray, c: tuple, rs: np.random.RandomState) -> np.nd
 
 
 def _c_motion_blur(x: np.ndarray, c: tuple, rs: np.random.RandomState) -> np.ndarray:
-    return np.clip(_motion_blur(x, radius=c[0], sigma=c[1], angle=rs.uniform(-45, 45)), 0, 255)
+    return np.clip(motion_blur(x, radius=c[0], sigma=c[1], angle=rs.uniform(-45, 45)), 0, 255)
 
 
 def _c_zoom_blur(x: np.ndarray, c: tuple, rs: np.random.RandomState) -> np.ndarray:
@@ -172,7 +172,7 @@ def _c_snow(x: np.ndarray, c: tuple, rs: np.random.RandomState) -> np.ndarray:
     layer[layer < c[3]] = 0
     # The generator round-trips the layer through an 8-bit PNG around ImageMagick's blur.
     layer = (np.clip(layer.squeeze(), 0, 1) * 255).astype(np.uint8).astype(np.float32)
-    layer = _motion_blur(layer, radius=c[4], sigma=c[5], angle=rs.uniform(-135, -45))
+    layer = motion_blur(layer, radius=c[4], sigma=c[5], angle=rs.uniform(-135, -45))
     layer = (np.round(np.clip(layer, 0, 255)) / 255.0)[..., np.newaxis]
     gray = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., np.newaxis]
     x = c[6] * x + (1 - c[6]) * np.maximum(x, gray * 1.5 + 0.5)

@@ -87,7 +87,7 @@ def corrupt(image_or_batch: np.ndarray, corruption: str, severity: int, suite: s
 # Whole splits: parallel generation and an on-disk cache
 # --------------------------------------------------------------------------------------------
 
-_CACHE_FORMAT = 1  # bump when the generated pixels of any corruption change
+_CACHE_FORMAT = 2  # bump when the generated pixels of any corruption change (2: machine-independent motion blur)
 _MAX_CHUNK = 256  # images per task: small enough to balance load and bound memory
 _MIN_PARALLEL = 64  # smaller splits are done in-process: starting workers would cost more
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -4,19 +4,23 @@ its random draws seeded per image and its frost pictures rescaled once per proce
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import cv2
 import imagecorruptions
+import imagecorruptions.corruptions
 import numpy as np
 
 from .cifar_c import CIFAR_C_FROST_FILES, read_frost_picture
-from .common import seeded_global_numpy
+from .common import motion_blur, seeded_global_numpy
 
 # imagecorruptions functions that take an explicit seed (they do not use np.random's global state).
 _IMAGECORRUPTIONS_SEEDED = ("impulse_noise", "glass_blur")
 IMAGECORRUPTIONS_FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
 _IMAGECORRUPTIONS_FROST_FILES = (*CIFAR_C_FROST_FILES, "frost6.jpg")  # the package draws from all six
+_MOTION_BLURRED = ("motion_blur", "snow")  # the package's corruptions that call its _motion_blur
 
 
 @functools.lru_cache(maxsize=32)
@@ -58,6 +62,18 @@ def _ic_frost(x: np.ndarray, severity: int) -> np.ndarray:
 
 
 
+@contextlib.contextmanager
+def _machine_independent_motion_blur() -> Iterator[None]:
+    """Run the package with :func:`.common.motion_blur` in place of its ``_motion_blur`` (whose
+    kernel depends on numpy's AVX-512 code), restored afterwards."""
+    module = imagecorruptions.corruptions
+    original, module._motion_blur = module._motion_blur, motion_blur
+    try:
+        yield
+    finally:
+        module._motion_blur = original
+
+
 def corrupt_image(image: np.ndarray, corruption: str, severity: int, image_seed: int) -> np.ndarray:
     """One uint8 H x W x 3 image through imagecorruptions' ``corruption`` at ``severity``, its
     draws from numpy's global RNG (restored afterwards) and its explicit seed set to ``image_seed``."""
@@ -65,4 +81,7 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, image_seed:
     with seeded_global_numpy(image_seed):
         if corruption == "frost":
             return _ic_frost(image, severity)
+        if corruption in _MOTION_BLURRED:
+            with _machine_independent_motion_blur():
+                return imagecorruptions.corrupt(image, corruption_name=corruption, severity=severity, **kwargs)
         return imagecorruptions.corrupt(image, corruption_name=corruption, severity=severity, **kwargs)
