@@ -61,7 +61,6 @@ def _ic_frost(x: np.ndarray, severity: int) -> np.ndarray:
     return np.clip(c[0] * x + c[1] * frost, 0, 255)
 
 
-
 @contextlib.contextmanager
 def _machine_independent_motion_blur() -> Iterator[None]:
     """Run the package with :func:`.common.motion_blur` in place of its ``_motion_blur`` (whose
