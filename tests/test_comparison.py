@@ -298,3 +298,25 @@ def test_the_seed_summary_averages_each_model_over_the_seeds_that_measured_it():
     assert got.loc["BA", "seeds"] == 1 and np.isnan(got.loc["BA", "noise_s5_sd"])  # missing seeds do not count
     assert got.loc["Dem-HEC", "clean_sd"] == 0.0
     assert seed_summary([]).empty and seed_summary([table(74.0, "")[:0]]).empty
+
+
+def test_every_committed_result_that_names_its_corrupted_sets_scored_the_recorded_ones():
+    """A result records the digest of the corrupted sets it scored; each committed one agrees
+    with the record of its profile (the sets every other result there was scored on)."""
+    from demhec.experiments.inputs import scored_other_sets, sets_digest
+
+    for record_path in sorted((ROOT / "results").rglob("corrupted_sets_cifar-c.json")):
+        record = json.loads(record_path.read_text())
+        for path in sorted(record_path.parent.rglob("*_cifar-c_*.json")):
+            result = json.loads(path.read_text())
+            if result.get("config", {}).get("suite") != "cifar-c":
+                continue
+            assert scored_other_sets(result, record) is not True, path.relative_to(ROOT)
+    # The check can fail: one set of another machine's images, and the same result disagrees.
+    record = {"metrics": {"sha256": {"fog/5": "a" * 64, "snow/5": "b" * 64}}}
+    result = {"config": {"corruptions": ["fog"], "severities": [5]},
+              "data": {"corrupted_sets_sha256": sets_digest({"fog/5": "a" * 64})}}
+    assert scored_other_sets(result, record) is False
+    assert scored_other_sets(result, {"metrics": {"sha256": {"fog/5": "c" * 64}}}) is True
+    assert scored_other_sets(result, {"metrics": {"sha256": {"snow/5": "b" * 64}}}) is None
+    assert scored_other_sets({**result, "data": {}}, record) is None

@@ -504,6 +504,48 @@ def test_halves_add_up_to_the_whole_split(tmp_path):
     assert ex.pipeline.halves_result(dataclasses.replace(exp, allow_train=False), "before", **kw)["report"] == halves["report"]
 
 
+def test_results_record_the_sets_they_scored_and_refuse_other_sets(tmp_path):
+    """A result records the digest of the corrupted sets it scored, computed afresh here from
+    the images; a machine whose sets differ from the profile's record stops before scoring, and
+    its --build-cache does not overwrite the record."""
+    import hashlib
+    import json
+
+    from demhec.corruptions import corrupt_split
+
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    kw = dict(corruptions=["gaussian_noise", "fog"], severities=[5])
+    images = ex.inputs.eval_data(exp).images
+    fresh = {f"{c}/5": hashlib.sha256(corrupt_split(images, c, 5, suite="cifar-c", seed=ex.profiles.CORRUPTION_SEED)
+                                      .tobytes()).hexdigest() for c in kw["corruptions"]}
+    # Without a record a result is scored and says what it scored.
+    halves = ex.pipeline.halves_result(exp, "before", **kw)
+    whole = ex.pipeline.robustness_result(exp, "before", **kw)
+    for rec in (*halves.values(), whole):
+        assert rec["data"]["corrupted_sets_sha256"] == ex.inputs.sets_digest(fresh)
+    assert ex.inputs.sets_digest(fresh) != ex.inputs.sets_digest({**fresh, "fog/5": "0" * 64})
+    record = ex.inputs.record_corrupted_sets(exp, "cifar-c", **kw)
+    assert record["metrics"]["sha256"] == fresh
+    path = ex.layout.corrupted_sets_path(exp)
+    before = path.read_text()
+    assert ex.inputs.record_corrupted_sets(exp, "cifar-c", **kw)["metrics"]["sha256"] == fresh
+    assert path.read_text() == before  # the same sets: the record stays as it was
+    # A record of other images: scoring stops and names the set; the record is not replaced.
+    other = json.loads(before)
+    other["metrics"]["sha256"]["fog/5"] = "0" * 64
+    path.write_text(json.dumps(other))
+    again = dataclasses.replace(exp, recompute=True)
+    with pytest.raises(DemHECError, match=r"differ from those recorded .* at 1 of 2 sets \(fog/5\)"):
+        ex.pipeline.halves_result(again, "before", **kw)
+    with pytest.raises(DemHECError, match=r"fog/5"):
+        ex.pipeline.robustness_result(again, "before", **kw)
+    with pytest.raises(DemHECError, match=r"fog/5"):
+        ex.inputs.record_corrupted_sets(exp, "cifar-c", **kw)
+    assert json.loads(path.read_text()) == other
+    # A set the record does not hold is not a disagreement.
+    ex.pipeline.halves_result(again, "before", corruptions=["gaussian_noise", "snow"], severities=[5])
+
+
 def test_each_halfs_file_holds_the_outcomes_of_its_own_images(tmp_path):
     """The halves are disjoint and cover the split, and each half's file holds, image by image,
     the outcomes of scoring that half's images directly: the base model's predictions on the

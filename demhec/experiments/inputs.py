@@ -4,6 +4,7 @@ evaluation sets are made, cached and scored (every result that reads them sees t
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,11 @@ def record_corrupted_sets(exp: Experiment, suite: str = "cifar-c",
     """Build the experiment's corrupted evaluation sets and record their digests
     (:func:`corrupted_set_digests`) with the library versions that made them, at
     :func:`.layout.corrupted_sets_path`: results scored on another machine are compared with
-    this machine's on the same images only where the two records agree."""
+    this machine's on the same images only where the two records agree.
+
+    A record already there for the same sets is kept as it is. One that differs at any set is
+    never overwritten: the results of the profile were scored on its images, and this machine
+    makes others (:func:`checked_corrupted_sets` names them); delete the record to start afresh."""
     from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
     from ..results import write_result
     from .layout import corrupted_sets_path
@@ -139,12 +144,69 @@ def record_corrupted_sets(exp: Experiment, suite: str = "cifar-c",
     corruptions = list(corruptions or PAPER_CORRUPTIONS)
     severities = list(severities or PAPER_SEVERITIES)
     digests = corrupted_set_digests(exp, suite, corruptions, severities, workers)
-    return write_result(corrupted_sets_path(exp, suite), kind="corrupted_sets", profile=exp.profile,
+    path = corrupted_sets_path(exp, suite)
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        _refuse_other_sets(digests, recorded["metrics"]["sha256"], path)
+        if recorded["metrics"]["sha256"] == digests:
+            return recorded
+    return write_result(path, kind="corrupted_sets", profile=exp.profile,
                         config=scored_on(suite, corruptions=corruptions, severities=severities,
                                          images=data_request(exp, "test")),
                         metrics={"sha256": digests, "cells": len(digests)},
                         data={**provenance(eval_data(exp)), "made_with": _corruption_libraries()},
                         seed=CORRUPTION_SEED)
+
+
+def sets_digest(digests: dict[str, str]) -> str:
+    """One digest of several corrupted sets (:func:`corrupted_set_digests`' per-set digests):
+    what a result records of the images it scored, comparable with the cells of a record."""
+    return hashlib.sha256("".join(f"{k} {digests[k]}\n" for k in sorted(digests)).encode()).hexdigest()
+
+
+def checked_corrupted_sets(exp: Experiment, suite: str, corruptions: Sequence[str],
+                           severities: Sequence[int]) -> str | None:
+    """The :func:`sets_digest` of the corrupted sets a result is about to score (built into the
+    cache when missing), after checking them against the profile's record
+    (:func:`record_corrupted_sets`) where there is one: a machine that makes other images than
+    those the profile's results were scored on stops here, naming the sets, instead of mixing
+    scores of different images in one table. None for a released suite (fixed files)."""
+    from ..corruptions import RELEASED_SUITES
+    from .layout import corrupted_sets_path
+
+    if suite in RELEASED_SUITES:
+        return None
+    digests = corrupted_set_digests(exp, suite, corruptions, severities)
+    path = corrupted_sets_path(exp, suite)
+    if path.is_file():
+        _refuse_other_sets(digests, json.loads(path.read_text())["metrics"]["sha256"], path)
+    return sets_digest(digests)
+
+
+def scored_other_sets(result: dict, record: dict) -> bool | None:
+    """Whether ``result`` scored other corrupted images than ``record``
+    (:func:`record_corrupted_sets`) holds for its cells; None where that cannot be told: the
+    result does not say which it scored (it was written before results recorded it) or the
+    record lacks one of its sets."""
+    scored = result.get("data", {}).get("corrupted_sets_sha256")
+    config = result["config"]
+    cells = [f"{c}/{s}" for c in config["corruptions"] for s in config["severities"]]
+    recorded = record["metrics"]["sha256"]
+    if scored is None or not all(k in recorded for k in cells):
+        return None
+    return scored != sets_digest({k: recorded[k] for k in cells})
+
+
+def _refuse_other_sets(digests: dict[str, str], recorded: dict[str, str], path: Path) -> None:
+    from .._common import DemHECError
+
+    differ = [k for k in digests if k in recorded and recorded[k] != digests[k]]
+    if differ:
+        raise DemHECError(
+            f"this machine's corrupted evaluation sets differ from those recorded in {path.name} at "
+            f"{len(differ)} of {len(digests)} sets ({', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}): "
+            "the profile's results were scored on other images. Compare the library versions in its "
+            "'made_with' with this machine's; delete the record only to start the profile's results afresh")
 
 
 def _corruption_libraries() -> dict[str, str]:

@@ -35,6 +35,7 @@ from ..training import DemHECConfig
 from .halves import EVAL_HALVES, HALF_SEED, eval_halves, half_description, pack_outcomes
 from .inputs import (
     build_eval_cache,
+    checked_corrupted_sets,
     corrupted_eval_kw,
     data_request,
     eval_data,
@@ -107,6 +108,7 @@ def robustness_result(exp: Experiment, phase: Run | str = "before", suite: str =
 
     def compute() -> dict:
         data = eval_data(exp)
+        sets = checked_corrupted_sets(exp, suite, corruptions, severities)
         model = run_model(exp, run, len(data.classes))
         score = functools.partial(evaluate, model, data, corruptions, severities, suite, **corrupted_eval_kw(exp))
         extra_config, extra_metrics = {}, {}
@@ -128,11 +130,17 @@ def robustness_result(exp: Experiment, phase: Run | str = "before", suite: str =
                             **extra_config},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
                              "table": table, **extra_metrics},
-                    data=provenance(data), seed=exp.seed)
+                    data=_scored_images(data, sets), seed=exp.seed)
 
     return get_or_compute(path, compute, fingerprint=result_spec(exp, kind, spec, **scored),
                           allow_train=exp.allow_train, recompute=exp.recompute,
                           what=f"{run.stem}{' + ' + adapt if adapt else ''} on {suite}")
+
+
+def _scored_images(data: Any, sets: str | None) -> dict[str, str]:
+    """A result's ``data``: the evaluation images' provenance and, for generated corrupted sets,
+    the digest of those it scored (:func:`.inputs.sets_digest`)."""
+    return {**provenance(data), **({"corrupted_sets_sha256": sets} if sets else {})}
 
 
 def halves_result(exp: Experiment, phase: Run | str = "before", suite: str = "cifar-c",
@@ -157,15 +165,16 @@ def halves_result(exp: Experiment, phase: Run | str = "before", suite: str = "ci
     kind = f"robustness/{model_run.phase}" + (f"+{adapt}" if adapt else "")
 
     @functools.cache
-    def scored_all() -> tuple[Any, dict, np.ndarray]:
+    def scored_all() -> tuple[Any, dict, np.ndarray, str | None]:
         data = eval_data(exp)
+        sets = checked_corrupted_sets(exp, suite, corruptions, severities)
         model = run_model(exp, model_run, len(data.classes))
         groups = list(eval_halves(data.labels).values()) if adapt is not None else None
         return data, cell_logits(model, data, corruptions, severities, suite, adapt=adapt, groups=groups,
-                                 **corrupted_eval_kw(exp)), data.labels
+                                 **corrupted_eval_kw(exp)), data.labels, sets
 
     def compute(half: str) -> dict:
-        data, logits, labels = scored_all()
+        data, logits, labels, sets = scored_all()
         idx = eval_halves(labels)[half]
         table = scored_rows(logits, labels, idx)
         y = np.asarray(labels)[idx]
@@ -175,7 +184,7 @@ def halves_result(exp: Experiment, phase: Run | str = "before", suite: str = "ci
                             "run": recorded, "split": half, "split_seed": HALF_SEED},
                     metrics={"clean_accuracy": float(table.loc[table.corruption == "clean", "accuracy"].iloc[0]),
                              "table": table, "correct": correct, "n": len(idx)},
-                    data={**provenance(data), "half": half_description(half), "count": str(len(idx)),
+                    data={**_scored_images(data, sets), "half": half_description(half), "count": str(len(idx)),
                           "split_count": str(len(labels))},
                     seed=exp.seed)
 
