@@ -546,6 +546,30 @@ def test_results_record_the_sets_they_scored_and_refuse_other_sets(tmp_path):
     ex.pipeline.halves_result(again, "before", corruptions=["gaussian_noise", "snow"], severities=[5])
 
 
+def test_uncached_sets_are_those_a_build_would_generate(tmp_path):
+    """A set counts as cached only as the current code makes it: a missing array, an unreadable
+    sidecar or one from an older cache format is listed, and building makes the list empty."""
+    import json
+
+    from demhec.corruptions.engine import cache_paths
+
+    exp = ex.Experiment(profile="smoke", results_dir=str(tmp_path))
+    grid = ("cifar-c", ["fog", "snow"], [1, 5])
+    assert ex.inputs.uncached_sets(exp, *grid) == ["fog/1", "fog/5", "snow/1", "snow/5"]
+    ex.inputs.build_eval_cache(exp, *grid)
+    assert ex.inputs.uncached_sets(exp, *grid) == []
+    kw = ex.inputs.corrupted_eval_kw(exp)
+    paths = {cell: cache_paths(kw["cache_dir"], "cifar-c", kw["key"], *cell) for cell in [("fog", 1), ("fog", 5), ("snow", 1)]}
+    paths["fog", 1][0].unlink()
+    meta = json.loads(paths["fog", 5][1].read_text())
+    paths["fog", 5][1].write_text(json.dumps({**meta, "format": meta["format"] - 1}))
+    paths["snow", 1][1].write_text("{not json")
+    assert ex.inputs.uncached_sets(exp, *grid) == ["fog/1", "fog/5", "snow/1"]
+    ex.inputs.build_eval_cache(exp, *grid)
+    assert ex.inputs.uncached_sets(exp, *grid) == []
+    assert json.loads(paths["fog", 5][1].read_text())["format"] == meta["format"]
+
+
 def test_each_halfs_file_holds_the_outcomes_of_its_own_images(tmp_path):
     """The halves are disjoint and cover the split, and each half's file holds, image by image,
     the outcomes of scoring that half's images directly: the base model's predictions on the

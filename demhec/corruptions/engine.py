@@ -202,6 +202,28 @@ def cache_paths(cache_dir: str | os.PathLike, suite: str, key: str, corruption: 
     return folder / f"{stem}.npy", folder / f"{stem}.json"
 
 
+def _cache_settings(images: np.ndarray, corruption: str, severity: int, suite: str, seed: int,
+                    key: str) -> dict[str, Any]:
+    # The clean images' hash too: a key names a split ("digits-eval"), and a split of other
+    # images under the same name (another image limit) must not get the old corrupted images.
+    return {"format": _CACHE_FORMAT, "suite": suite, "corruption": corruption, "severity": severity,
+            "seed": seed, "key": key, "clean": images_key(images)}
+
+
+def is_cached(images: np.ndarray, corruption: str, severity: int, suite: str, seed: int,
+              cache_dir: str | os.PathLike, key: str) -> bool:
+    """Whether the cache holds this corrupted set as the current code makes it: its files exist
+    and its sidecar records the same settings and cache format (without hashing the array, which
+    :func:`corrupt_split` does when it reads it). A set that fails here is generated on reading."""
+    path, meta_path = cache_paths(cache_dir, suite, key, corruption, severity)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    expected = _cache_settings(images, corruption, severity, suite, seed, key)
+    return path.exists() and isinstance(meta, dict) and all(meta.get(k) == v for k, v in expected.items())
+
+
 def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.ndarray | None:
     """The cached array if it is complete and unaltered; None (with a warning if bad) otherwise."""
     if not path.exists() and not meta_path.exists():
@@ -294,10 +316,7 @@ def _split_cell(images: np.ndarray, corruption: str, severity: int, suite: str, 
         out.flags.writeable = False
         return out
     path, meta_path = cache_paths(cache_dir, suite, key, corruption, severity)
-    # The clean images' hash too: a key names a split ("digits-eval"), and a split of other
-    # images under the same name (another image limit) must not get the old corrupted images.
-    expected = {"format": _CACHE_FORMAT, "suite": suite, "corruption": corruption,
-                "severity": severity, "seed": seed, "key": key, "clean": images_key(images)}
+    expected = _cache_settings(images, corruption, severity, suite, seed, key)
     cached = _load_cached(path, meta_path, expected)
     if cached is not None:
         logger.debug("corruption cache hit: %s", path)

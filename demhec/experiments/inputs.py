@@ -97,15 +97,17 @@ def build_eval_cache(exp: Experiment, suite: str = "cifar-c",
 
 def uncached_sets(exp: Experiment, suite: str = "cifar-c", corruptions: Sequence[str] | None = None,
                   severities: Sequence[int] | None = None) -> list[str]:
-    """The experiment's corrupted evaluation sets (``"<corruption>/<severity>"``) with no file in
-    the cache yet: what :func:`build_eval_cache` would generate rather than read (a file that fails
-    its check there is rebuilt too, unlisted here)."""
+    """The experiment's corrupted evaluation sets (``"<corruption>/<severity>"``) that
+    :func:`build_eval_cache` would generate rather than read: not in the cache, or cached with
+    other settings or by an older cache format (:func:`demhec.corruptions.engine.is_cached`; a
+    file whose bytes were altered is rebuilt there too, unlisted here)."""
     from ..corruptions import PAPER_CORRUPTIONS, PAPER_SEVERITIES
-    from ..corruptions.engine import cache_paths
+    from ..corruptions.engine import is_cached
 
     kw = corrupted_eval_kw(exp)
+    images = eval_data(exp).images
     return [f"{c}/{s}" for c in corruptions or PAPER_CORRUPTIONS for s in severities or PAPER_SEVERITIES
-            if not all(p.exists() for p in cache_paths(kw["cache_dir"], suite, kw["key"], c, s))]
+            if not is_cached(images, c, s, suite, kw["seed"], kw["cache_dir"], kw["key"])]
 
 
 def corrupted_set_digests(exp: Experiment, suite: str = "cifar-c",
