@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._common import DemHECError
 from ..data import ImageArrays, jpeg_source, load_named, subset
 from ..runs import EvalRun
 from .profiles import CORRUPTION_SEED, SUBSET_SEED, Experiment, Profile
@@ -200,8 +201,6 @@ def scored_other_sets(result: dict, record: dict) -> bool | None:
 
 
 def _refuse_other_sets(digests: dict[str, str], recorded: dict[str, str], path: Path) -> None:
-    from .._common import DemHECError
-
     differ = [k for k in digests if k in recorded and recorded[k] != digests[k]]
     if differ:
         raise DemHECError(
