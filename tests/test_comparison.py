@@ -320,3 +320,53 @@ def test_every_committed_result_that_names_its_corrupted_sets_scored_the_recorde
     assert scored_other_sets(result, {"metrics": {"sha256": {"fog/5": "c" * 64}}}) is True
     assert scored_other_sets(result, {"metrics": {"sha256": {"snow/5": "b" * 64}}}) is None
     assert scored_other_sets({**result, "data": {}}, record) is None
+
+
+def _record(n: int, correct: dict[str, int]) -> dict:
+    """A half's result whose cell ``c`` has the first ``correct[c]`` of ``n`` images right."""
+    from demhec.experiments.halves import pack_outcomes
+
+    cells = {"clean/0": correct["clean"], **{f"{c}/5": correct["noise"] for c in
+                                             ("gaussian_noise", "shot_noise", "impulse_noise")}}
+    table = [{"corruption": k.split("/")[0], "severity": int(k.split("/")[1]), "accuracy": 100 * v / n} for k, v in cells.items()]
+    return {"metrics": {"n": n, "table": table,
+                        "correct": {k: pack_outcomes(np.arange(n) < v) for k, v in cells.items()}}}
+
+
+def test_a_combination_beats_both_its_parts_only_when_it_is_ahead_of_each_beyond_the_paired_error():
+    """Dem-HEC on the push-pull model against the push-pull base and against Dem-HEC, Dem-HEC +
+    BN adaptation against Dem-HEC and against the adapted base: combination minus part, paired
+    over the same images, and the sentence that says whether it beats both."""
+    from demhec.experiments.comparison_tables import comparison_verdict, describe_comparison
+
+    n = 400
+    got = {("demhec", "none"): {"clean": 320, "noise": 240}, ("base", "bn"): {"clean": 330, "noise": 200},
+           ("demhec", "bn"): {"clean": 318, "noise": 280}, ("pushpull_base", "none"): {"clean": 340, "noise": 160},
+           ("pushpull_demhec", "none"): {"clean": 328, "noise": 300}}
+    records: dict = {}
+    for (run, adapt), c in got.items():
+        records.setdefault((run, 0), {})[adapt] = {"report": _record(n, c)}
+    table = pd.DataFrame([{"run": r, "adapt": a, "label": f"{r}+{a}", "missing": "", "split": "report"} for r, a in got])
+    verdict = comparison_verdict(records, table)
+    combos = verdict[verdict.kind == "combination"].set_index(["against", "metric"])
+    # The first k images right: the paired difference is exact, (k_combo - k_part) / n.
+    row = combos.loc[("pushpull_demhec+none vs pushpull_base+none", "noise_s5")]
+    assert row.demhec_minus == pytest.approx(100 * (300 - 160) / n) and row.outcome == "combination better"
+    row = combos.loc[("pushpull_demhec+none vs pushpull_base+none", "clean")]
+    assert row.demhec_minus == pytest.approx(100 * (328 - 340) / n) and row.outcome == "combination worse"
+    assert combos.loc[("pushpull_demhec+none vs demhec+none", "noise_s5")].demhec_minus == pytest.approx(15.0)
+    # 2 images of 400 apart: within the noise.
+    assert combos.loc[("demhec+bn vs demhec+none", "clean")].outcome == "within the images' noise"
+    assert not any(a.startswith("demhec+tent") for a, _ in combos.index)  # no TENT files: no row
+    text = describe_comparison(table, verdict)
+    assert "- pushpull_demhec+none, noise S5 mean: beats both its parts (+35.00 ± 2.39 against pushpull_base+none; +15.00 ± " in text
+    assert "- pushpull_demhec+none, clean accuracy: does not beat both its parts" in text
+    assert "- demhec+bn, noise S5 mean: beats both its parts (+10.00 ± " in text
+    # Ahead of one part only is not beating both.
+    records[("pushpull_demhec", 0)]["none"]["report"] = _record(n, {"clean": 328, "noise": 230})
+    text = describe_comparison(table, comparison_verdict(records, table))
+    assert "- pushpull_demhec+none, noise S5 mean: does not beat both its parts (+17.50 ± " in text
+    # One part unmeasured: no judgement.
+    del records[("demhec", 0)]
+    text = describe_comparison(table, comparison_verdict(records, table))
+    assert "- pushpull_demhec+none, noise S5 mean: not judged yet, one of its parts is not measured (+17.50 ± " in text

@@ -346,10 +346,12 @@ def describe_comparison(table: pd.DataFrame, verdict: pd.DataFrame) -> str:
             gm = g[g.metric == m]
             if gm.empty:
                 continue
-            beats = (gm.outcome == "combination better").all() and len(gm) == 2
+            beats = (gm.outcome == "combination better").all()
             shown = "; ".join(f"{r.demhec_minus:+.2f} ± {r.se:.2f} against {r.against.split(' vs ', 1)[1]}"
                               for r in gm.itertuples())
-            lines.append(f"- {combo}, {name}: {'beats' if beats else 'does not beat'} both its parts ({shown}).")
+            judged = (f"{'beats' if beats else 'does not beat'} both its parts" if len(gm) == 2
+                      else "not judged yet, one of its parts is not measured")
+            lines.append(f"- {combo}, {name}: {judged} ({shown}).")
     missing = table[table.missing != ""]
     if len(missing):
         lines.append("Not measured yet: " + "; ".join(f"{r.label} ({r.missing})" for r in missing.itertuples()) + ".")
