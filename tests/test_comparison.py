@@ -370,3 +370,17 @@ def test_a_combination_beats_both_its_parts_only_when_it_is_ahead_of_each_beyond
     del records[("demhec", 0)]
     text = describe_comparison(table, comparison_verdict(records, table))
     assert "- pushpull_demhec+none, noise S5 mean: not judged yet, one of its parts is not measured (+17.50 ± " in text
+    # The finding on Dem-HEC on the push-pull model reads the same rows, or says what the row lacks.
+    from demhec.experiments.comparison import RUNS
+    from demhec.experiments.findings import _pushpull_combination
+
+    label = RUNS["pushpull_demhec"].label
+    records[("demhec", 0)] = {"none": {"report": _record(n, got[("demhec", "none")])}}
+    table.loc[table.run == "pushpull_demhec", "label"] = label
+    answer = _pushpull_combination(table, comparison_verdict(records, table)).answer
+    assert answer.startswith(f"{label}, combination minus part: clean accuracy: does not beat both its parts")
+    assert "noise S5 mean: does not beat both its parts (+17.50 ± " in answer
+    del records[("pushpull_demhec", 0)]
+    table.loc[table.run == "pushpull_demhec", "missing"] = "training: step 5 of 10"
+    answer = _pushpull_combination(table, comparison_verdict(records, table)).answer
+    assert answer == f"Not measured yet: {label} (training: step 5 of 10)."

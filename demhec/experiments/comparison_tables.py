@@ -39,9 +39,9 @@ from .inputs import same_corrupted_sets
 from .layout import corrupted_sets_path
 from .stage_times import stage_times
 
-__all__ = ["COMPARISON_METRICS", "comparison_figure_input", "comparison_headline", "comparison_records", "comparison_table",
-           "comparison_verdict", "corrupted_sets_note", "describe_comparison", "run_metrics", "seed_summary", "seed_table", "table3_rows",
-           "table4_rows", "with_wall_times"]
+__all__ = ["COMPARISON_METRICS", "combination_sentences", "comparison_figure_input", "comparison_headline",
+           "comparison_records", "comparison_table", "comparison_verdict", "corrupted_sets_note", "describe_comparison",
+           "run_metrics", "seed_summary", "seed_table", "table3_rows", "table4_rows", "with_wall_times"]
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 Z = 1.96  # a difference counts when it exceeds 1.96 paired standard errors
@@ -327,6 +327,26 @@ def comparison_verdict(records: dict[tuple[str, int], dict[str, dict[str, dict]]
     return pd.DataFrame(rows, columns=["against", "metric", "demhec_minus", "se", "outcome", "kind", "combination"])
 
 
+def combination_sentences(verdict: pd.DataFrame) -> dict[str, list[str]]:
+    """Per combination (its label), one clause per judged metric: whether it beats both its parts
+    (ahead of each by 1.96 paired standard errors), with combination minus part for each part; a
+    combination with one part unmeasured is not judged."""
+    out: dict[str, list[str]] = {}
+    combos = verdict[verdict.kind == "combination"]
+    for combo, g in combos.groupby("combination", sort=False):
+        for m, name in COMPARISON_METRICS.items():
+            gm = g[g.metric == m]
+            if gm.empty:
+                continue
+            beats = (gm.outcome == "combination better").all()
+            shown = "; ".join(f"{r.demhec_minus:+.2f} ± {r.se:.2f} against {r.against.split(' vs ', 1)[1]}"
+                              for r in gm.itertuples())
+            judged = (f"{'beats' if beats else 'does not beat'} both its parts" if len(gm) == 2
+                      else "not judged yet, one of its parts is not measured")
+            out.setdefault(combo, []).append(f"{name}: {judged} ({shown})")
+    return out
+
+
 def describe_comparison(table: pd.DataFrame, verdict: pd.DataFrame) -> str:
     """The verdict in sentences: on each metric, the compared models Dem-HEC beats, loses to and
     ties with (by 1.96 paired standard errors); whether each combination beats both its parts; and
@@ -340,18 +360,8 @@ def describe_comparison(table: pd.DataFrame, verdict: pd.DataFrame) -> str:
         parts = [f"{word} {len(who)} ({', '.join(who)})" for outcome, word in words.items()
                  if (who := v[v.outcome == outcome].against.tolist())]
         lines.append(f"- {name}: " + ("; ".join(parts) if parts else "nothing measured yet") + ".")
-    combos = verdict[verdict.kind == "combination"]
-    for combo, g in combos.groupby("combination", sort=False):
-        for m, name in COMPARISON_METRICS.items():
-            gm = g[g.metric == m]
-            if gm.empty:
-                continue
-            beats = (gm.outcome == "combination better").all()
-            shown = "; ".join(f"{r.demhec_minus:+.2f} ± {r.se:.2f} against {r.against.split(' vs ', 1)[1]}"
-                              for r in gm.itertuples())
-            judged = (f"{'beats' if beats else 'does not beat'} both its parts" if len(gm) == 2
-                      else "not judged yet, one of its parts is not measured")
-            lines.append(f"- {combo}, {name}: {judged} ({shown}).")
+    for combo, said in combination_sentences(verdict).items():
+        lines += [f"- {combo}, {sentence}." for sentence in said]
     missing = table[table.missing != ""]
     if len(missing):
         lines.append("Not measured yet: " + "; ".join(f"{r.label} ({r.missing})" for r in missing.itertuples()) + ".")

@@ -160,7 +160,7 @@ class Finding:
     evidence: str  # the label of the evidence the answer rests on, and its rank
     files: list[str]
     also: list[str] = field(default_factory=list)  # lower-ranked evidence on the same question
-    key: str = ""  # which question: "<run> vs <ref>", "what to set" or "compared methods"
+    key: str = ""  # which question: "<run> vs <ref>", "what to set", "compared methods" or "pushpull combination"
 
 
 def _against(ev: Evidence, run: str, ref: str, metrics: Sequence[str]) -> str:
@@ -280,7 +280,26 @@ def findings(results: str | Path = "results") -> list[Finding]:
             f"({', '.join(losses) or 'none'}), of {len(compared)} measured"
             + (f"; not measured yet: {', '.join(missing)}." if missing else "."),
             COMPARISON_EVIDENCE, ["results/cpu/a3/"], key="compared methods"))
+        out.append(_pushpull_combination(table, verdict))
     return out
+
+
+def _pushpull_combination(table: pd.DataFrame, verdict: pd.DataFrame) -> Finding:
+    """Dem-HEC on the push-pull model against both its parts (the push-pull base, and Dem-HEC on
+    the plain ResNet-20), from the comparison's combination rows; until it is scored, what it lacks."""
+    from .comparison import RUNS
+    from .comparison_tables import combination_sentences
+
+    label = RUNS["pushpull_demhec"].label
+    said = combination_sentences(verdict).get(label)
+    if said:
+        answer = f"{label}, combination minus part: " + "; ".join(said) + "."
+    else:
+        row = table[(table.run == "pushpull_demhec") & (table.adapt == "none")]
+        lacks = row.missing.iloc[0] if len(row) and row.missing.iloc[0] else "its parts are not both scored"
+        answer = f"Not measured yet: {label} ({lacks})."
+    return Finding("Does Dem-HEC on the push-pull model beat both its parts (the push-pull base, and Dem-HEC "
+                   "on the ResNet-20)?", answer, COMPARISON_EVIDENCE, ["results/cpu/a3/"], key="pushpull combination")
 
 
 def _comparison(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
