@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import hashlib
 import math
 import os
 import re
@@ -130,6 +131,15 @@ def check_device(device: Any) -> str:
     if m[1] == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise DemHECError("device 'mps' was requested, but this PyTorch has no MPS backend here; use --device cpu")
     return text
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in blocks (bounded memory for large archives)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _free_space_error(path: Path, err: OSError, needed: int | None = None) -> DemHECError:

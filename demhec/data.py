@@ -47,6 +47,7 @@ from ._common import (
     check_range,
     download_archive,
     download_failed,
+    file_sha256,
     load_array,
     network_errors,
     safe_extract,
@@ -526,14 +527,15 @@ def dataset_to_arrays(
 
 
 def _fingerprint(source: Path) -> str:
-    """Identity of the source for the decode cache: a changed archive or folder is re-decoded."""
+    """Identity of the source for the decode cache, from what it holds: an archive's bytes (a
+    copy or a remount with a new modification time reuses the cache; an edited archive does not),
+    or a folder's files with their sizes and modification times (an image replaced under the same
+    name is decoded again)."""
     if source.is_file():
-        st = source.stat()
-        ident = [str(source.resolve()), st.st_size, st.st_mtime_ns]
-    else:
-        files = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
-        ident = [str(source.resolve()), files]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+        return file_sha256(source)[:16]
+    files = [[str(p.relative_to(source)), (st := p.stat()).st_size, st.st_mtime_ns]
+             for p in sorted(source.rglob("*")) if p.is_file()]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 def _extract_once(archive: Path, target: Path) -> Path:

@@ -341,6 +341,39 @@ def test_cifar10_jpeg_split(jpeg_tar, tmp_path, monkeypatch):
     assert {_image_id(i) for i in other.images} != eval_ids
 
 
+def test_the_decode_cache_follows_the_images_not_the_path_or_the_clock(jpeg_tar, tmp_path, monkeypatch):
+    """A copy of the archive elsewhere, with a new modification time, reads the decoded cache; an
+    archive with other bytes, or a folder image replaced under the same name, is decoded again."""
+    cache = tmp_path / "cache"
+    first = cifar10_jpeg_split(jpeg_tar, cache, eval_per_class=2)[0]
+    copy = tmp_path / "elsewhere" / "cifar10-jpeg-train.tar.gz"
+    copy.parent.mkdir()
+    shutil.copy(jpeg_tar, copy)
+    os.utime(copy, ns=(1, 1))
+    decoded = []
+    real_load = data._load_rgb
+    monkeypatch.setattr(data, "_load_rgb", lambda p: decoded.append(p) or real_load(p))
+    assert np.array_equal(cifar10_jpeg_split(copy, cache, eval_per_class=2)[0].images, first.images)
+    assert not decoded
+    with tarfile.open(jpeg_tar) as tar:  # the same images, packed again: other bytes
+        tar.extractall(tmp_path / "folder", filter="data")
+    repacked = tmp_path / "repacked.tar.gz"
+    with tarfile.open(repacked, "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "train", arcname="train")
+    cifar10_jpeg_split(repacked, cache, eval_per_class=2)
+    assert len(decoded) == 50
+    folder = tmp_path / "folder"
+    cifar10_jpeg_split(folder, cache, eval_per_class=2)
+    decoded.clear()
+    cifar10_jpeg_split(folder, cache, eval_per_class=2)
+    assert not decoded  # unchanged folder: cached
+    cat = folder / "train" / "cat" / "0000.jpg"
+    _flat_image(20 + 4 * 55).save(cat, "JPEG", quality=75)  # image id 55
+    os.utime(cat, ns=(cat.stat().st_mtime_ns + 10**9,) * 2)
+    train, ev = cifar10_jpeg_split(folder, cache, eval_per_class=2)
+    assert len(decoded) == 50 and 55 in {_image_id(i) for i in (*train.images, *ev.images)}
+
+
 def test_extraction_finished_by_another_process(jpeg_tar, tmp_path, monkeypatch):
     """Two processes (torchrun ranks, parallel runs) extracting the same archive: the one that
     finishes second keeps the other's folder instead of failing on the rename."""

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .._common import DemHECError, atomic_write, check_choice, check_range, load_array
+from .._common import DemHECError, atomic_write, check_choice, check_range, file_sha256, load_array
 from . import cifar_c, imagenet_c
 from .common import (
     PAPER_CORRUPTIONS,
@@ -99,14 +99,6 @@ def images_key(images: np.ndarray) -> str:
     for i in range(0, len(images), 1024):  # bounded memory for memory-mapped splits
         digest.update(np.ascontiguousarray(images[i:i + 1024]).data)
     return digest.hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -239,7 +231,7 @@ def _load_cached(path: Path, meta_path: Path, expected: dict[str, Any]) -> np.nd
             return None
         if path.stat().st_size != meta["file_size"]:
             raise ValueError(f"size {path.stat().st_size} != recorded {meta['file_size']}")
-        if _sha256(path) != meta["sha256"]:
+        if file_sha256(path) != meta["sha256"]:
             raise ValueError("sha256 checksum mismatch")
         array = load_array(path, "corruption cache", mmap=True)
         if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
@@ -297,7 +289,7 @@ def _build_cached(images: np.ndarray, path: Path, meta_path: Path, expected: dic
         out.flush()
         del out
         meta = dict(expected, shape=list(images.shape), dtype="uint8",
-                    file_size=tmp.stat().st_size, sha256=_sha256(tmp))
+                    file_size=tmp.stat().st_size, sha256=file_sha256(tmp))
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
