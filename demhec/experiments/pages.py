@@ -57,7 +57,6 @@ PAPER_TABLE3 = {"plain": "pad_crop", "trivialaugment": "trivialaugment", "ba": "
                 "ba_aa": "batch_augment_autoaugment", "augmix": "augmix", "augmax": "augmax", "ipmix": "ipmix",
                 "dv_ap_jsd": "dv_ap_jsd", "demhec": "dem_hec"}
 PAPER_TABLE4 = {"demhec": "dem_hec", "pushpull_base": "push_pull_ranabhat2025"}
-KIND_ORDER = ("fine-tuned", "from scratch", "test-time")
 
 
 @dataclass
