@@ -2,7 +2,8 @@
 
 Each block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
 README.md or a page of docs/ and is produced by the function of that name below (:data:`BLOCKS`)
-from ``results/`` (the ``notebooks`` block from the notebooks on disk), so no number in it is typed
+from ``results/`` (the ``notebooks`` block from the notebooks on disk, ``open-choices`` from the
+table of docs/compared_methods.md), so no number in it is typed
 by hand. ``--check`` exits non-zero when a block differs from what the results give
 (``tests/test_readme.py`` runs it); without it the blocks are rewritten in place::
 
@@ -332,6 +333,18 @@ def comparison(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def open_choices(results: Path) -> str:
+    """The settings the compared methods' papers leave open (or that could not be read) and our
+    choice for each, one line per method, as the table of docs/compared_methods.md states them
+    (its last column): that table is the one source, this block its summary on the front page."""
+    rows = []
+    for line in (ROOT / "docs" / "compared_methods.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("|") and len(cells) == 4 and cells[0] not in ("method", "---") and cells[3] != "none":
+            rows.append(f"- **{cells[0]}**, {cells[1]}: {cells[3]}")
+    return "\n".join(rows) + "\n" if rows else "No compared method leaves a setting open.\n"
+
+
 def _tracked_notebooks(pattern: str) -> list[Path]:
     """The notebooks matching ``pattern`` on disk that git tracks or would track: not a scratch
     copy that git ignores (the ``out.ipynb`` of the README's papermill command)."""
@@ -365,7 +378,7 @@ def notebooks(results: Path, page: Path) -> str:
 
 BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "gpu-comparison": gpu_comparison, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
                                             "cpu-stage-times": cpu_stage_times, "findings": findings_block, "evidence": evidence_block,
-                                            "comparison": comparison}
+                                            "comparison": comparison, "open-choices": open_choices}
 # Blocks whose text depends on the page they sit on (relative links).
 PAGE_BLOCKS: dict[str, Callable[[Path, Path], str]] = {"notebooks": notebooks}
 

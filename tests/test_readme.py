@@ -46,10 +46,21 @@ def test_the_committed_blocks_are_current():
     """Every generated block of README.md and docs/*.md is what the renderer gives now (the
     renderer's --check: render == committed, so a second render changes no byte)."""
     blocks = [m["name"] for page in pages() for m in load_script("render_readme").BLOCK.finditer(page.read_text())]
-    assert {"findings", "evidence", "comparison", "gpu", "cpu-controls", "cpu-recommended", "cpu-stage-times",
-            "notebooks"} <= set(blocks), blocks
+    assert {"findings", "evidence", "comparison", "open-choices", "gpu", "cpu-controls", "cpu-recommended",
+            "cpu-stage-times", "notebooks"} <= set(blocks), blocks
     run = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_readme_lists_the_choices_the_compared_methods_papers_leave_open():
+    """One line per method of docs/compared_methods.md whose settings column is not "none", with
+    that column's text: the docs table is the one source."""
+    block = _script().open_choices(ROOT / "results")
+    table = (ROOT / "docs" / "compared_methods.md").read_text()
+    for method in ("BA, BA (AA)", "AugMax", "IPMix", "DV+AP+JSD", "push-pull ResNet-20 (Table 4)"):
+        line = next(x for x in block.splitlines() if x.startswith(f"- **{method}**"))
+        assert line.split(": ", 1)[1] in table
+    assert "**TA**" not in block and "**AugMix**" not in block  # their settings are the official ones
 
 
 def test_a_stale_block_is_caught_and_rewritten(tmp_path):
