@@ -90,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         # notebook 14's default backbone, by the smallest timm ResNet (timm's own test model)
         substitutes={**_CPU_STAND_INS, "timm:resnet10t": "timm:test_resnet"}),
     "demo": Profile(
-        "demo", "the embedded digits dataset, ResNet-20 from scratch, then Dem-HEC (CPU, minutes)",
+        "demo", "the embedded digits dataset, models trained here from scratch, then Dem-HEC (CPU, minutes)",
         "digits", None, None, TrainConfig(epochs=8, batch_size=64, lr=0.05),
         DemHECConfig(epochs=3, batch_size=64, warmup_epochs=0.5, lr=0.02), pretrained=False,
         eval_batch_size=256, entropy_images=200, substitutes=_DEMO_STAND_INS, overrides=_VIT_FROM_SCRATCH),
