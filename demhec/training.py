@@ -24,6 +24,8 @@ import functools
 import hashlib
 import logging
 import math
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,6 +331,34 @@ def _fingerprint(kind: str, cfg: Any) -> dict:
     return {"kind": kind, **without_unchanged(cfg), "world_size": rank_and_world()[1]}
 
 
+@contextlib.contextmanager
+def _stop_at_step_end(enabled: bool) -> Iterator[Callable[[], bool]]:
+    """While a training loop runs, SIGINT and SIGTERM ask it to stop at the end of the step under
+    way, where it saves its checkpoint and raises KeyboardInterrupt: Ctrl-C, a scheduler's stop or
+    a preemptible machine's SIGTERM loses no step. (A checkpoint taken inside a step would hold
+    BatchNorm statistics that the step has already moved, and the resume would move them twice.)
+    A second signal interrupts at once. Off outside the main thread (signals reach only that one)
+    and in distributed runs (the ranks could stop at different steps and wait on each other)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked: list[int] = []
+
+    def ask(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        log.warning("%s: stopping at the end of this step (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def run_steps(
     kind: str,
     model: nn.Module,
@@ -432,7 +462,9 @@ def run_steps(
 
         bar = tqdm(total=total, initial=step, desc=kind, unit="step", dynamic_ncols=True)
     parts: dict[str, float] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        stop_asked = stack.enter_context(_stop_at_step_end(rank_and_world()[1] == 1))
+        stack.callback(lambda: bar is not None and bar.close())
         while step < total:
             epoch, skip = divmod(step, spe)
             for x, y in batches.epoch(epoch, skip=skip):
@@ -462,13 +494,13 @@ def run_steps(
                     on_step(step, parts)
                 if checkpoint_every and step % checkpoint_every == 0:
                     save(parts)
-                if step >= total:
+                if step >= total or stop_asked():
                     break
-            if step % spe == 0 or step >= total:
+            if step % spe == 0 or step >= total or (stop_asked() and saved_at[-1:] != [step]):
                 save(parts)
-    finally:
-        if bar is not None:
-            bar.close()
+            if stop_asked():
+                raise KeyboardInterrupt(f"{kind} stopped at step {step}/{total}"
+                                        + (f"; {ckpt.name} holds it" if ckpt is not None else ""))
     # A finished run whose weights diverged is an error, not a result.
     check_weights(parts)
     model.eval()

@@ -35,20 +35,21 @@ SCRIPT = textwrap.dedent('''
         with open(sys.argv[1] + ".steps", "a") as f:
             f.write(f"{{step}}\\n")
         time.sleep(float(sys.argv[3]))
+    every = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     if sys.argv[2] == "train":
         train(model, (x, y), TrainConfig(epochs=3, batch_size=16, lr=0.05),
-              checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=2, on_step=slow)
+              checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=every, on_step=slow)
     else:
         finetune(model, (x, y), DemHECConfig(epochs=2, batch_size=16, steps=2, warmup_epochs=0.5),
-                 checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=2, on_step=slow)
+                 checkpoint=sys.argv[1] + ".ckpt", checkpoint_every=every, on_step=slow)
     torch.save(model.state_dict(), sys.argv[1] + ".pt")
 ''')
 
 
-def _run(tmp_path, name, kind, delay="0"):
+def _run(tmp_path, name, kind, delay="0", every="2"):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
-    return subprocess.Popen([sys.executable, str(script), str(tmp_path / name), kind, delay],
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / name), kind, delay, every],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -82,6 +83,53 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kind):
     b = torch.load(tmp_path / "run.pt")
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["train", "finetune"])
+def test_sigterm_stops_at_the_end_of_the_step_with_its_checkpoint(tmp_path, kind):
+    """SIGTERM (or Ctrl-C) mid-run: the step under way finishes, its checkpoint is written (none
+    of the steps taken is lost, though the run saves only at epoch ends here), the process stops,
+    and the resume takes exactly the remaining steps to the uninterrupted run's weights."""
+    ref = _run(tmp_path, "ref", kind, every="0")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+    victim = _run(tmp_path, "run", kind, delay="0.3", every="0")
+    steps = tmp_path / "run.steps"
+    deadline = time.time() + 120
+    while (not steps.exists() or len(steps.read_text().split()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGTERM)
+    assert victim.wait(timeout=60) != 0
+    assert "stopped at step" in victim.stderr.read().decode()
+    taken = [int(s) for s in steps.read_text().split()]
+    step = torch.load(tmp_path / "run.ckpt", weights_only=False)["step"]
+    total = 18 if kind == "train" else 12
+    assert step == taken[-1] and 2 <= step < total
+    assert not (tmp_path / "run.pt").exists()
+    steps.unlink()
+    resumed = _run(tmp_path, "run", kind, every="0")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert [int(s) for s in steps.read_text().split()] == list(range(step + 1, total + 1))
+    a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "run.pt")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+
+
+def test_a_second_signal_stops_at_once_and_the_handlers_are_restored():
+    from demhec.training import _stop_at_step_end
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with _stop_at_step_end(True) as asked:
+        assert not asked()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # Python runs the handler between bytecodes
+        assert asked()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert {s: signal.getsignal(s) for s in before} == before
+    with _stop_at_step_end(False) as asked:  # a distributed run: the handlers stay as they are
+        assert {s: signal.getsignal(s) for s in before} == before and not asked()
 
 
 def _data(n=32):
