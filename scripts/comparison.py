@@ -140,4 +140,7 @@ def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as stop:  # training saved its step first (see demhec.training)
+        raise SystemExit(f"interrupted{f': {stop}' if str(stop) else ''}; re-run the same command to resume") from None
