@@ -573,7 +573,7 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     change from the base model in points. ``target`` = (x_min, y_min) shades the region where
     both targets hold. ``families`` maps the ``run`` column's values to a family (e.g.
     :attr:`demhec.experiments.runs.Run.family`): runs of one family share a marker shape and
-    are listed together in the legend.
+    are listed together in the legend; within a family no two of the first 20 runs share a colour.
 
     ``df`` is :func:`demhec.experiments.tables.ablation_summary`'s table; rows labelled "base
     model" are left out. With a ``split`` column holding both halves of the selection protocol
@@ -597,11 +597,13 @@ def tradeoff_figure(df: pd.DataFrame, x: tuple[str, str] = ("d_clean", "clean ac
     order = _unique(family_of[lab] for lab in df["label"])
     labels = sorted(_unique(df["label"]), key=lambda lab: order.index(family_of[lab]))
     markers = dict(zip(order, "DsP^vX*<>ph" * (len(order) // 11 + 1)))
-    tab10 = matplotlib.colormaps["tab10"].colors
+    # tab10's ten colours, then their light shades: a family of up to 20 runs has no repeat
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colours = tab20[0::2] + tab20[1::2]
     style, counts = {}, dict.fromkeys(order, 0)
     for lab in labels:  # colours restart in each family: a run is found by its shape and colour
         fam = family_of[lab]
-        style[lab] = (tab10[counts[fam] % 10], markers[fam])
+        style[lab] = (colours[counts[fam] % len(colours)], markers[fam])
         counts[fam] += 1
     halves = "split" in df.columns and df["split"].nunique() > 1
     if halves and set(df["split"]) != {"selection", "report"}:

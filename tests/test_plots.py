@@ -423,6 +423,17 @@ def test_tradeoff_figure_groups_runs_by_family() -> None:
         plots.tradeoff_figure(df, families={"x": "first"})
 
 
+@pytest.mark.parametrize("n_runs", [3, 12, 20])
+def test_tradeoff_figure_gives_each_run_of_a_family_its_own_colour(n_runs: int) -> None:
+    # The comparison draws a dozen fine-tuned runs with one marker shape: colour alone tells them apart.
+    runs = [f"run {i}" for i in range(n_runs)]
+    df = pd.DataFrame({"run": runs, "label": runs, "seed": 0,
+                       "d_clean": np.arange(n_runs, dtype=float), "d_noise_s5": 1.0})
+    ax = plots.tradeoff_figure(df, families=dict.fromkeys(runs, "fine-tuned")).axes[0]
+    colours = [tuple(line.get_color()) for line in ax.lines if line.get_label().endswith("(n=1)")]
+    assert len(colours) == n_runs == len(set(colours))
+
+
 def test_show_figure_saves_outside_a_notebook(tmp_path) -> None:
     assert plots.show_figure(_small_figure(), "curve", tmp_path) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.pdf", "curve.png"]
