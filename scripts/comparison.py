@@ -36,12 +36,12 @@ from demhec.experiments.comparison import (
     Run,
     comparison_experiment,
     comparison_run,
+    resumes,
     score_run,
     train_run_model,
     write_manifest,
 )
 from demhec.experiments.inputs import build_eval_cache, record_corrupted_sets, uncached_sets
-from demhec.experiments.layout import model_path
 from demhec.experiments.profiles import Experiment
 from demhec.experiments.stage_times import record_stage_time
 
@@ -128,9 +128,7 @@ def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
     print(f"== {run.name} ({run.label}), seed {exp.seed}", flush=True)
     # A base without committed weights (push-pull) is trained from scratch.
     if "train" in stages and (run.fine_tuned or not exp.base_weights_path):
-        # A resumed run's wall time covers only what was left; its stage name says so.
-        resumed = model_path(exp, run).with_suffix(".ckpt").exists() and not model_path(exp, run).exists()
-        stage = f"{run.name} model (A.3{', the rest after a resume checkpoint' if resumed else ''})"
+        stage = f"{run.name} model (A.3{', the rest after a resume checkpoint' if resumes(run, exp) else ''})"
         timed(exp, stage, lambda: train_run_model(run, exp))
     if "score" in stages:
         timed(exp, f"{run.name} scoring (15 corruptions, S1-S5, both halves)", lambda: score_run(run, exp))

@@ -53,6 +53,22 @@ def test_each_seed_has_its_own_checkpoint_where_training_writes_it(run):
     assert paths[1] == model_path(exp, "demhec" if run.name == "pushpull_demhec" else run.name)
 
 
+@pytest.mark.parametrize("run", [r for r in COMPARISON if r.name != "base"], ids=lambda r: r.name)
+def test_a_run_resumes_when_its_checkpoint_sits_where_training_writes_it(run, tmp_path):
+    # The queue names a resumed run's wall time as partial from this; the push-pull Dem-HEC's files
+    # are named after the method, not the run, so a check on the run's name missed its checkpoint.
+    from demhec.experiments.comparison import checkpoint_path, resumes
+
+    exp = comparison_experiment(run, results_dir=str(tmp_path))
+    path = checkpoint_path(run, exp)
+    assert not resumes(run, exp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".ckpt").write_bytes(b"")
+    assert resumes(run, exp)
+    path.write_bytes(b"")
+    assert not resumes(run, exp)
+
+
 def test_the_comparison_names_every_method_once():
     names = [r.name for r in COMPARISON]
     assert len(names) == len(set(names))

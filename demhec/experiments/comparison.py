@@ -33,7 +33,7 @@ from .profiles import REPO_ROOT, Experiment
 from .runs import Run, gaussian_aug_sigma
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "GPU_SEEDS", "GPU_TWIN", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
-           "comparison_run", "is_fully_scored", "is_scored", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
+           "comparison_run", "is_fully_scored", "is_scored", "resumes", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
            "write_manifest"]
 
 PROFILE = "a3"
@@ -146,6 +146,14 @@ def checkpoint_path(run: Run, exp: Experiment) -> Path:
     if not run.fine_tuned:
         return REPO_ROOT / exp.base_weights_path if exp.base_weights_path else exp.checkpoint("base")
     return model_path(exp, run_tag(run))
+
+
+def resumes(run: Run, exp: Experiment) -> bool:
+    """Whether training ``run`` continues from a resume checkpoint: one sits beside where
+    :func:`checkpoint_path` puts the state dict, and the state dict is not written yet. A resumed
+    run's wall time covers only the steps that were left."""
+    path = checkpoint_path(run, exp)
+    return path.with_suffix(".ckpt").exists() and not path.exists()
 
 
 def write_manifest(exp: Experiment) -> Path:
