@@ -162,7 +162,8 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
                   "(a difference beyond 1.96 `se` is more than the images' noise); `mce`: mean corruption error over "
                   "the scored cells, the base = 100; `step_cost`: a training step in plain steps "
                   "(`benchmarks/method_cost.py`); `train_wall_h`: the training's wall time on this machine's "
-                  "loaded cores, not a property of the method."))
+                  "loaded cores, not a property of the method, and empty where training went on from a resume "
+                  "checkpoint (its record times only the rest)."))
     for metric in ("noise_s5", "all15_s5"):
         points = comparison_figure_input(table, metric)
         if points.empty:
