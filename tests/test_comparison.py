@@ -17,7 +17,13 @@ import demhec
 from demhec.baselines import METHODS, Method, Step, get_method, register_method
 from demhec.batches import TensorBatches, random_crop_flip
 from demhec.corruptions import CORRUPTIONS
-from demhec.experiments.comparison import COMPARISON, comparison_experiment, run_config
+from demhec.experiments.comparison import (
+    COMPARISON,
+    PROFILE,
+    RUNS,
+    comparison_experiment,
+    run_config,
+)
 from demhec.models import list_models
 
 from .conftest import TinyNet, jpeg_archive
@@ -57,16 +63,33 @@ def test_each_seed_has_its_own_checkpoint_where_training_writes_it(run):
 def test_a_run_resumes_when_its_checkpoint_sits_where_training_writes_it(run, tmp_path):
     # The queue names a resumed run's wall time as partial from this; the push-pull Dem-HEC's files
     # are named after the method, not the run, so a check on the run's name missed its checkpoint.
-    from demhec.experiments.comparison import checkpoint_path, resumes
+    from demhec.experiments.comparison import checkpoint_path, resume_checkpoint, resumes
 
     exp = comparison_experiment(run, results_dir=str(tmp_path))
     path = checkpoint_path(run, exp)
-    assert not resumes(run, exp)
+    assert not resumes(run, exp) and resume_checkpoint(run, exp) is None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".ckpt").write_bytes(b"")
-    assert resumes(run, exp)
+    assert resumes(run, exp) and resume_checkpoint(run, exp) == path.with_suffix(".ckpt")
     path.write_bytes(b"")
-    assert not resumes(run, exp)
+    assert not resumes(run, exp) and resume_checkpoint(run, exp) is None
+
+
+def test_a_row_without_results_says_how_far_its_training_got(tmp_path):
+    # The push-pull Dem-HEC's files are named after the method: its row must find its checkpoint.
+    from demhec.experiments.comparison import checkpoint_path
+    from demhec.experiments.comparison_tables import _missing
+
+    run = RUNS["pushpull_demhec"]
+    exp = comparison_experiment(run, results_dir=str(tmp_path))
+    path = checkpoint_path(run, exp)
+    assert _missing(run.name, 0, PROFILE, tmp_path) == "not trained yet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fingerprint": {}, "step": 1234}, path.with_suffix(".ckpt"))
+    # A.3: 20 epochs of the 45,000-image split at batch 128.
+    assert _missing(run.name, 0, PROFILE, tmp_path) == "training: step 1,234 of 7,020"
+    path.write_bytes(b"")
+    assert _missing(run.name, 0, PROFILE, tmp_path) == "not scored yet"
 
 
 def test_the_comparison_names_every_method_once():

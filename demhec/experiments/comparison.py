@@ -33,7 +33,7 @@ from .profiles import REPO_ROOT, Experiment
 from .runs import Run, gaussian_aug_sigma
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "GPU_SEEDS", "GPU_TWIN", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
-           "comparison_run", "is_fully_scored", "is_scored", "resumes", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
+           "comparison_run", "is_fully_scored", "is_scored", "resume_checkpoint", "resumes", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
            "write_manifest"]
 
 PROFILE = "a3"
@@ -148,12 +148,18 @@ def checkpoint_path(run: Run, exp: Experiment) -> Path:
     return model_path(exp, run_tag(run))
 
 
-def resumes(run: Run, exp: Experiment) -> bool:
-    """Whether training ``run`` continues from a resume checkpoint: one sits beside where
-    :func:`checkpoint_path` puts the state dict, and the state dict is not written yet. A resumed
-    run's wall time covers only the steps that were left."""
+def resume_checkpoint(run: Run, exp: Experiment) -> Path | None:
+    """The resume checkpoint training ``run`` continues from, or None: the ``.ckpt`` beside where
+    :func:`checkpoint_path` puts the state dict, while the state dict is not written yet."""
     path = checkpoint_path(run, exp)
-    return path.with_suffix(".ckpt").exists() and not path.exists()
+    resume = path.with_suffix(".ckpt")
+    return resume if resume.is_file() and not path.exists() else None
+
+
+def resumes(run: Run, exp: Experiment) -> bool:
+    """Whether training ``run`` continues from a resume checkpoint (:func:`resume_checkpoint`): a
+    resumed run's wall time covers only the steps that were left."""
+    return resume_checkpoint(run, exp) is not None
 
 
 def write_manifest(exp: Experiment) -> Path:

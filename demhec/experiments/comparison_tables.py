@@ -31,6 +31,7 @@ from .comparison import (
     checkpoint_path,
     comparison_experiment,
     is_scored,
+    resume_checkpoint,
     run_config,
     score_run,
 )
@@ -128,11 +129,10 @@ def _missing(run_name: str, seed: int, profile: str, results_dir: str | Path) ->
     """What a row without results lacks: its training (and where it stands) or its scoring."""
     run = RUNS[run_name]
     exp = comparison_experiment(run, profile=profile, results_dir=str(results_dir), seed=seed)
-    path = checkpoint_path(run, exp)
-    if path.is_file():
+    if checkpoint_path(run, exp).is_file():
         return "not scored yet"
-    resume = path.with_suffix(".ckpt")
-    if resume.is_file():
+    resume = resume_checkpoint(run, exp)
+    if resume is not None:
         cfg = run_config(exp, run) or exp.base_config
         total = cfg.epochs * (45_000 // cfg.batch_size)
         return f"training: step {read_checkpoint(resume)['step']:,} of {total:,}"
