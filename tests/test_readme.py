@@ -201,6 +201,17 @@ def test_the_readme_findings_are_the_sites_and_the_librarys():
     assert all(i >= 0 for i in where) and where == sorted(where), "the site's findings differ from the README's"
 
 
+def test_the_compared_methods_finding_accounts_for_every_measured_method():
+    from demhec.experiments.findings import findings
+
+    found = {f.key: f for f in findings(ROOT / "results")}
+    m = re.match(r"Better than (\d+) \(.*\), worse than (\d+) \(.*\), tied with (\d+) \(.*\), of (\d+) measured",
+                 found["compared methods"].answer)
+    assert m, found["compared methods"].answer
+    better, worse, tied, measured = map(int, m.groups())
+    assert better + worse + tied == measured
+
+
 def test_one_verdict_on_the_readme_the_site_and_the_table3_page():
     from demhec.experiments.findings import headline
 

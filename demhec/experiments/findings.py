@@ -273,11 +273,13 @@ def findings(results: str | Path = "results") -> list[Finding]:
         compared = verdict[(verdict.kind == "compared") & (verdict.metric == "noise_s5")]
         wins = compared[compared.outcome == "Dem-HEC better"].against.tolist()
         losses = compared[compared.outcome == "Dem-HEC worse"].against.tolist()
+        ties = compared[compared.outcome == "within the images' noise"].against.tolist()
         missing = table[(table.missing != "") & (table.adapt == "none")].label.tolist()
         out.append(Finding(
             "Which of the methods the paper compares with does Dem-HEC beat on the noise S5 mean?",
             f"Better than {len(wins)} ({', '.join(wins) or 'none'}), worse than {len(losses)} "
-            f"({', '.join(losses) or 'none'}), of {len(compared)} measured"
+            f"({', '.join(losses) or 'none'}), tied with {len(ties)} ({', '.join(ties) or 'none'}), "
+            f"of {len(compared)} measured"
             + (f"; not measured yet: {', '.join(missing)}." if missing else "."),
             COMPARISON_EVIDENCE, ["results/cpu/a3/"], key="compared methods"))
         out.append(_pushpull_combination(table, verdict))
