@@ -248,6 +248,21 @@ def cpu_stage_times(results: Path) -> str:
             "says how many jobs shared the cores:\n\n" + markdown_table(table) + "\n")
 
 
+def guard_cost(results: Path) -> str:
+    """What the corrupted-set check before scoring costs (``benchmarks/guard_cost.py``): its time
+    per set against scoring one model per set, measured in one run."""
+    path = results / "cpu" / "bench" / "guard_cost.json"
+    if not path.is_file():
+        return "- What the check costs is not measured yet (`benchmarks/guard_cost.py` measures it).\n"
+    rec = read_result(path)
+    m = rec["metrics"]
+    return (f"- What the check costs (`benchmarks/guard_cost.py`, `{path.relative_to(results.parent).as_posix()}`, "
+            f"one torch thread, commit {rec['git_commit'][:7]}): reading and hashing the {m['sets_guarded']} "
+            f"cached sets of {m['images_per_set']:,} images takes {100 * m['ratio_guard_over_scoring_per_set']:.2f}% "
+            f"of the time that scoring one ResNet-20 on the same sets takes, per set (medians of "
+            f"{len(m['guard_s'])} rounds, the two timed in turn).\n")
+
+
 def findings_block(results: Path) -> str:
     """The project's findings (:func:`demhec.experiments.findings.findings`): each question, its
     answer from the best evidence, what that evidence is, and what lower-ranked evidence said. The
@@ -378,7 +393,7 @@ def notebooks(results: Path, page: Path) -> str:
 
 BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "gpu-comparison": gpu_comparison, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
                                             "cpu-stage-times": cpu_stage_times, "findings": findings_block, "evidence": evidence_block,
-                                            "comparison": comparison, "open-choices": open_choices}
+                                            "comparison": comparison, "open-choices": open_choices, "guard-cost": guard_cost}
 # Blocks whose text depends on the page they sit on (relative links).
 PAGE_BLOCKS: dict[str, Callable[[Path, Path], str]] = {"notebooks": notebooks}
 

@@ -255,6 +255,7 @@ def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_pat
     gpu = mod.gpu_comparison(tmp_path)
     assert "| Dem-HEC (eq. 12) | 0 of 3 | 0 of 3 |" in gpu and "| AugMax | 0 of 3 | 0 of 3 |" in gpu
     assert "No model of `gpu_a3` is scored yet" in gpu
+    assert "not measured yet" in mod.guard_cost(tmp_path)
 
 
 def test_a_page_block_links_relative_to_its_page():
