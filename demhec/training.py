@@ -331,14 +331,19 @@ def _fingerprint(kind: str, cfg: Any) -> dict:
     return {"kind": kind, **without_unchanged(cfg), "world_size": rank_and_world()[1]}
 
 
+# The share of ranks asked to stop, carried in the step's all-reduce of the logged values.
+_STOP_ASKED = "_stop_asked"
+
+
 @contextlib.contextmanager
 def _stop_at_step_end(enabled: bool) -> Iterator[Callable[[], bool]]:
     """While a training loop runs, SIGINT and SIGTERM ask it to stop at the end of the step under
     way, where it saves its checkpoint and raises KeyboardInterrupt: Ctrl-C, a scheduler's stop or
     a preemptible machine's SIGTERM loses no step. (A checkpoint taken inside a step would hold
     BatchNorm statistics that the step has already moved, and the resume would move them twice.)
-    A second signal interrupts at once. Off outside the main thread (signals reach only that one)
-    and in distributed runs (the ranks could stop at different steps and wait on each other)."""
+    A second signal interrupts at once. Off outside the main thread (signals reach only that one).
+    In a distributed run the ranks agree on the step through the step's all-reduce
+    (:func:`run_steps`), so a signal that reaches some ranks only stops them all at one step."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
@@ -462,8 +467,16 @@ def run_steps(
 
         bar = tqdm(total=total, initial=step, desc=kind, unit="step", dynamic_ncols=True)
     parts: dict[str, float] = {}
+    distributed_run = rank_and_world()[1] > 1
     with contextlib.ExitStack() as stack:
-        stop_asked = stack.enter_context(_stop_at_step_end(rank_and_world()[1] == 1))
+        asked_here = stack.enter_context(_stop_at_step_end(True))
+        # In one process a signal stops the step under way; across ranks, the step at whose
+        # all-reduce any rank had been asked, so that no rank waits on one that has stopped.
+        agreed = [False]
+
+        def stop_asked() -> bool:
+            return agreed[0] if distributed_run else asked_here()
+
         stack.callback(lambda: bar is not None and bar.close())
         while step < total:
             epoch, skip = divmod(step, spe)
@@ -474,7 +487,10 @@ def run_steps(
                 torch.manual_seed(_step_seed(cfg.seed, step))
                 loss, parts = loss_fn(x, y, step)
                 # Logged values are means over ranks; every rank stops on the same step.
+                if distributed_run:
+                    parts = {**parts, _STOP_ASKED: float(asked_here())}
                 parts = mean_over_ranks(parts, device)
+                agreed[0] = parts.pop(_STOP_ASKED, 0.0) > 0
                 if not math.isfinite(parts["loss"]):
                     raise _diverged(kind, step, f"non-finite loss ({parts['loss']})", parts, cfg, last_good())
                 optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,9 @@ Python API; rank 0 writes the resulting state dicts to the folder given as argv[
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from demhec import distributed
+from demhec.checkpoints import read_checkpoint
 from demhec.training import DemHECConfig, TrainConfig, finetune, train
 
 PER_RANK_BATCH = 64
@@ -79,6 +83,31 @@ def main(out: Path) -> None:
     states["resumed"] = finetune(make_model(), data, FT, checkpoint=ckpt,
                                  on_step=lambda step, _: taken.append(step)).state_dict()
     states["resumed_steps"] = taken
+
+    # SIGTERM reaching rank 1 only, after step 1: both ranks finish step 2 (where the all-reduce
+    # tells rank 0), write its checkpoint and stop; the re-run takes the rest.
+    ckpt = out / "signalled.ckpt"
+    done: list[int] = []
+
+    def signal_rank1(step: int, parts: dict) -> None:
+        done.append(step)
+        if step == 1 and distributed.rank_and_world()[0] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        finetune(make_model(), data, FT, checkpoint=ckpt, on_step=signal_rank1)
+        stopped = False
+    except KeyboardInterrupt:
+        stopped = True
+    (out / f"signalled_rank{distributed.rank_and_world()[0]}.json").write_text(
+        json.dumps({"stopped": stopped, "steps": done}))
+    distributed.barrier()
+    if distributed.is_main():
+        states["signalled_checkpoint_step"] = read_checkpoint(ckpt)["step"]
+    taken = []
+    states["signalled_resumed"] = finetune(make_model(), data, FT, checkpoint=ckpt,
+                                           on_step=lambda step, _: taken.append(step)).state_dict()
+    states["signalled_resumed_steps"] = taken
     if distributed.is_main():
         torch.save(states, out / "states.pt")
     distributed.teardown()

@@ -69,10 +69,16 @@ def test_two_ranks_match_one_process(tmp_path):
     """2 processes x batch 64 (gloo) against 1 process x batch 128, same seed: Dem-HEC
     fine-tuning (every loss term, random start) and base training give the same weights;
     a run interrupted after its step-2 checkpoint and resumed under torchrun takes the remaining
-    steps only and gives the uninterrupted result."""
+    steps only and gives the uninterrupted result. SIGTERM reaching one rank stops both at the
+    same step with its checkpoint (the rank that was not signalled does not wait on the other)."""
     _torchrun([str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)], cwd=tmp_path)
     states = torch.load(tmp_path / "states.pt")
     assert states.pop("resumed_steps") == [3, 4]  # resumed at the checkpoint, not from step 0
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"signalled_rank{rank}.json").read_text())
+        assert seen == {"stopped": True, "steps": [1, 2]}, (rank, seen)
+    assert states.pop("signalled_checkpoint_step") == 2
+    assert states.pop("signalled_resumed_steps") == [3, 4]
     data = ddp_worker.make_data()
     single_ft = finetune(ddp_worker.make_model(), data, replace(ddp_worker.FT, batch_size=128)).state_dict()
     single_tr = train(ddp_worker.make_model(), data, replace(ddp_worker.TR, batch_size=128)).state_dict()
@@ -82,6 +88,7 @@ def test_two_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(states["finetune"][name], single_ft[name], atol=ATOL, rtol=0)
         torch.testing.assert_close(states["train"][name], single_tr[name], atol=ATOL, rtol=0)
         torch.testing.assert_close(states["resumed"][name], states["finetune"][name], atol=ATOL, rtol=0)
+        torch.testing.assert_close(states["signalled_resumed"][name], states["finetune"][name], atol=ATOL, rtol=0)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")

@@ -128,7 +128,7 @@ def test_a_second_signal_stops_at_once_and_the_handlers_are_restored():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert {s: signal.getsignal(s) for s in before} == before
-    with _stop_at_step_end(False) as asked:  # a distributed run: the handlers stay as they are
+    with _stop_at_step_end(False) as asked:  # off: the handlers stay as they are
         assert {s: signal.getsignal(s) for s in before} == before and not asked()
 
 
