@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from demhec import experiments as ex  # noqa: E402
 from demhec.experiments.comparison import (  # noqa: E402
     COMPARISON,
+    CPU_SEEDS,
     GPU_SEEDS,
     GPU_TWIN,
     PROFILE,
@@ -102,32 +103,44 @@ def gpu(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gpu_comparison(results: Path) -> str:
-    """The comparison trained on the GPU at three seeds (phases C and S): per model, the seeds
-    trained and scored, then the seed table (:func:`seed_table`) once any model is scored."""
-    profile = GPU_TWIN[PROFILE]
+def _seeds_block(results: Path, profile: str, seeds: tuple[int, ...], none_scored: str, min_seeds: int = 1) -> str:
+    """The comparison of ``profile`` at ``seeds``: per model, the seeds trained and scored (a base
+    is trained once), then the seed table (:func:`seed_table`) of the models scored at
+    ``min_seeds`` seeds or more, once there are any."""
     rows = []
     for run in COMPARISON:
-        seeds = GPU_SEEDS if run.fine_tuned else GPU_SEEDS[:1]
-        exps = [comparison_experiment(run, profile=profile, seed=s, results_dir=str(results)) for s in seeds]
+        own = seeds if run.fine_tuned else seeds[:1]
+        exps = [comparison_experiment(run, profile=profile, seed=s, results_dir=str(results)) for s in own]
         trained = sum(checkpoint_path(run, e).is_file() or is_scored(run, e) for e in exps)
         scored = sum(is_fully_scored(run, e) for e in exps)
-        rows.append({"model": run.label, "seeds trained": f"{trained} of {len(seeds)}",
-                     "seeds scored": f"{scored} of {len(seeds)}"})
+        rows.append({"model": run.label, "seeds trained": f"{trained} of {len(own)}",
+                     "seeds scored": f"{scored} of {len(own)}"})
     lines = [markdown_table(pd.DataFrame(rows)), ""]
-    table = seed_table(profile, GPU_SEEDS, results)
+    table = seed_table(profile, seeds, results)
+    table = table[table.seeds >= min_seeds] if len(table) else table
     if len(table):
         shown = table.copy()
         for c in shown.columns:
             if shown[c].dtype.kind == "f":
                 shown[c] = shown[c].map(lambda v: "--" if v != v else f"{v:.2f}")
+        note = "" if profile == PROFILE else f" {corrupted_sets_note(PROFILE, profile, results)}"
         lines += [f"On the report half, mean over the seeds scored (`*_sd`: spread over them; `vs_demhec_*`: "
-                  f"Dem-HEC minus the row, paired per seed). {corrupted_sets_note(PROFILE, profile, results)}", "",
-                  markdown_table(shown), ""]
+                  f"Dem-HEC minus the row, paired per seed).{note}", "", markdown_table(shown), ""]
     else:
-        lines.append(f"No model of `{profile}` is scored yet: `scripts/gpu_reproduction.py --phases s` scores them "
-                     "on the device.")
+        lines.append(none_scored)
     return "\n".join(lines) + "\n"
+
+
+def gpu_comparison(results: Path) -> str:
+    """The comparison trained on the GPU at three seeds (phases C and S) (:func:`_seeds_block`)."""
+    profile = GPU_TWIN[PROFILE]
+    return _seeds_block(results, profile, GPU_SEEDS, f"No model of `{profile}` is scored yet: "
+                        "`scripts/gpu_reproduction.py --phases s` scores them on the device.")
+
+
+def cpu_seeds(results: Path) -> str:
+    """The CPU comparison at a second fine-tuning seed (:func:`_seeds_block`), as far as it is run."""
+    return _seeds_block(results, PROFILE, CPU_SEEDS, "No model is scored at a second seed yet.", min_seeds=2)
 
 
 def _how_made(trained: str) -> str:
@@ -406,7 +419,8 @@ def notebooks(results: Path, page: Path) -> str:
 
 BLOCKS: dict[str, Callable[[Path], str]] = {"gpu": gpu, "gpu-comparison": gpu_comparison, "cpu-controls": cpu_controls, "cpu-recommended": cpu_recommended,
                                             "cpu-stage-times": cpu_stage_times, "findings": findings_block, "evidence": evidence_block,
-                                            "comparison": comparison, "open-choices": open_choices, "guard-cost": guard_cost}
+                                            "comparison": comparison, "open-choices": open_choices, "guard-cost": guard_cost,
+                                            "cpu-seeds": cpu_seeds}
 # Blocks whose text depends on the page they sit on (relative links).
 PAGE_BLOCKS: dict[str, Callable[[Path, Path], str]] = {"notebooks": notebooks}
 

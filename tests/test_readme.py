@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import load_script
@@ -256,6 +257,19 @@ def test_the_findings_and_comparison_blocks_say_when_nothing_is_measured(tmp_pat
     assert "| Dem-HEC (eq. 12) | 0 of 3 | 0 of 3 |" in gpu and "| AugMax | 0 of 3 | 0 of 3 |" in gpu
     assert "No model of `gpu_a3` is scored yet" in gpu
     assert "not measured yet" in mod.guard_cost(tmp_path)
+    cpu = mod.cpu_seeds(tmp_path)
+    assert "| Dem-HEC (eq. 12) | 0 of 2 | 0 of 2 |" in cpu and "| ResNet-20 base (no fine-tune) | 1 of 1 | 0 of 1 |" in cpu  # the committed base
+    assert "No model is scored at a second seed yet" in cpu
+
+
+def test_the_cpu_seeds_block_shows_only_models_scored_at_both_seeds(tmp_path, monkeypatch):
+    mod = load_script("render_readme")
+    summary = pd.DataFrame({"label": ["Dem-HEC (eq. 12)", "TA"], "kind": ["fine-tuned"] * 2,
+                            "noise_s5": [70.0, 52.0], "seeds": [2, 1]})
+    monkeypatch.setattr(mod, "seed_table", lambda profile, seeds, results: summary)
+    text = mod.cpu_seeds(tmp_path)
+    table = text.split("paired per seed).", 1)[1]
+    assert "| Dem-HEC (eq. 12) | fine-tuned | 70.00 | 2 |" in table and "| TA |" not in table
 
 
 def test_a_page_block_links_relative_to_its_page():
