@@ -125,7 +125,8 @@ def _seeds_block(results: Path, profile: str, seeds: tuple[int, ...], none_score
                 shown[c] = shown[c].map(lambda v: "--" if v != v else f"{v:.2f}")
         note = "" if profile == PROFILE else f" {corrupted_sets_note(PROFILE, profile, results)}"
         lines += [f"On the report half, mean over the seeds scored (`*_sd`: spread over them; `vs_demhec_*`: "
-                  f"Dem-HEC minus the row, paired per seed).{note}", "", markdown_table(shown), ""]
+                  f"Dem-HEC minus the row, paired per seed, over the `paired_seeds` at which Dem-HEC's own run is "
+                  f"scored too).{note}", "", markdown_table(shown), ""]
     else:
         lines.append(none_scored)
     return "\n".join(lines) + "\n"

@@ -330,12 +330,18 @@ def test_the_seed_summary_averages_each_model_over_the_seeds_that_measured_it():
             {"label": "BA", "kind": "fine-tuned", "missing": ba_missing, "clean": 87.0 if not ba_missing else None,
              "noise_s5": 55.0 if not ba_missing else None}])
 
-    got = seed_summary([table(74.0, ""), table(78.0, "not scored yet"), table(76.0, "not trained yet")]).set_index("label")
+    tables = [table(74.0, ""), table(78.0, "not scored yet"), table(76.0, "not trained yet")]
+    got = seed_summary(tables).set_index("label")
     assert list(got.index) == ["Gauss", "Dem-HEC", "BA"]  # ranked by the noise S5 mean
     assert got.loc["Gauss", "seeds"] == 3 and got.loc["Gauss", "noise_s5"] == pytest.approx(76.0)
     assert got.loc["Gauss", "noise_s5_sd"] == pytest.approx(2.0) and got.loc["Gauss", "vs_demhec_noise_s5"] == pytest.approx(-6.0)
     assert got.loc["BA", "seeds"] == 1 and np.isnan(got.loc["BA", "noise_s5_sd"])  # missing seeds do not count
-    assert got.loc["Dem-HEC", "clean_sd"] == 0.0
+    assert got.loc["Dem-HEC", "clean_sd"] == 0.0 and got.loc["Gauss", "paired_seeds"] == 3
+    # A seed at which Dem-HEC's own run is not scored has no paired difference: it is not counted as one.
+    tables[0].loc[tables[0].label == "Gauss", "vs_demhec_noise_s5"] = np.nan
+    got = seed_summary(tables).set_index("label")
+    assert got.loc["Gauss", "seeds"] == 3 and got.loc["Gauss", "paired_seeds"] == 2
+    assert got.loc["Gauss", "vs_demhec_noise_s5"] == pytest.approx(-7.0)  # (-8 + -6) / 2
     assert seed_summary([]).empty and seed_summary([table(74.0, "")[:0]]).empty
 
 

@@ -268,7 +268,7 @@ def test_the_cpu_seeds_block_shows_only_models_scored_at_both_seeds(tmp_path, mo
                             "noise_s5": [70.0, 52.0], "seeds": [2, 1]})
     monkeypatch.setattr(mod, "seed_table", lambda profile, seeds, results: summary)
     text = mod.cpu_seeds(tmp_path)
-    table = text.split("paired per seed).", 1)[1]
+    table = text.split("scored too).", 1)[1]
     assert "| Dem-HEC (eq. 12) | fine-tuned | 70.00 | 2 |" in table and "| TA |" not in table
 
 

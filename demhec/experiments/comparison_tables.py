@@ -191,17 +191,22 @@ def seed_summary(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Per model, over the seeds of ``tables`` (one :func:`comparison_table` per seed) where it is
     measured: the mean and the standard deviation over seeds (``*_sd``; NaN with one seed) of each
     judged metric and of Dem-HEC minus the model (``vs_demhec_*``, paired per seed on the same
-    images), and ``seeds``, how many; ranked by the noise S5 mean. The spread over seeds is what a
-    reader can expect from re-running a method, which one seed's paired standard error is not."""
+    images), and ``seeds``, how many; ``paired_seeds``: at how many of them Dem-HEC's own run is
+    measured too (the ``vs_demhec_*`` columns average those only); ranked by the noise S5 mean. The
+    spread over seeds is what a reader can expect from re-running a method, which one seed's paired
+    standard error is not."""
     frames = [t[t.missing == ""] for t in tables if "missing" in t]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=["label", "kind", "seeds"])
+        return pd.DataFrame(columns=["label", "kind", "seeds", "paired_seeds"])
     df = pd.concat(frames, ignore_index=True)
     cols = [c for m in SEED_METRICS for c in (m, f"vs_demhec_{m}") if c in df]
     groups = df.groupby(["label", "kind"], sort=False)[cols]
-    out = groups.mean().join(groups.std(ddof=1).add_suffix("_sd")).join(groups.size().rename("seeds"))
-    out = out[[c for m in cols for c in (m, f"{m}_sd")] + ["seeds"]]
+    paired = (df.groupby(["label", "kind"], sort=False)["vs_demhec_noise_s5"].count() if "vs_demhec_noise_s5" in df
+              else groups.size() * 0)
+    out = (groups.mean().join(groups.std(ddof=1).add_suffix("_sd")).join(groups.size().rename("seeds"))
+           .join(paired.rename("paired_seeds")))
+    out = out[[c for m in cols for c in (m, f"{m}_sd")] + ["seeds", "paired_seeds"]]
     return out.sort_values("noise_s5", ascending=False).reset_index()
 
 

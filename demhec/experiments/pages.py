@@ -184,7 +184,8 @@ def comparison_page(ctx: Any, shape: str, profile: str = PROFILE) -> Page:
                           f"The same comparison trained on a GPU (bf16) at up to {n} seeds (profile `{gpu_profile}`, "
                           "scored on the same report half): each column the mean over the seeds in `seeds`, "
                           "`*_sd` its standard deviation over them (what re-running a method may move it by), "
-                          "`vs_demhec_*` Dem-HEC minus the row, paired per seed. "
+                          "`vs_demhec_*` Dem-HEC minus the row, paired per seed, over the `paired_seeds` at which "
+                          "Dem-HEC's own run is scored too. "
                           + corrupted_sets_note(profile, gpu_profile, results_dir)))
         elif gpu_profile:
             text += (f"\nThe GPU's {len(GPU_SEEDS)}-seed run of this table (profile `{gpu_profile}`): no model of it is "
