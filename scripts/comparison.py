@@ -38,6 +38,7 @@ from demhec.experiments.comparison import (
     comparison_run,
     resumes,
     score_run,
+    stage_name,
     train_run_model,
     write_manifest,
 )
@@ -128,13 +129,13 @@ def run_stages(run: Run, exp: Experiment, stages: list[str]) -> None:
     print(f"== {run.name} ({run.label}), seed {exp.seed}", flush=True)
     # A base without committed weights (push-pull) is trained from scratch.
     if "train" in stages and (run.fine_tuned or not exp.base_weights_path):
-        stage = f"{run.name} model (A.3{', the rest after a resume checkpoint' if resumes(run, exp) else ''})"
+        stage = stage_name(run, exp, f"model (A.3{', the rest after a resume checkpoint' if resumes(run, exp) else ''})")
         timed(exp, stage, lambda: train_run_model(run, exp))
     if "score" in stages:
-        timed(exp, f"{run.name} scoring (15 corruptions, S1-S5, both halves)", lambda: score_run(run, exp))
+        timed(exp, stage_name(run, exp, "scoring (15 corruptions, S1-S5, both halves)"), lambda: score_run(run, exp))
     if "adapt" in stages:
         for adapt in ADAPTATIONS:
-            timed(exp, f"{run.name} + {adapt} (both halves)", lambda a=adapt: score_run(run, exp, a))
+            timed(exp, stage_name(run, exp, f"+ {adapt} (both halves)"), lambda a=adapt: score_run(run, exp, a))
 
 
 if __name__ == "__main__":

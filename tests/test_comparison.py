@@ -92,6 +92,18 @@ def test_a_row_without_results_says_how_far_its_training_got(tmp_path):
     assert _missing(run.name, 0, PROFILE, tmp_path) == "not scored yet"
 
 
+@pytest.mark.parametrize("run", COMPARISON, ids=lambda r: r.name)
+def test_each_seed_of_a_run_records_its_stage_times_apart(run, tmp_path):
+    # A second seed's times once replaced the first's: the stage name (the record's file) lacked the seed.
+    from demhec.experiments.comparison import stage_name
+    from demhec.experiments.stage_times import stage_time_path
+
+    exps = [comparison_experiment(run, results_dir=str(tmp_path), seed=s) for s in (0, 1, 2)]
+    for what in ("model (A.3)", "scoring (15 corruptions, S1-S5, both halves)", "+ tent (both halves)"):
+        assert len({stage_time_path(e, stage_name(run, e, what)) for e in exps}) == 3
+    assert stage_name(run, exps[0], "model (A.3)") == f"{run.name} model (A.3)"  # the committed records' names
+
+
 def test_the_comparison_names_every_method_once():
     names = [r.name for r in COMPARISON]
     assert len(names) == len(set(names))

@@ -33,7 +33,7 @@ from .profiles import REPO_ROOT, Experiment
 from .runs import Run, gaussian_aug_sigma
 
 __all__ = ["ADAPTATIONS", "COMPARISON", "CPU_SEEDS", "GPU_SEEDS", "GPU_TWIN", "PROFILE", "Run", "checkpoint_path", "comparison_experiment",
-           "comparison_run", "is_fully_scored", "is_scored", "resume_checkpoint", "resumes", "run_config", "run_tag", "score_grid", "score_run", "train_run_model",
+           "comparison_run", "is_fully_scored", "is_scored", "resume_checkpoint", "resumes", "run_config", "run_tag", "score_grid", "score_run", "stage_name", "train_run_model",
            "write_manifest"]
 
 PROFILE = "a3"
@@ -162,6 +162,14 @@ def resumes(run: Run, exp: Experiment) -> bool:
     """Whether training ``run`` continues from a resume checkpoint (:func:`resume_checkpoint`): a
     resumed run's wall time covers only the steps that were left."""
     return resume_checkpoint(run, exp) is not None
+
+
+def stage_name(run: Run, exp: Experiment, what: str) -> str:
+    """The name under which the queue records the wall time of ``what`` (e.g. "model (A.3)") for
+    ``run`` at ``exp``'s seed: one record per run, seed and stage (a seed other than 0 is named,
+    so that a second seed's times never replace the first's)."""
+    who = run.name if exp.seed == 0 else f"{run.name} seed {exp.seed}"
+    return f"{who} {what}"
 
 
 def write_manifest(exp: Experiment) -> Path:

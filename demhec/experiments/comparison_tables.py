@@ -34,6 +34,7 @@ from .comparison import (
     resume_checkpoint,
     run_config,
     score_run,
+    stage_name,
 )
 from .halves import EVAL_HALVES, unpack_outcomes
 from .inputs import same_corrupted_sets
@@ -250,7 +251,7 @@ def _walls(profile: str, results_dir: str | Path) -> dict[str, float]:
         # A run finished after a resume checkpoint timed only its rest: no training wall time.
         # The exact stage: "demhec model (A.3)" is also a substring of "pushpull_demhec model (A.3)".
         for t in stage_times(exp):
-            if t["stage"] == f"{run.name} model (A.3)":
+            if t["stage"] == stage_name(run, exp, "model (A.3)"):
                 out[run.name] = t["wall_s"]
     return out
 
