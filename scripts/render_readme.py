@@ -117,7 +117,7 @@ def _seeds_block(results: Path, profile: str, seeds: tuple[int, ...], none_score
                      "seeds scored": f"{scored} of {len(own)}"})
     lines = [markdown_table(pd.DataFrame(rows)), ""]
     table = seed_table(profile, seeds, results)
-    table = table[table.seeds >= min_seeds] if len(table) else table
+    table = table[table.seeds >= min_seeds]
     if len(table):
         shown = table.copy()
         for c in shown.columns:
